@@ -1,0 +1,1 @@
+//! Shared pieces of ringwire's load generator, peer servers and benchmarks.

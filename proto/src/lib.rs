@@ -1,0 +1,1 @@
+//! ringwire-proto: sans-IO wire format.

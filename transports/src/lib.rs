@@ -1,0 +1,1 @@
+//! ringwire-transports: endpoints joining the runtime and the wire format.
