@@ -12,5 +12,3 @@
 pub use ringwire_proto as proto;
 pub use ringwire_runtime as runtime;
 pub use ringwire_transports as transports;
-
-pub use ringwire_runtime::{Runtime, RuntimeBuilder};

@@ -1,0 +1,1 @@
+//! Core-pinned example nodes built on ringwire.
