@@ -1,0 +1,89 @@
+//! Payloads of the small control frames: close and close-ack.
+//!
+//! Ack and heartbeat frames carry no payload (an ack's position is the
+//! header's `seq` field); hello has its own module.
+
+use crate::error::ProtoError;
+
+/// Why a connection is being closed, carried in a close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The application closed the session; nothing went wrong.
+    Normal,
+    /// The handshake found the peers incompatible.
+    Incompatible,
+    /// The sender received bytes it could not accept.
+    ProtocolError,
+    /// A reason code this build does not know.
+    Other(u32),
+}
+
+impl CloseReason {
+    /// The wire code.
+    pub fn code(self) -> u32 {
+        match self {
+            CloseReason::Normal => 0,
+            CloseReason::Incompatible => 1,
+            CloseReason::ProtocolError => 2,
+            CloseReason::Other(code) => code,
+        }
+    }
+
+    /// Parses a wire code.
+    pub fn from_code(code: u32) -> Self {
+        match code {
+            0 => CloseReason::Normal,
+            1 => CloseReason::Incompatible,
+            2 => CloseReason::ProtocolError,
+            other => CloseReason::Other(other),
+        }
+    }
+}
+
+/// Length of a close payload.
+pub const CLOSE_LEN: usize = 16;
+
+/// Length of a close-ack payload.
+pub const CLOSE_ACK_LEN: usize = 8;
+
+/// Encodes a close payload: reason code, then the last sequence number sent.
+pub fn close_payload(reason: CloseReason, last_seq: u64) -> [u8; CLOSE_LEN] {
+    let mut out = [0u8; CLOSE_LEN];
+    out[..4].copy_from_slice(&reason.code().to_le_bytes());
+    out[8..].copy_from_slice(&last_seq.to_le_bytes());
+    out
+}
+
+/// Parses a close payload.
+pub fn parse_close(payload: &[u8]) -> Result<(CloseReason, u64), ProtoError> {
+    let bytes: &[u8; CLOSE_LEN] = payload.try_into().map_err(|_| ProtoError::Malformed {
+        what: "close",
+        detail: "wrong length",
+    })?;
+    let code = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[8..]);
+    Ok((CloseReason::from_code(code), u64::from_le_bytes(seq)))
+}
+
+/// Parses a close-ack payload (the last sequence number received).
+pub fn parse_close_ack(payload: &[u8]) -> Result<u64, ProtoError> {
+    let bytes: [u8; CLOSE_ACK_LEN] = payload.try_into().map_err(|_| ProtoError::Malformed {
+        what: "close-ack",
+        detail: "wrong length",
+    })?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_round_trips() {
+        let bytes = close_payload(CloseReason::Other(77), 12345);
+        assert_eq!(parse_close(&bytes).unwrap(), (CloseReason::Other(77), 12345));
+        assert!(parse_close(&bytes[..15]).is_err());
+        assert_eq!(parse_close_ack(&9u64.to_le_bytes()).unwrap(), 9);
+    }
+}
