@@ -190,7 +190,7 @@ awk -v order="${LIST[*]}" '
     function add(key, v) { if (v != "" && v != "na") vals[key, ++cnt[key]] = v }
     /^RESULT / {
         s = field("server"); m = field("mode")
-        if (m == "throughput") { add(s SUBSEP "tput", field("msgs_per_s")); add(s SUBSEP "eff", field("msgs_per_server_cpu_s")); add(s SUBSEP "cpu", field("server_cpu_s")) }
+        if (m == "throughput") { add(s SUBSEP "tput", field("msgs_per_s")); add(s SUBSEP "eff", field("msgs_per_server_cpu_s")); add(s SUBSEP "cpu", field("server_cpu_s")); add(s SUBSEP "lg", field("loadgen_cpu_s")); add(s SUBSEP "other", field("other_cpu_s")) }
         else { add(s SUBSEP "p50", field("p50_us")); add(s SUBSEP "p99", field("p99_us")); add(s SUBSEP "p999", field("p999_us")) }
     }
     function ratio(a, b) { return (a != "" && b != "" && b + 0 > 0) ? sprintf("%.2fx", a / b) : "-" }
@@ -198,20 +198,23 @@ awk -v order="${LIST[*]}" '
     END {
         n = split(order, names, " ")
         tt = median("tokio" SUBSEP "tput"); te = median("tokio" SUBSEP "eff"); tp = median("tokio" SUBSEP "p50")
-        fmt = "%-15s | %10s | %8s | %13s | %8s | %8s | %8s | %8s | %9s | %8s\n"
-        printf fmt, "server", "msgs/s", "x tokio", "msgs/srv-CPU-s", "x tokio", "srv CPU", "pp p50", "pp p99", "pp p99.9", "p50/tokio"
-        printf fmt, "---------------", "----------", "--------", "-------------", "--------", "--------", "--------", "--------", "---------", "--------"
+        fmt = "%-15s | %10s | %7s | %14s | %7s | %7s | %7s | %7s | %8s | %8s | %9s | %9s\n"
+        printf fmt, "server", "msgs/s", "x tokio", "msgs/srv-CPU-s", "x tokio", "srv CPU", "lg CPU", "other", "pp p50", "pp p99", "pp p99.9", "p50/tokio"
+        printf fmt, "---------------", "----------", "-------", "--------------", "-------", "-------", "-------", "-------", "--------", "--------", "---------", "---------"
         for (i = 1; i <= n; i++) {
             s = names[i]
             t = median(s SUBSEP "tput"); e = median(s SUBSEP "eff"); c = median(s SUBSEP "cpu")
+            lg = median(s SUBSEP "lg"); o = median(s SUBSEP "other")
             p50 = median(s SUBSEP "p50"); p99 = median(s SUBSEP "p99"); p999 = median(s SUBSEP "p999")
-            printf fmt, s, num(t, "%.0f"), ratio(t, tt), num(e, "%.0f"), ratio(e, te), num(c, "%.2fs"), \
+            printf fmt, s, num(t, "%.0f"), ratio(t, tt), num(e, "%.0f"), ratio(e, te), num(c, "%.2fs"), num(lg, "%.2fs"), num(o, "%.2fs"), \
                 num(p50, "%.1fus"), num(p99, "%.1fus"), num(p999, "%.1fus"), ratio(p50, tp)
         }
     }
 ' "$WORK/results"
-echo "(msgs/s and msgs per server CPU-second from the throughput runs; 'srv CPU' is the server's"
-echo " CPU time over the measured throughput interval; pp = ping-pong round-trip latency.)"
+echo "msgs/s and msgs per server CPU-second come from the throughput runs; 'srv CPU', 'lg CPU'"
+echo "and 'other' are the CPU seconds of the server, the load generator and everything else on the"
+echo "machine (other processes, interrupts) over the measured throughput interval: a large 'other'"
+echo "means the run was disturbed. pp = ping-pong round-trip latency; p50/tokio < 1 is faster."
 echo
 echo "raw RESULT lines:"
 sed 's/^/  /' "$WORK/results"

@@ -35,6 +35,37 @@ pub fn self_cpu_time() -> io::Result<Duration> {
     Ok(tv(usage.ru_utime) + tv(usage.ru_stime))
 }
 
+/// CPU time the whole machine (all cores) spent busy, from the first line of
+/// `/proc/stat`: everything except `idle` and `iowait`, interrupts included.
+pub fn machine_busy_time() -> io::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks = stat
+        .lines()
+        .next()
+        .and_then(parse_machine_busy_ticks)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cannot parse /proc/stat"))?;
+    Ok(ticks_to_duration(ticks, clock_ticks_per_second()))
+}
+
+/// Busy ticks of a `/proc/stat` `cpu` line: user, nice, system, irq, softirq
+/// and steal (guest time is already inside user).
+pub fn parse_machine_busy_ticks(line: &str) -> Option<u64> {
+    let mut fields = line.split_ascii_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    match v.as_slice() {
+        [user, nice, system, _idle, _iowait, irq, softirq, steal] => {
+            Some(user + nice + system + irq + softirq + steal)
+        }
+        _ => None,
+    }
+}
+
 /// `utime + stime` (fields 14 and 15, in clock ticks) of a `/proc/PID/stat`
 /// line. The command name (field 2) may contain spaces and parentheses, so
 /// fields are counted from the last `)`.
@@ -71,6 +102,15 @@ mod tests {
             "1234 (we ird) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_stat_cpu_ticks(line), Some(325));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn parses_proc_stat() {
+        let line = "cpu  100 5 50 1000 20 3 7 1 0 0";
+        assert_eq!(parse_machine_busy_ticks(line), Some(166));
+        assert_eq!(parse_machine_busy_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(parse_machine_busy_ticks("cpu 1 2"), None);
+        machine_busy_time().unwrap();
     }
 
     #[test]

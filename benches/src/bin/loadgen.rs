@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use ringwire_benches::cli::{parse_args, parse_duration, parse_value, Arg, CliError};
 use ringwire_benches::cores::pin_current_thread;
-use ringwire_benches::cpu::{process_cpu_time, self_cpu_time};
+use ringwire_benches::cpu::{machine_busy_time, process_cpu_time, self_cpu_time};
 use ringwire_benches::wire::{Pattern, Wire, MAX_PAYLOAD};
 
 const USAGE: &str = "\
@@ -324,6 +324,7 @@ struct Report {
     hist: Histogram<u64>,
     server_cpu: Option<Duration>,
     self_cpu: Duration,
+    machine_busy: Duration,
     frame_len: usize,
 }
 
@@ -338,6 +339,13 @@ impl Report {
 
     fn max_us(&self) -> f64 {
         self.hist.max() as f64 / 1000.0
+    }
+
+    /// Machine CPU time used by neither the server nor the load generator
+    /// (other processes, and interrupt time not charged to a process).
+    fn other_cpu(&self) -> Option<Duration> {
+        self.server_cpu
+            .map(|server| self.machine_busy.saturating_sub(server + self.self_cpu))
     }
 
     fn summary(&self, cfg: &Config) -> String {
@@ -393,6 +401,19 @@ impl Report {
             self.self_cpu.as_secs_f64(),
             100.0 * self.self_cpu.as_secs_f64() / secs
         );
+        let _ = write!(
+            s,
+            "  machine CPU  {:.2} s busy over all cores",
+            self.machine_busy.as_secs_f64()
+        );
+        if let Some(other) = self.other_cpu() {
+            let _ = write!(
+                s,
+                ", {:.2} s of it neither server nor loadgen (other processes, interrupts)",
+                other.as_secs_f64()
+            );
+        }
+        s.push('\n');
         s
     }
 
@@ -404,9 +425,12 @@ impl Report {
             ),
             None => ("na".to_owned(), "na".to_owned()),
         };
+        let other_cpu = self
+            .other_cpu()
+            .map_or_else(|| "na".to_owned(), |d| format!("{:.3}", d.as_secs_f64()));
         format!(
             "RESULT server={} mode={} wire={} conns={} depth={} size={} secs={:.3} msgs={} msgs_per_s={:.0} \
-             server_cpu_s={} msgs_per_server_cpu_s={} loadgen_cpu_s={:.3} \
+             server_cpu_s={} msgs_per_server_cpu_s={} loadgen_cpu_s={:.3} machine_busy_s={:.3} other_cpu_s={} \
              p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
             cfg.label,
             cfg.mode.as_str(),
@@ -420,6 +444,8 @@ impl Report {
             server_cpu,
             per_server_cpu,
             self.self_cpu.as_secs_f64(),
+            self.machine_busy.as_secs_f64(),
+            other_cpu,
             self.quantile_us(0.5),
             self.quantile_us(0.99),
             self.quantile_us(0.999),
@@ -547,6 +573,7 @@ fn run(cfg: &Config) -> Result<Report, String> {
     let mut measuring = false;
     let mut server_cpu_start = None;
     let mut self_cpu_start = Duration::ZERO;
+    let mut machine_busy_start = Duration::ZERO;
     let mut measure_start = Instant::now();
 
     let start = Instant::now();
@@ -574,6 +601,8 @@ fn run(cfg: &Config) -> Result<Report, String> {
                 None => None,
             };
             self_cpu_start = self_cpu_time().map_err(|e| format!("getrusage: {e}"))?;
+            machine_busy_start =
+                machine_busy_time().map_err(|e| format!("cannot read /proc/stat: {e}"))?;
             measure_start = Instant::now();
             end = measure_start + cfg.duration;
         }
@@ -624,6 +653,9 @@ fn run(cfg: &Config) -> Result<Report, String> {
     let self_cpu = self_cpu_time()
         .map_err(|e| format!("getrusage: {e}"))?
         .saturating_sub(self_cpu_start);
+    let machine_busy = machine_busy_time()
+        .map_err(|e| format!("cannot read /proc/stat: {e}"))?
+        .saturating_sub(machine_busy_start);
     if msgs == 0 {
         return Err("no message was echoed during the measured interval".to_owned());
     }
@@ -633,6 +665,7 @@ fn run(cfg: &Config) -> Result<Report, String> {
         hist,
         server_cpu,
         self_cpu,
+        machine_busy,
         frame_len,
     })
 }
