@@ -1,0 +1,166 @@
+//! Buffers handed to and received from the kernel.
+//!
+//! - [`IoBuf`]: what a send takes. The runtime holds the buffer until the
+//!   kernel is done with it and then gives it back, so the same allocation is
+//!   reused without copying.
+//! - [`RecvBuf`]: a buffer the kernel filled from the core's provided buffer
+//!   ring. It derefs to the received bytes and goes back to the ring when
+//!   dropped. It can be sent as-is (echoing without a copy).
+
+use std::ops::Deref;
+use std::rc::Rc;
+
+use crate::core::try_with_core;
+use crate::driver::bufring::BufMem;
+
+/// A buffer whose bytes the kernel may read after the value has been moved.
+///
+/// # Safety
+///
+/// `stable_ptr()` must point to `bytes_init()` initialised bytes that stay at
+/// the same address, unmodified and valid, for as long as the value lives,
+/// even when the value itself is moved (heap memory, or `'static` memory).
+pub unsafe trait IoBuf: Unpin + 'static {
+    /// Start of the bytes.
+    fn stable_ptr(&self) -> *const u8;
+    /// Number of initialised bytes to send.
+    fn bytes_init(&self) -> usize;
+}
+
+// SAFETY: a Vec's contents live on the heap; moving the Vec moves only its
+// (pointer, length, capacity) triple, and nothing can modify the contents
+// while the runtime owns the Vec.
+unsafe impl IoBuf for Vec<u8> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: as for `Vec<u8>`: the slice lives on the heap.
+unsafe impl IoBuf for Box<[u8]> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: `'static` slices never move and are never freed.
+unsafe impl IoBuf for &'static [u8] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: a `RecvBuf` points into its core's buffer memory, which it keeps
+// alive through an `Rc`; the buffer id is not returned to the ring (so the
+// kernel cannot refill it) until the `RecvBuf` is dropped.
+unsafe impl IoBuf for RecvBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+}
+
+/// Received bytes, in place in the buffer the kernel filled.
+///
+/// Dropping it returns the buffer to the core's provided buffer ring. Hold
+/// it only as long as needed: while it lives, the kernel has one buffer fewer
+/// for receives on this core. Not `Send`: buffers belong to their core.
+///
+/// Every receive buffer starts at an offset within the buffer memory that is a
+/// multiple of the configured buffer size, and the memory is page aligned, so
+/// with the default size the bytes start 4096-byte aligned.
+pub struct RecvBuf {
+    ptr: *const u8,
+    len: usize,
+    bid: u16,
+    mem: Rc<BufMem>,
+}
+
+impl RecvBuf {
+    /// Wraps buffer `bid`, holding `len` received bytes.
+    pub(crate) fn new(ptr: *const u8, len: usize, bid: u16, mem: Rc<BufMem>) -> RecvBuf {
+        RecvBuf { ptr, len, bid, mem }
+    }
+
+    /// Number of received bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bytes were received (never true for a buffer handed out by
+    /// a receive, which reports end of stream separately).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps only the bytes in `range` (which must lie inside the buffer),
+    /// e.g. to send part of what was received without copying.
+    ///
+    /// # Panics
+    ///
+    /// When the range is out of bounds.
+    pub fn slice(&mut self, range: std::ops::Range<usize>) {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "RecvBuf::slice {range:?} out of bounds for {} bytes",
+            self.len
+        );
+        // SAFETY: `range.start <= len`, so the pointer stays inside (or one
+        // past the end of) the received bytes.
+        self.ptr = unsafe { self.ptr.add(range.start) };
+        self.len = range.end - range.start;
+    }
+}
+
+impl Deref for RecvBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` lies inside the buffer memory kept alive by
+        // `self.mem`; the kernel wrote these bytes before the completion that
+        // produced this guard, and cannot write them again until the buffer id
+        // is recycled in `Drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl AsRef<[u8]> for RecvBuf {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for RecvBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBuf")
+            .field("bid", &self.bid)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Drop for RecvBuf {
+    fn drop(&mut self) {
+        let bid = self.bid;
+        let mem = &self.mem;
+        // Only the core that owns the ring may recycle into it; a guard that
+        // outlived its core just releases its reference to the memory.
+        try_with_core(|core| {
+            let mut bufs = core.bufs.borrow_mut();
+            if Rc::ptr_eq(bufs.mem(), mem) {
+                bufs.recycle(bid);
+            }
+        });
+    }
+}

@@ -1,0 +1,204 @@
+//! A provided buffer ring (`IORING_REGISTER_PBUF_RING`) for multishot receives.
+//!
+//! The ring is a power-of-two array of `io_uring_buf` entries shared with the
+//! kernel; user space appends free buffers at the tail, the kernel picks one
+//! per receive completion and reports its id in the CQE flags. Buffers are
+//! slices of one page-aligned allocation (`count * size` bytes), so every
+//! buffer starts on a `size`-aligned offset (4096-byte aligned when `size` is a
+//! multiple of the page size), which keeps kernel copies into them fast and
+//! lets rkyv archives be read in place.
+//!
+//! Provided buffers are ordinary memory: the kernel copies into them with
+//! `copy_to_user`, so they do not count against the locked-memory limit. Only
+//! the ring of entries itself is pinned (16 bytes per buffer).
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::IoUring;
+
+/// Buffer group id of the per-core receive ring.
+pub(crate) const BGID: u16 = 0;
+
+const PAGE: usize = 4096;
+
+/// The memory all receive buffers of a core are carved from.
+///
+/// Reference-counted so that a [`crate::RecvBuf`] keeps it alive even if it
+/// outlives its core (parked in a thread-local, say).
+pub(crate) struct BufMem {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl BufMem {
+    /// Start of the allocation.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for BufMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `BufRing::new` with this layout; the last
+        // reference is gone, and the ring that could write into it is closed
+        // (a core whose kernel operations did not drain leaks its reference).
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// A registered provided-buffer ring and the buffers it hands out.
+pub(crate) struct BufRing {
+    entries: NonNull<BufRingEntry>,
+    entries_layout: Layout,
+    mem: Rc<BufMem>,
+    mask: u16,
+    count: u16,
+    size: u32,
+    /// Our copy of the tail; published to the kernel with release stores.
+    tail: u16,
+    /// Buffers currently in the kernel's hands (free for receives).
+    available: u16,
+}
+
+impl BufRing {
+    /// Allocates `count` buffers of `size` bytes and registers them with `ring`.
+    pub(crate) fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<BufRing> {
+        if count == 0 || !count.is_power_of_two() || count > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("receive buffer count must be a power of two in 1..=32768, got {count}"),
+            ));
+        }
+        if size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "receive buffer size must not be zero",
+            ));
+        }
+        let entries_layout = Layout::from_size_align(
+            usize::from(count) * std::mem::size_of::<BufRingEntry>(),
+            PAGE,
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mem_layout = Layout::from_size_align(usize::from(count) * size as usize, PAGE)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: both layouts have a non-zero size (count >= 1, size >= 1).
+        let entries = NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) })
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?
+            .cast::<BufRingEntry>();
+        // SAFETY: as above.
+        let mem = match NonNull::new(unsafe { alloc::alloc_zeroed(mem_layout) }) {
+            Some(m) => m,
+            None => {
+                // SAFETY: `entries` was allocated just above with this layout.
+                unsafe { alloc::dealloc(entries.as_ptr().cast(), entries_layout) };
+                return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+            }
+        };
+        let mut ring_bufs = BufRing {
+            entries,
+            entries_layout,
+            mem: Rc::new(BufMem {
+                ptr: mem,
+                layout: mem_layout,
+            }),
+            mask: count - 1,
+            count,
+            size,
+            tail: 0,
+            available: 0,
+        };
+        // SAFETY: the entry array is page aligned, `count` entries long, and
+        // lives until `Drop for BufRing`, which the core runs only after the
+        // ring is closed (the driver is dropped first).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(entries.as_ptr() as u64, count, BGID, 0)
+        }
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "registering a provided buffer ring of {count} x {size} bytes failed ({e}); \
+                     the locked-memory limit (ulimit -l) is {}",
+                    super::describe_memlock()
+                ),
+            )
+        })?;
+        for bid in 0..count {
+            ring_bufs.push(bid);
+        }
+        ring_bufs.publish();
+        Ok(ring_bufs)
+    }
+
+    /// Total number of buffers.
+    pub(crate) fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Buffers currently available to the kernel.
+    pub(crate) fn available(&self) -> u16 {
+        self.available
+    }
+
+    /// Pointer to the start of buffer `bid`.
+    pub(crate) fn buf_ptr(&self, bid: u16) -> *mut u8 {
+        assert!(bid < self.count, "buffer id {bid} out of range");
+        // SAFETY: `bid < count`, so the offset stays inside the allocation of
+        // `count * size` bytes.
+        unsafe { self.mem.base().add(usize::from(bid) * self.size as usize) }
+    }
+
+    /// A reference to the buffer memory, for guards that point into it.
+    pub(crate) fn mem(&self) -> &Rc<BufMem> {
+        &self.mem
+    }
+
+    /// Notes that the kernel consumed a buffer (a CQE named it).
+    pub(crate) fn taken(&mut self) {
+        self.available = self.available.saturating_sub(1);
+    }
+
+    /// Gives buffer `bid` back to the kernel.
+    pub(crate) fn recycle(&mut self, bid: u16) {
+        self.push(bid);
+        self.publish();
+    }
+
+    fn push(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & self.mask);
+        // SAFETY: `idx <= mask < count`, inside the entry array; the kernel
+        // only reads entries between its head and the published tail, and this
+        // one is beyond the published tail until `publish`.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(idx) };
+        entry.set_addr(self.buf_ptr(bid) as u64);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.available += 1;
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field lives inside entry 0 of the live entry array;
+        // the kernel reads it concurrently, hence the atomic release store,
+        // which also orders the entry writes before it.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the ring that read it is
+        // closed before the core drops this (field order of `Core`).
+        unsafe { alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout) };
+    }
+}

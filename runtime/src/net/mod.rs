@@ -1,0 +1,13 @@
+//! Sockets driven by the current core's io_uring ring.
+//!
+//! All types here belong to the core that created them (they are not `Send`).
+//! Create listeners on every core that should accept (TCP listeners share the
+//! port through `SO_REUSEPORT`), then `accept` and `recv`/`send` in tasks.
+
+pub(crate) mod listener;
+pub(crate) mod stream;
+mod tcp;
+mod unix;
+
+pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
+pub use unix::{UnixListener, UnixStream};

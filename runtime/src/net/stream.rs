@@ -1,0 +1,268 @@
+//! The stream socket machinery shared by TCP and Unix streams.
+//!
+//! Receiving uses one multishot `RECV` per socket, fed by the core's provided
+//! buffer ring: the kernel picks a buffer for each arrival and posts a
+//! completion, which queues in the socket's slot until the owner takes it.
+//! When the ring runs dry the multishot stops with `ENOBUFS`; the socket is
+//! then parked on the driver's starved list and re-armed as soon as buffers
+//! come back. No data is lost meanwhile: it waits in the socket.
+//!
+//! Sending takes any [`IoBuf`] and gives it back with the result.
+
+use std::future::poll_fn;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::task::{Context, Poll};
+
+use io_uring::{cqueue, opcode, types};
+
+use crate::buf::{IoBuf, RecvBuf};
+use crate::core::with_core;
+use crate::driver::bufring::BGID;
+use crate::driver::op::Op;
+use crate::driver::{Driver, Lifecycle, Multi};
+use crate::stats::Stats;
+
+/// A connected stream socket registered with the current core's ring.
+pub(crate) struct Stream {
+    fd: OwnedFd,
+    recv_key: Option<usize>,
+    eof: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Stream {
+    pub(crate) fn new(fd: OwnedFd) -> Stream {
+        Stream {
+            fd,
+            recv_key: None,
+            eof: false,
+            _not_send: PhantomData,
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Receives the next chunk of bytes; `Ok(None)` at end of stream or when
+    /// the core shuts down (after everything already received is handed out).
+    pub(crate) async fn recv(&mut self) -> io::Result<Option<RecvBuf>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Takes a chunk that already arrived, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<io::Result<RecvBuf>> {
+        let key = self.recv_key?;
+        match self.take_queued(key) {
+            Some(Ok(Some(buf))) => Some(Ok(buf)),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        }
+    }
+
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<RecvBuf>>> {
+        if self.eof {
+            return Poll::Ready(Ok(None));
+        }
+        let key = match self.recv_key {
+            Some(k) => k,
+            None => {
+                let k = self.arm();
+                self.recv_key = Some(k);
+                k
+            }
+        };
+        if let Some(r) = self.take_queued(key) {
+            return Poll::Ready(r);
+        }
+        with_core(|core| {
+            if core.is_shutting_down() {
+                self.eof = true;
+                return Poll::Ready(Ok(None));
+            }
+            let mut driver = core.driver.borrow_mut();
+            let fd = self.fd.as_raw_fd();
+            let mut rearm = false;
+            if let Lifecycle::Multi(m) = &mut driver.slot_mut(key).state {
+                // A multishot can also stop without an error (the kernel ends
+                // it on some internal conditions): start it again.
+                rearm = !m.armed && !m.starved;
+                match &mut m.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+            }
+            if rearm {
+                rearm_recv(&mut driver, key, fd);
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Pops queued completions until one means something for the caller.
+    fn take_queued(&mut self, key: usize) -> Option<io::Result<Option<RecvBuf>>> {
+        with_core(|core| {
+            let mut driver = core.driver.borrow_mut();
+            loop {
+                let cqe = match &mut driver.slot_mut(key).state {
+                    Lifecycle::Multi(m) => m.queue.pop_front()?,
+                    _ => return None,
+                };
+                if cqe.result > 0 {
+                    let Some(bid) = cqueue::buffer_select(cqe.flags) else {
+                        return Some(Err(io::Error::other(
+                            "receive completion without a buffer id",
+                        )));
+                    };
+                    let len = cqe.result as usize;
+                    Stats::add(&core.stats.bytes_received, len as u64);
+                    let bufs = core.bufs.borrow();
+                    let ptr = bufs.buf_ptr(bid);
+                    return Some(Ok(Some(RecvBuf::new(ptr, len, bid, bufs.mem().clone()))));
+                }
+                if cqe.result == 0 {
+                    if let Some(bid) = cqueue::buffer_select(cqe.flags) {
+                        core.bufs.borrow_mut().recycle(bid);
+                    }
+                    self.eof = true;
+                    return Some(Ok(None));
+                }
+                if cqe.result == -libc::ENOBUFS {
+                    Stats::add(&core.stats.bufring_starvation, 1);
+                    let fd = self.fd.as_raw_fd();
+                    if let Lifecycle::Multi(m) = &mut driver.slot_mut(key).state {
+                        if !m.armed && !m.starved {
+                            m.starved = true;
+                            driver.starved.push((key, fd));
+                        }
+                    }
+                    continue;
+                }
+                // Any other error ends the stream for good.
+                self.eof = true;
+                return Some(Err(io::Error::from_raw_os_error(-cqe.result)));
+            }
+        })
+    }
+
+    fn arm(&self) -> usize {
+        let fd = self.fd.as_raw_fd();
+        with_core(|core| {
+            let mut driver = core.driver.borrow_mut();
+            let state = Lifecycle::Multi(Multi {
+                armed: true,
+                ..Multi::default()
+            });
+            // SAFETY: a buffer-select receive names no memory of ours: the
+            // kernel picks buffers from the registered ring, which outlives the
+            // ring's operations. The fd stays open until the slot is cancelled.
+            unsafe {
+                driver.submit(state, false, || {
+                    opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+                })
+            }
+        })
+    }
+
+    /// Sends bytes from `buf` starting at `offset`; returns how many went out.
+    pub(crate) async fn send_at<B: IoBuf>(&self, buf: B, offset: usize) -> (io::Result<usize>, B) {
+        let len = buf.bytes_init().saturating_sub(offset);
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        // SAFETY: `offset <= bytes_init()` (saturating above), so the pointer
+        // is inside the buffer; `IoBuf` guarantees the bytes stay put while
+        // the op owns `buf`.
+        let ptr = unsafe { buf.stable_ptr().add(offset.min(buf.bytes_init())) };
+        let entry = opcode::Send::new(types::Fd(self.fd()), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        // SAFETY: the entry points into `buf`'s stable bytes, owned by the op.
+        let (cqe, buf) = unsafe { Op::submit(buf, entry) }.await;
+        match cqe.io_result() {
+            Ok(n) => {
+                with_core(|c| Stats::add(&c.stats.bytes_sent, u64::from(n)));
+                (Ok(n as usize), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    /// Sends all of `buf`.
+    pub(crate) async fn send_all<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
+        let total = buf.bytes_init();
+        let mut done = 0;
+        while done < total {
+            let (res, b) = self.send_at(buf, done).await;
+            buf = b;
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Shuts down the write, read or both halves.
+    pub(crate) async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        let entry = opcode::Shutdown::new(types::Fd(self.fd()), how).build();
+        // SAFETY: a shutdown names no memory.
+        let (cqe, ()) = unsafe { Op::submit((), entry) }.await;
+        cqe.io_result().map(drop)
+    }
+}
+
+/// Starts (again) the multishot receive of slot `key` on `fd`.
+pub(crate) fn rearm_recv(driver: &mut Driver, key: usize, fd: RawFd) {
+    match &mut driver.slot_mut(key).state {
+        Lifecycle::Multi(m) if !m.armed => {
+            m.armed = true;
+            m.starved = false;
+        }
+        // Owner gone (slot ignored) or already running.
+        _ => return,
+    }
+    // SAFETY: as in `Stream::arm`: buffer-select receives name no memory of
+    // ours, and the owner keeps `fd` open while the slot is live.
+    unsafe { driver.resubmit(key, opcode::RecvMulti::new(types::Fd(fd), BGID).build()) };
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let Some(key) = self.recv_key else { return };
+        crate::core::try_with_core(|core| {
+            let mut driver = core.driver.borrow_mut();
+            let slot = driver.slot_mut(key);
+            let (armed, queued) = match &mut slot.state {
+                Lifecycle::Multi(m) => (m.armed, std::mem::take(&mut m.queue)),
+                _ => (false, Default::default()),
+            };
+            // Buffers that arrived but were never taken go back to the ring.
+            {
+                let mut bufs = core.bufs.borrow_mut();
+                for cqe in queued {
+                    if let Some(bid) = cqueue::buffer_select(cqe.flags) {
+                        bufs.recycle(bid);
+                    }
+                }
+            }
+            if armed {
+                driver.slot_mut(key).state = Lifecycle::Ignored(Box::new(()));
+                driver.cancel(key);
+            } else {
+                driver.remove(key);
+                driver.starved.retain(|(k, _)| *k != key);
+            }
+        });
+        // The descriptor closes when `fd` drops; an armed receive holds its
+        // own reference to the socket until its cancellation completes.
+    }
+}

@@ -1,0 +1,104 @@
+//! Raw system calls, kept in one place.
+//!
+//! Every direct `libc` call of the runtime lives here, each turning the C
+//! convention (`-1` and `errno`) into [`io::Error`] through [`cvt`].
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// Turns a C return value into an [`io::Result`]: `-1` becomes the last OS error.
+pub(crate) fn cvt(res: libc::c_int) -> io::Result<libc::c_int> {
+    if res == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(res)
+    }
+}
+
+/// Creates a non-blocking, close-on-exec eventfd with a zero counter.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; flags are valid constants.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd counter, waking whoever reads it.
+pub(crate) fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: `one` is a live 8-byte value for the duration of the call. A
+    // failure (EAGAIN when the counter is saturated) still leaves the reader
+    // woken, so the result is deliberately ignored.
+    let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
+/// Closes a raw descriptor that nothing else owns (a late completion's fd).
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: callers pass a descriptor that they own and never use again.
+    let _ = unsafe { libc::close(fd) };
+}
+
+/// Current CLOCK_MONOTONIC time, the clock io_uring absolute timeouts use.
+pub(crate) fn monotonic_now() -> libc::timespec {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts
+}
+
+/// The RLIMIT_MEMLOCK soft limit in bytes (`None` when unlimited).
+pub(crate) fn memlock_limit() -> Option<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 {
+        return None;
+    }
+    (rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+}
+
+/// Reads `/proc/sys/kernel/io_uring_disabled` (0 when absent).
+pub(crate) fn io_uring_disabled_sysctl() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (threads it spawns
+/// afterwards inherit the mask), so that [`wait_for_signal`] can take them.
+pub(crate) fn block_termination_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; zeroed then initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for all three calls.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: `set` is initialised; the old mask is not requested.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
+/// Waits for one of the signals in `set` (which must be blocked) and returns it.
+pub(crate) fn wait_for_signal(set: &libc::sigset_t) -> io::Result<libc::c_int> {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` and `sig` are valid for the call.
+        let rc = unsafe { libc::sigwait(set, &mut sig) };
+        match rc {
+            0 => return Ok(sig),
+            libc::EINTR => continue,
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
