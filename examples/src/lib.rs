@@ -1,1 +1,16 @@
-//! Core-pinned example nodes built on ringwire.
+//! Shared pieces of ringwire's example nodes: command-line parsing, the
+//! length-prefixed echo framing, and logging set-up.
+
+pub mod cli;
+pub mod lenprefix;
+
+/// Installs a `tracing` subscriber filtered by `RUST_LOG` (default `info`),
+/// writing to stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

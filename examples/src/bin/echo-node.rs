@@ -1,0 +1,211 @@
+//! echo-node: a core-pinned TCP echo server on ringwire.
+//!
+//! Every core listens on the same address (`SO_REUSEPORT`) and echoes what it
+//! receives, either every byte (`--wire raw`) or whole length-prefixed
+//! messages (`--wire lenprefix`: 4-byte little-endian length, then payload).
+//! Ctrl-C or SIGTERM shuts it down gracefully and prints per-core counters.
+//!
+//! ```text
+//! echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000]
+//!           [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES]
+//!           [--stats]
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ringwire::runtime::net::{TcpListener, TcpStream};
+use ringwire::runtime::signal::TerminationSignals;
+use ringwire::runtime::{spawn_local, stats, IdleStrategy, Placement, Runtime};
+use ringwire_examples::cli::{self, Args};
+use ringwire_examples::lenprefix::Reassembler;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Raw,
+    LenPrefix,
+}
+
+struct Config {
+    placement: Placement,
+    listen: SocketAddr,
+    wire: Wire,
+    idle: IdleStrategy,
+    max_message: usize,
+    print_stats: bool,
+}
+
+const USAGE: &str = "usage: echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000] \
+[--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES] [--stats]";
+
+fn parse() -> Result<Config, String> {
+    let mut args = Args::from_env();
+    let mut cfg = Config {
+        placement: Placement::AllOnline,
+        listen: "127.0.0.1:7000".parse().map_err(|e| format!("{e}"))?,
+        wire: Wire::LenPrefix,
+        idle: IdleStrategy::Park,
+        max_message: 16 << 20,
+        print_stats: false,
+    };
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "--cores" => cfg.placement = cli::parse_cores(&args.value(&flag)?)?,
+            "--listen" => {
+                let v = args.value(&flag)?;
+                cfg.listen = v
+                    .parse()
+                    .map_err(|e| format!("--listen {v}: {e} (expected IP:PORT)"))?;
+            }
+            "--wire" => {
+                cfg.wire = match args.value(&flag)?.as_str() {
+                    "raw" => Wire::Raw,
+                    "lenprefix" => Wire::LenPrefix,
+                    other => return Err(format!("--wire {other}: expected raw or lenprefix")),
+                }
+            }
+            "--idle" => cfg.idle = cli::parse_idle(&args.value(&flag)?)?,
+            "--max-message" => {
+                let v = args.value(&flag)?;
+                cfg.max_message = v.parse().map_err(|e| format!("--max-message {v}: {e}"))?;
+            }
+            "--stats" => cfg.print_stats = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    ringwire_examples::init_tracing();
+    let cfg = match parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: Config) -> io::Result<()> {
+    let signals = TerminationSignals::block()?;
+    let rt = Runtime::builder()
+        .placement(cfg.placement.clone())
+        .idle(cfg.idle)
+        .recv_buffer_size(64 * 1024)
+        .recv_buffers(256)
+        .thread_name("echo-core")
+        .build()?;
+    let (listen, wire, max_message) = (cfg.listen, cfg.wire, cfg.max_message);
+    // Bind on every core before announcing the node, so that a load
+    // generator started right after the banner finds the port open.
+    let bound: Vec<_> = rt
+        .spawn_on_all(move |_core| async move {
+            let listener = TcpListener::bind(listen)?;
+            spawn_local(accept_loop(listener, wire, max_message));
+            Ok::<_, io::Error>(())
+        })
+        .into_iter()
+        .map(|h| h.join())
+        .collect();
+    for r in bound {
+        r.map_err(io::Error::other)??;
+    }
+    println!(
+        "echo-node listening on {listen} ({wire:?}) with {} cores on CPUs {:?}, idle {:?}",
+        rt.core_count(),
+        rt.cpus(),
+        cfg.idle
+    );
+    tracing::info!(features = ?rt.ring_features(), "ring features");
+    let sig = signals.wait()?;
+    tracing::info!(?sig, "shutting down");
+    let snapshot = rt.stats();
+    let report = rt.shutdown(Duration::from_secs(5));
+    if cfg.print_stats {
+        print!("{}", stats::render_prometheus(&snapshot));
+    }
+    eprintln!("echo-node stopped: {report:?}");
+    Ok(())
+}
+
+async fn accept_loop(mut listener: TcpListener, wire: Wire, max_message: usize) {
+    while let Some(conn) = listener.accept().await {
+        match conn {
+            Ok(conn) => {
+                spawn_local(async move {
+                    let peer = conn.peer_addr().ok();
+                    let res = match wire {
+                        Wire::Raw => echo_raw(conn).await,
+                        Wire::LenPrefix => echo_lenprefix(conn, max_message).await,
+                    };
+                    if let Err(e) = res {
+                        tracing::debug!(?peer, error = %e, "connection closed with error");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                ringwire::runtime::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Echoes every byte. One buffer goes back as-is (no copy); several that
+/// arrived together are gathered into one send.
+async fn echo_raw(mut conn: TcpStream) -> io::Result<()> {
+    let mut out = Vec::with_capacity(64 * 1024);
+    while let Some(first) = conn.recv().await? {
+        match conn.try_recv().transpose()? {
+            None => {
+                conn.send_all(first).await.0?;
+            }
+            Some(second) => {
+                out.extend_from_slice(&first);
+                out.extend_from_slice(&second);
+                drop((first, second));
+                while let Some(more) = conn.try_recv().transpose()? {
+                    out.extend_from_slice(&more);
+                }
+                let (res, o) = conn.send_all(out).await;
+                res?;
+                out = o;
+                out.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Echoes whole length-prefixed messages: everything complete that arrived in
+/// one loop turn leaves in one send.
+async fn echo_lenprefix(mut conn: TcpStream, max_message: usize) -> io::Result<()> {
+    let mut framer = Reassembler::new(max_message);
+    let mut out = Vec::with_capacity(64 * 1024);
+    while let Some(first) = conn.recv().await? {
+        framer.feed(&first, &mut out)?;
+        drop(first);
+        while let Some(more) = conn.try_recv().transpose()? {
+            framer.feed(&more, &mut out)?;
+        }
+        if !out.is_empty() {
+            let (res, o) = conn.send_all(out).await;
+            res?;
+            out = o;
+            out.clear();
+        }
+    }
+    Ok(())
+}

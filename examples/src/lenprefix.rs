@@ -1,0 +1,135 @@
+//! Length-prefixed echo framing: a 4-byte little-endian length, then that
+//! many payload bytes.
+
+use std::io;
+
+/// Size of the length header.
+pub const HEADER: usize = 4;
+
+/// Finds whole messages in a byte stream that arrives in arbitrary chunks
+/// and appends each complete message (header included) to an output buffer.
+pub struct Reassembler {
+    max_message: usize,
+    /// Bytes of an incomplete message carried over from earlier chunks.
+    partial: Vec<u8>,
+}
+
+impl Reassembler {
+    /// A reassembler refusing messages longer than `max_message` bytes.
+    pub fn new(max_message: usize) -> Reassembler {
+        Reassembler {
+            max_message,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Bytes of an incomplete message held back.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Consumes `chunk`; appends every message it completes to `out`.
+    ///
+    /// A length above the maximum is an `InvalidData` error (the connection
+    /// should be closed; nothing is allocated for it).
+    pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        // Finish a message started in an earlier chunk.
+        if !self.partial.is_empty() {
+            if self.partial.len() < HEADER {
+                let take = (HEADER - self.partial.len()).min(chunk.len());
+                self.partial.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                if self.partial.len() < HEADER {
+                    return Ok(());
+                }
+            }
+            let len = self.check_len(&self.partial[..HEADER])?;
+            let need = HEADER + len - self.partial.len();
+            let take = need.min(chunk.len());
+            self.partial.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if take < need {
+                return Ok(());
+            }
+            out.extend_from_slice(&self.partial);
+            self.partial.clear();
+        }
+        // Whole messages inside this chunk are copied in one go.
+        let mut pos = 0;
+        while chunk.len() - pos >= HEADER {
+            let len = self.check_len(&chunk[pos..pos + HEADER])?;
+            if chunk.len() - pos < HEADER + len {
+                break;
+            }
+            pos += HEADER + len;
+        }
+        out.extend_from_slice(&chunk[..pos]);
+        self.partial.extend_from_slice(&chunk[pos..]);
+        Ok(())
+    }
+
+    fn check_len(&self, header: &[u8]) -> io::Result<usize> {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > self.max_message {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "peer announced a {len}-byte message; the limit is {} bytes",
+                    self.max_message
+                ),
+            ));
+        }
+        Ok(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(payload: &[u8]) -> Vec<u8> {
+        let mut v = (payload.len() as u32).to_le_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn any_chunking_yields_the_same_messages() {
+        let mut stream = Vec::new();
+        for i in 0..50u32 {
+            stream.extend(msg(&vec![i as u8; (i * 37 % 300) as usize]));
+        }
+        for chunk_size in [1, 2, 3, 4, 5, 7, 64, 1000, stream.len()] {
+            let mut r = Reassembler::new(1 << 20);
+            let mut out = Vec::new();
+            for c in stream.chunks(chunk_size) {
+                r.feed(c, &mut out).unwrap();
+            }
+            assert_eq!(out, stream, "chunk size {chunk_size}");
+            assert_eq!(r.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn partial_message_is_held_back() {
+        let m = msg(b"hello");
+        let mut r = Reassembler::new(100);
+        let mut out = Vec::new();
+        r.feed(&m[..6], &mut out).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(r.pending(), 6);
+        r.feed(&m[6..], &mut out).unwrap();
+        assert_eq!(out, m);
+    }
+
+    #[test]
+    fn oversized_length_is_an_error() {
+        let mut r = Reassembler::new(10);
+        let mut out = Vec::new();
+        let err = r.feed(&msg(&[0; 11]), &mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut r = Reassembler::new(10);
+        r.feed(&[11, 0], &mut out).unwrap();
+        assert!(r.feed(&[0, 0, 1], &mut out).is_err());
+    }
+}
