@@ -40,11 +40,9 @@ pub fn check_alignment(payload: &[u8]) -> Result<(), ProtoError> {
 /// [`Schema`]: crate::Schema
 pub fn access<T: Message>(payload: &[u8]) -> Result<&T::Archived, ProtoError> {
     check_alignment(payload)?;
-    rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|source| {
-        ProtoError::Validation {
-            type_id: T::TYPE_ID,
-            source,
-        }
+    rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|source| ProtoError::Validation {
+        type_id: T::TYPE_ID,
+        source,
     })
 }
 

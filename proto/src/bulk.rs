@@ -132,18 +132,6 @@ pub(crate) enum BulkIn<B> {
     },
 }
 
-impl<B> BulkIn<B> {
-    /// Sequence number of the message the transfer belongs to.
-    pub(crate) fn msg_seq(&self) -> Option<u64> {
-        match self {
-            BulkIn::Idle => None,
-            BulkIn::Offered { msg_seq, .. }
-            | BulkIn::Receiving { msg_seq, .. }
-            | BulkIn::Discarding { msg_seq, .. } => Some(*msg_seq),
-        }
-    }
-}
-
 /// Send-side state: segments still owed after a bulk message.
 #[derive(Debug, Clone)]
 pub(crate) struct BulkOut {
@@ -177,7 +165,12 @@ mod tests {
     fn malformed_descriptors_are_errors() {
         let mut header = FrameHeader::new(FrameKind::Message);
         header.flags = flags::HAS_BULK;
-        for payload in [&[][..], &[0, 0, 0, 0][..], &[9, 0, 0, 0, 1, 0, 0, 0][..], &[0xff; 8][..]] {
+        for payload in [
+            &[][..],
+            &[0, 0, 0, 0][..],
+            &[9, 0, 0, 0, 1, 0, 0, 0][..],
+            &[0xff; 8][..],
+        ] {
             assert!(matches!(
                 split_body(&header, payload),
                 Err(ProtoError::Malformed { .. })

@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn close_round_trips() {
         let bytes = close_payload(CloseReason::Other(77), 12345);
-        assert_eq!(parse_close(&bytes).unwrap(), (CloseReason::Other(77), 12345));
+        assert_eq!(
+            parse_close(&bytes).unwrap(),
+            (CloseReason::Other(77), 12345)
+        );
         assert!(parse_close(&bytes[..15]).is_err());
         assert_eq!(parse_close_ack(&9u64.to_le_bytes()).unwrap(), 9);
     }

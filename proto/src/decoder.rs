@@ -272,11 +272,7 @@ impl Decoder {
                     pos = self.finish_frame(input, pos + len, len);
                     return Ok(Step {
                         consumed: pos,
-                        out: Out::Borrowed {
-                            header,
-                            start,
-                            len,
-                        },
+                        out: Out::Borrowed { header, start, len },
                     });
                 }
                 self.assembly.clear();

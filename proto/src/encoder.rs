@@ -29,12 +29,10 @@ pub fn encode_frame(
         announced: payload.len() as u64,
         limit: u64::from(u32::MAX),
     })?;
-    let out = buf
-        .get_mut(..total)
-        .ok_or(ProtoError::BufferTooSmall {
-            needed: total,
-            available,
-        })?;
+    let out = buf.get_mut(..total).ok_or(ProtoError::BufferTooSmall {
+        needed: total,
+        available,
+    })?;
     let (head, rest) = out.split_at_mut(HEADER_LEN);
     write_header(head, &header);
     rest[..payload.len()].copy_from_slice(payload);
@@ -128,10 +126,12 @@ pub fn encode_bulk_header(
     data_len: u32,
 ) -> Result<usize, ProtoError> {
     let available = buf.len();
-    let head = buf.get_mut(..HEADER_LEN).ok_or(ProtoError::BufferTooSmall {
-        needed: HEADER_LEN,
-        available,
-    })?;
+    let head = buf
+        .get_mut(..HEADER_LEN)
+        .ok_or(ProtoError::BufferTooSmall {
+            needed: HEADER_LEN,
+            available,
+        })?;
     header.payload_len = data_len;
     write_header(head, &header);
     let data_len = data_len as usize;
@@ -160,7 +160,10 @@ mod tests {
         let mut small = [0u8; 40];
         assert!(matches!(
             encode_frame(&mut small, FrameHeader::new(FrameKind::Heartbeat), b"abc"),
-            Err(ProtoError::BufferTooSmall { needed: 48, available: 40 })
+            Err(ProtoError::BufferTooSmall {
+                needed: 48,
+                available: 40
+            })
         ));
     }
 }

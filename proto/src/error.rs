@@ -163,6 +163,23 @@ pub enum ProtoError {
         /// Size offered.
         found: u64,
     },
+    /// A frame to send exceeds the largest payload the peer accepts.
+    #[error("payload of {len} bytes exceeds the peer's limit of {limit}")]
+    PeerLimit {
+        /// Payload length.
+        len: usize,
+        /// The peer's `max_payload` from its hello.
+        limit: u32,
+    },
+    /// The peer does not support a capability this operation needs.
+    #[error("peer lacks capability {0:#x}")]
+    MissingCapability(u32),
+    /// The replay buffer holds its maximum of unacknowledged bytes.
+    #[error("replay buffer full ({limit} bytes unacknowledged)")]
+    ReplayFull {
+        /// The configured limit.
+        limit: usize,
+    },
     /// The peer reported a protocol error and closed.
     #[error("peer closed the connection with reason {0:?}")]
     PeerClosed(crate::control::CloseReason),
@@ -188,6 +205,9 @@ impl ProtoError {
                 | ProtoError::BulkInProgress
                 | ProtoError::BulkDecisionPending
                 | ProtoError::BulkSize { .. }
+                | ProtoError::PeerLimit { .. }
+                | ProtoError::MissingCapability(_)
+                | ProtoError::ReplayFull { .. }
         )
     }
 }

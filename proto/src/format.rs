@@ -80,6 +80,9 @@ mod tests {
         assert!(format.aligned);
         assert_eq!(format.pointer_width, 4);
         assert_eq!(ArchiveFormat::from_bytes(format.to_bytes()), format);
-        assert_eq!(format.to_string(), "little-endian, aligned, 32-bit pointers");
+        assert_eq!(
+            format.to_string(),
+            "little-endian, aligned, 32-bit pointers"
+        );
     }
 }

@@ -244,13 +244,22 @@ mod tests {
         ));
         let mut k = bytes;
         k[1] = 0x7f;
-        assert!(matches!(FrameHeader::parse(&k), Err(ProtoError::UnknownKind(0x7f))));
+        assert!(matches!(
+            FrameHeader::parse(&k),
+            Err(ProtoError::UnknownKind(0x7f))
+        ));
         let mut f = bytes;
         f[3] = 0x80;
-        assert!(matches!(FrameHeader::parse(&f), Err(ProtoError::ReservedFlags(0x8000))));
+        assert!(matches!(
+            FrameHeader::parse(&f),
+            Err(ProtoError::ReservedFlags(0x8000))
+        ));
         let mut b = bytes;
         b[2] = 1;
-        assert!(matches!(FrameHeader::parse(&b), Err(ProtoError::Violation(_))));
+        assert!(matches!(
+            FrameHeader::parse(&b),
+            Err(ProtoError::Violation(_))
+        ));
     }
 
     #[test]

@@ -81,7 +81,10 @@ impl Hello {
         // MAX_HELLO_TYPES fits in u32; a longer list is refused by the peer.
         let count = u32::try_from(self.type_ids.len()).unwrap_or(u32::MAX);
         out[56..60].copy_from_slice(&count.to_le_bytes());
-        for (slot, id) in out[HELLO_FIXED_LEN..].chunks_exact_mut(4).zip(&self.type_ids) {
+        for (slot, id) in out[HELLO_FIXED_LEN..]
+            .chunks_exact_mut(4)
+            .zip(&self.type_ids)
+        {
             slot.copy_from_slice(&id.to_le_bytes());
         }
         Ok(())
@@ -191,7 +194,11 @@ impl fmt::Display for Mismatch {
             parts.push(format!("message types only here: {}", list.join(", ")));
         }
         if !self.only_peer.is_empty() {
-            let list: Vec<String> = self.only_peer.iter().map(|id| format!("{id:#010x}")).collect();
+            let list: Vec<String> = self
+                .only_peer
+                .iter()
+                .map(|id| format!("{id:#010x}"))
+                .collect();
             parts.push(format!("message types only at peer: {}", list.join(", ")));
         }
         if parts.is_empty() {
@@ -288,6 +295,9 @@ mod tests {
         assert!(text.contains("protocol version: ours 1, peer 7"), "{text}");
         assert!(text.contains("64-bit pointers"), "{text}");
         assert!(text.contains("capabilities 0x1"), "{text}");
-        assert!(text.contains("only at peer: 0x00000001, 0x00000005, 0x00000009"), "{text}");
+        assert!(
+            text.contains("only at peer: 0x00000001, 0x00000005, 0x00000009"),
+            "{text}"
+        );
     }
 }

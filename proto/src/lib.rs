@@ -47,9 +47,9 @@ pub mod format;
 pub mod header;
 pub mod hello;
 pub mod message;
-
+pub mod replay;
 pub mod schema;
-
+pub mod session;
 pub mod time;
 pub mod writer;
 
@@ -64,5 +64,10 @@ pub use header::{frame_len, padded_len, FrameHeader, FrameKind, HEADER_LEN, WIRE
 pub use hello::{Hello, Mismatch};
 pub use message::{type_id, Message};
 
+pub use replay::ReplayBuffer;
 pub use schema::Schema;
+pub use session::{
+    capabilities, peek_hello, BulkHeader, CallId, Config, Event, Input, LostReason, PeerInfo,
+    Received, ReplyTo, Role, Sent, Session, SessionState, StreamId,
+};
 pub use time::Instant;

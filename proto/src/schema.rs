@@ -43,7 +43,14 @@ pub struct Schema {
 impl core::fmt::Debug for Schema {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Schema")
-            .field("types", &self.entries.iter().map(|e| (e.id, e.name)).collect::<Vec<_>>())
+            .field(
+                "types",
+                &self
+                    .entries
+                    .iter()
+                    .map(|e| (e.id, e.name))
+                    .collect::<Vec<_>>(),
+            )
             .field("format", &self.format)
             .finish()
     }
@@ -123,7 +130,9 @@ impl Schema {
 
     /// Whether `type_id` is registered.
     pub fn contains(&self, type_id: u32) -> bool {
-        self.entries.binary_search_by_key(&type_id, |e| e.id).is_ok()
+        self.entries
+            .binary_search_by_key(&type_id, |e| e.id)
+            .is_ok()
     }
 
     /// The registered name of `type_id`.

@@ -58,7 +58,10 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Instant::from_nanos(10);
         assert_eq!((t + Duration::from_nanos(5)).as_nanos(), 15);
-        assert_eq!(t.saturating_duration_since(Instant::from_nanos(20)), Duration::ZERO);
+        assert_eq!(
+            t.saturating_duration_since(Instant::from_nanos(20)),
+            Duration::ZERO
+        );
         assert_eq!((t + Duration::MAX).as_nanos(), u64::MAX);
     }
 }

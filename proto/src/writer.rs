@@ -74,10 +74,7 @@ impl Source for EncodeError {
 impl<'a> SliceWriter<'a> {
     /// A writer that starts at the beginning of `buf`.
     pub fn new(buf: &'a mut [u8]) -> Self {
-        SliceWriter {
-            buf,
-            pos: 0,
-        }
+        SliceWriter { buf, pos: 0 }
     }
 
     /// Bytes written so far.

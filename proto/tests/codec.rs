@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use ringwire_proto::{
-    encode_bulk_header, encode_frame, encode_message, encode_message_with_bulk, frame_len,
-    Decoder, FrameHeader, FrameKind, Item, Message, ProtoError, Schema, HEADER_LEN,
+    encode_bulk_header, encode_frame, encode_message, encode_message_with_bulk, frame_len, Decoder,
+    FrameHeader, FrameKind, Item, Message, ProtoError, Schema, HEADER_LEN,
 };
 use rkyv::util::AlignedVec;
 
@@ -49,7 +49,10 @@ fn frames_in_one_chunk_are_borrowed_and_validate() {
         let Some(Item::Frame(frame)) = decoded.item else {
             break;
         };
-        assert!(frame.is_borrowed(), "whole frame in an aligned chunk must not be copied");
+        assert!(
+            frame.is_borrowed(),
+            "whole frame in an aligned chunk must not be copied"
+        );
         assert_eq!(frame.header().stream, seen);
         let archived = frame.access::<Order>().unwrap();
         assert_eq!(to_owned(archived), order(u64::from(seen)));
@@ -71,7 +74,10 @@ fn byte_at_a_time_assembles_once() {
     let frames = decode_chunked(&wire, &[1], 1 << 16).unwrap();
     assert_eq!(frames.len(), 1);
     assert!(!frames[0].borrowed);
-    assert_eq!(frames[0].payload.len(), frames[0].header.payload_len as usize);
+    assert_eq!(
+        frames[0].payload.len(),
+        frames[0].header.payload_len as usize
+    );
 }
 
 #[test]
@@ -104,11 +110,17 @@ fn oversized_announcement_fails_before_allocating_and_stays_failed() {
         }
     ));
     assert!(err.is_fatal());
-    assert!(matches!(decoder.decode(&[0; 64]), Err(ProtoError::DecoderFailed)));
+    assert!(matches!(
+        decoder.decode(&[0; 64]),
+        Err(ProtoError::DecoderFailed)
+    ));
     decoder.reset();
     let mut ok = [0u8; 32];
     FrameHeader::new(FrameKind::Heartbeat).write(&mut ok);
-    assert!(matches!(decoder.decode(&ok).unwrap().item, Some(Item::Frame(_))));
+    assert!(matches!(
+        decoder.decode(&ok).unwrap().item,
+        Some(Item::Frame(_))
+    ));
 
     let mut bulk = FrameHeader::new(FrameKind::Bulk);
     bulk.payload_len = 4097;
@@ -137,7 +149,10 @@ fn bulk_segments_stream_as_pieces_and_skip_padding() {
     let frames = decode_chunked(&wire, &[7, 33, 1], 64).unwrap();
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0].header.kind, FrameKind::Bulk);
-    assert_eq!(frames[0].payload, data, "bulk above max_payload is streamed, not refused");
+    assert_eq!(
+        frames[0].payload, data,
+        "bulk above max_payload is streamed, not refused"
+    );
     assert_eq!(frames[1].header.kind, FrameKind::Heartbeat);
 }
 
@@ -149,7 +164,10 @@ fn wrong_type_and_corrupt_archives_are_errors() {
     let Some(Item::Frame(frame)) = decoder.decode(&wire).unwrap().item else {
         panic!("expected a frame");
     };
-    assert!(matches!(frame.access::<Ping>(), Err(ProtoError::WrongType { .. })));
+    assert!(matches!(
+        frame.access::<Ping>(),
+        Err(ProtoError::WrongType { .. })
+    ));
 
     // Point the root's string at a wild offset: bytecheck must refuse it.
     let mut bad = wire.clone();
@@ -167,7 +185,10 @@ fn wrong_type_and_corrupt_archives_are_errors() {
         schema.validate(Order::TYPE_ID, archive),
         Err(ProtoError::Validation { .. })
     ));
-    assert!(matches!(schema.validate(12345, archive), Err(ProtoError::UnknownType(12345))));
+    assert!(matches!(
+        schema.validate(12345, archive),
+        Err(ProtoError::UnknownType(12345))
+    ));
 }
 
 #[test]

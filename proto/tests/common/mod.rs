@@ -76,7 +76,11 @@ pub fn decode_chunked(
     let mut at = 0;
     let mut i = 0;
     while at < stream.len() {
-        let len = cuts.get(i % cuts.len().max(1)).copied().unwrap_or(stream.len()).max(1);
+        let len = cuts
+            .get(i % cuts.len().max(1))
+            .copied()
+            .unwrap_or(stream.len())
+            .max(1);
         i += 1;
         let end = (at + len).min(stream.len());
         let mut chunk = AlignedVec::<16>::new();
