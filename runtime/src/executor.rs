@@ -289,6 +289,23 @@ where
     JoinHandle { state }
 }
 
+/// Spawns `future` on the current core as one task and hands its result (or
+/// its panic) to `on_done`. Used for work sent from other threads.
+pub(crate) fn spawn_reporting<F, C>(future: F, on_done: C)
+where
+    F: Future + 'static,
+    C: FnOnce(Result<F::Output, JoinError>) + 'static,
+{
+    let task = async move {
+        let out = CatchUnwind {
+            inner: AssertUnwindSafe(future),
+        }
+        .await;
+        on_done(out);
+    };
+    with_core(|core| core.exec.spawn(Box::pin(task)));
+}
+
 /// Catches a panic while polling the inner future.
 struct CatchUnwind<F> {
     inner: F,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::{run_core, CoreConfig, CoreExit, Shared};
 use crate::driver::{RingConfig, RingFeatures};
-use crate::executor::{spawn_local, JoinError};
+use crate::executor::{spawn_reporting, JoinError};
 use crate::stats::CoreStats;
 
 /// Where the core threads run.
@@ -294,11 +294,7 @@ impl Runtime {
         });
         let reporter = Reporter { slot: slot.clone() };
         self.cores[core].shared.run(Box::new(move || {
-            let handle = spawn_local(f());
-            spawn_local(async move {
-                let result = handle.await;
-                reporter.report(result);
-            });
+            spawn_reporting(f(), move |result| reporter.report(result));
         }));
         RemoteHandle { slot }
     }
