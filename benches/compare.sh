@@ -2,8 +2,9 @@
 # Echo server comparison: ringwire's echo-node (idle park and idle poll)
 # against the tokio and glommio peer servers, on one server core.
 #
-# For each server: start it pinned to core $SERVER_CORE (taskset plus its own
-# --cores), wait for its port, run the load generator pinned to core
+# For each server: start it pinned to core $SERVER_CORE (`taskset -c
+# $SERVER_CORE server --cores 1`: one core, the first CPU it may use), wait for
+# its port, run the load generator pinned to core
 # $LOADGEN_CORE in throughput mode ($CONNS conns x $DEPTH in flight x $SIZE B)
 # and in ping-pong mode (1 conn, $PP_SIZE B), both with --server-pid, then stop
 # the server by its PID. Every run uses a fresh port. With REPEAT > 1 the
@@ -103,7 +104,7 @@ trap 'exit 130' INT TERM
 
 server_cmd() {
     local name=$1 port=$2
-    local common=(--cores "$SERVER_CORE" --listen "127.0.0.1:$port" --wire "$WIRE")
+    local common=(--cores 1 --listen "127.0.0.1:$port" --wire "$WIRE")
     case "$name" in
         echo-node-park) echo "$BIN/echo-node ${common[*]} --idle park" ;;
         echo-node-poll) echo "$BIN/echo-node ${common[*]} --idle poll" ;;

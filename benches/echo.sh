@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The echo benchmark in one line: builds ringwire's `echo-node` example and the
-# load generator (release), starts echo-node pinned to core 0 on
+# load generator (release), starts echo-node pinned to core 0 (`taskset -c 0
+# echo-node --cores 1`: one core, the first CPU it may use) on
 # 127.0.0.1:$PORT (lenprefix wire), loads it from core 1 in throughput mode
 # (loadgen defaults: 64 connections x 16 in flight x 1 KiB, 1 s warm-up, 5 s
 # measured), then with a short ping-pong run, and stops the node by its PID.
@@ -50,13 +51,30 @@ if [ -n "${IDLE:-}" ]; then
 fi
 
 echo "== starting echo-node on core $NODE_CORE, 127.0.0.1:$PORT, lenprefix"
-taskset -c "$NODE_CORE" "$BIN/echo-node" --cores "$NODE_CORE" --listen "127.0.0.1:$PORT" \
+taskset -c "$NODE_CORE" "$BIN/echo-node" --cores 1 --listen "127.0.0.1:$PORT" \
     --wire lenprefix "${IDLE_ARGS[@]}" &
 NODE_PID=$!
+listening=0
+for _ in $(seq 100); do
+    if ! kill -0 "$NODE_PID" 2>/dev/null; then
+        NODE_PID=""
+        echo "echo.sh: echo-node exited before listening on port $PORT" >&2
+        exit 1
+    fi
+    if ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .; then
+        listening=1
+        break
+    fi
+    sleep 0.1
+done
+if [ "$listening" != 1 ]; then
+    echo "echo.sh: nothing listens on port $PORT after 10 s" >&2
+    exit 1
+fi
 
 echo "== throughput (loadgen on core $LOADGEN_CORE)"
 taskset -c "$LOADGEN_CORE" "$BIN/loadgen" --core "$LOADGEN_CORE" --addr "127.0.0.1:$PORT" \
-    --wire lenprefix --mode throughput --server-pid "$NODE_PID" --label echo-node --wait 10s
+    --wire lenprefix --mode throughput --server-pid "$NODE_PID" --label echo-node
 
 echo "== ping-pong (1 connection, 64 B)"
 taskset -c "$LOADGEN_CORE" "$BIN/loadgen" --core "$LOADGEN_CORE" --addr "127.0.0.1:$PORT" \

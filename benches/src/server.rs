@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{parse_args, parse_value, Arg, CliError};
-use crate::cores::{parse_cores, pin_current_thread};
+use crate::cores::{parse_cores, pin_current_thread, CoreSpec};
 use crate::wire::Wire;
 
 /// Receive buffer size per connection.
@@ -23,7 +23,7 @@ pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Cores to run one pinned executor on each.
-    pub cores: Vec<usize>,
+    pub cores: CoreSpec,
     /// Address every core listens on (with `SO_REUSEPORT`).
     pub listen: SocketAddr,
     /// Wire mode.
@@ -38,8 +38,8 @@ pub fn usage(name: &str) -> String {
          Echo server, one pinned single-threaded executor per core, each with its\n\
          own SO_REUSEPORT listener on ADDR. Stops cleanly on SIGINT/SIGTERM.\n\
          \n\
-         --cores   core ids `0,1` (`1,` for core 1 alone) or a count N = cores 0..N\n\
-         \x20         (`0` = core 0); default 0\n\
+         --cores   CPU ids `0,1`, or a count N = the first N CPUs this process may\n\
+         \x20         run on (so `taskset -c 3 ... --cores 1` uses CPU 3); default 1\n\
          --listen  address to listen on; default 127.0.0.1:7000\n\
          --wire    raw (echo bytes as-is) or lenprefix (4-byte LE length + payload,\n\
          \x20         echo whole messages); default lenprefix\n"
@@ -53,7 +53,7 @@ impl ServerConfig {
         I: IntoIterator<Item = String>,
     {
         let mut cfg = ServerConfig {
-            cores: vec![0],
+            cores: CoreSpec::Count(1),
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             wire: Wire::LenPrefix,
         };
@@ -108,15 +108,15 @@ impl Shutdown {
     }
 }
 
-/// Runs `serve(core)` on one thread per configured core, pinned to it, and
+/// Runs `serve(core)` on one thread per CPU in `cores`, pinned to it, and
 /// waits for all of them. Returns an error if any core failed.
-pub fn run_per_core<F>(name: &str, cfg: &ServerConfig, serve: F) -> Result<(), String>
+pub fn run_per_core<F>(name: &str, cores: &[usize], serve: F) -> Result<(), String>
 where
     F: Fn(usize) -> Result<(), String> + Send + Sync + 'static,
 {
     let serve = Arc::new(serve);
     let mut handles = Vec::new();
-    for &core in &cfg.cores {
+    for &core in cores {
         let serve = Arc::clone(&serve);
         let handle = std::thread::Builder::new()
             .name(format!("{name}-core{core}"))
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn defaults_and_flags() {
         let cfg = ServerConfig::from_args(Vec::new()).unwrap().unwrap();
-        assert_eq!(cfg.cores, vec![0]);
+        assert_eq!(cfg.cores, CoreSpec::Count(1));
         assert_eq!(cfg.wire, Wire::LenPrefix);
         let cfg = ServerConfig::from_args(strings(&[
             "--cores",
@@ -164,7 +164,7 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!(cfg.cores, vec![0, 1]);
+        assert_eq!(cfg.cores, CoreSpec::List(vec![0, 1]));
         assert_eq!(cfg.listen.port(), 7100);
         assert_eq!(cfg.wire, Wire::Raw);
         assert!(ServerConfig::from_args(strings(&["--bogus", "1"])).is_err());

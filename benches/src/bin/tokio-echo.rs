@@ -29,12 +29,18 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let cores = match cfg.cores.resolve() {
+        Ok(cores) => cores,
+        Err(e) => {
+            eprintln!("{NAME}: --cores: {e}");
+            std::process::exit(2);
+        }
+    };
     let (listen, wire) = (cfg.listen, cfg.wire);
-    eprintln!(
-        "{NAME}: listening on {listen}, wire {wire}, cores {:?}",
-        cfg.cores
-    );
-    match run_per_core(NAME, &cfg, move |_core| serve_core(listen, wire, &shutdown)) {
+    eprintln!("{NAME}: listening on {listen}, wire {wire}, CPUs {cores:?}");
+    match run_per_core(NAME, &cores, move |_core| {
+        serve_core(listen, wire, &shutdown)
+    }) {
         Ok(()) => eprintln!("{NAME}: stopped"),
         Err(e) => {
             eprintln!("{NAME}: {e}");
