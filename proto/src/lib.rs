@@ -53,6 +53,10 @@ pub mod session;
 pub mod time;
 pub mod writer;
 
+/// The rkyv this crate is built against; derive through it
+/// (`#[rkyv(crate = ringwire_proto::rkyv)]`) to be sure the versions match.
+pub use rkyv;
+
 pub use access::{access, access_trusted, PAYLOAD_ALIGN};
 pub use bulk::BulkSizes;
 pub use control::CloseReason;
