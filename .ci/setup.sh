@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing ringwire needs on a fresh machine of
+# this kind (Debian, rustup with stable and nightly). Idempotent and quiet
+# when everything is already there.
+set -euo pipefail
+
+need_apt=()
+command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    echo "== installing Debian packages: ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
+    rustup component add clippy
+fi
+if ! rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then
+    rustup component add rustfmt
+fi
