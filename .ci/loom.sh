@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Model-checks the lock-free mailbox ring with loom: every interleaving of the
+# `#[cfg(loom)]` tests in runtime/src/mailbox/ up to LOOM_MAX_PREEMPTIONS
+# preemptions per execution (5 finishes in about a minute on a laptop core;
+# unbounded takes far longer). Runnable locally and in CI:
+#   .ci/loom.sh                              # all mailbox loom tests
+#   LOOM_MAX_PREEMPTIONS=3 .ci/loom.sh park  # quicker, one test family
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export RUSTFLAGS="${RUSTFLAGS:-} --cfg loom"
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-5}"
+# A `--cfg loom` build shares nothing with the normal one: keep it apart so
+# the two do not keep invalidating each other.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
+
+filter="${1:-mailbox}"
+echo "loom: LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS, filter '$filter'"
+cargo test -p ringwire-runtime --release --lib "$filter"
