@@ -55,17 +55,27 @@ impl Reassembler {
             self.partial.clear();
         }
         // Whole messages inside this chunk are copied in one go.
-        let mut pos = 0;
+        let (pos, _) = self.complete_prefix(chunk)?;
+        out.extend_from_slice(&chunk[..pos]);
+        self.partial.extend_from_slice(&chunk[pos..]);
+        Ok(())
+    }
+
+    /// With nothing pending, the length of the longest prefix of `chunk` made
+    /// of whole messages, and how many messages that is: those bytes can be
+    /// used in place. Checks every length it reads.
+    pub fn complete_prefix(&self, chunk: &[u8]) -> io::Result<(usize, u64)> {
+        debug_assert_eq!(self.pending(), 0);
+        let (mut pos, mut count) = (0, 0);
         while chunk.len() - pos >= HEADER {
             let len = self.check_len(&chunk[pos..pos + HEADER])?;
             if chunk.len() - pos < HEADER + len {
                 break;
             }
             pos += HEADER + len;
+            count += 1;
         }
-        out.extend_from_slice(&chunk[..pos]);
-        self.partial.extend_from_slice(&chunk[pos..]);
-        Ok(())
+        Ok((pos, count))
     }
 
     fn check_len(&self, header: &[u8]) -> io::Result<usize> {
@@ -120,6 +130,17 @@ mod tests {
         assert_eq!(r.pending(), 6);
         r.feed(&m[6..], &mut out).unwrap();
         assert_eq!(out, m);
+    }
+
+    #[test]
+    fn complete_prefix_stops_at_the_first_partial_message() {
+        let mut s = msg(b"ab");
+        s.extend(msg(b"cde"));
+        let whole = s.len();
+        s.extend(&msg(b"fghij")[..5]);
+        let r = Reassembler::new(100);
+        assert_eq!(r.complete_prefix(&s).unwrap(), (whole, 2));
+        assert_eq!(r.complete_prefix(&s[..3]).unwrap(), (0, 0));
     }
 
     #[test]

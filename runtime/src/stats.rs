@@ -31,6 +31,21 @@ impl Stats {
     }
 }
 
+/// Records, on the calling core, frames handed to user code in place in the
+/// receive buffer (`in_place`) and deliveries that needed a copy to assemble
+/// (`copied`). Framing layers call this; the counters appear as
+/// `recv_copies_avoided` / `recv_copies_made`.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub fn count_frames(in_place: u64, copied: u64) {
+    crate::core::with_core(|c| {
+        Stats::add(&c.stats.recv_copies_avoided, in_place);
+        Stats::add(&c.stats.recv_copies_made, copied);
+    });
+}
+
 /// A snapshot of one core's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

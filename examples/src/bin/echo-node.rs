@@ -190,15 +190,34 @@ async fn echo_raw(mut conn: TcpStream) -> io::Result<()> {
 }
 
 /// Echoes whole length-prefixed messages: everything complete that arrived in
-/// one loop turn leaves in one send.
+/// one loop turn leaves in one send. When a single buffer arrived and starts
+/// at a message boundary (the common case), its complete messages are sent
+/// straight from the kernel-filled buffer, without a copy.
 async fn echo_lenprefix(mut conn: TcpStream, max_message: usize) -> io::Result<()> {
     let mut framer = Reassembler::new(max_message);
     let mut out = Vec::with_capacity(64 * 1024);
-    while let Some(first) = conn.recv().await? {
+    while let Some(mut first) = conn.recv().await? {
+        let mut next = conn.try_recv().transpose()?;
+        if next.is_none() && framer.pending() == 0 {
+            let (whole, messages) = framer.complete_prefix(&first)?;
+            // Only an incomplete message can remain: it is held, not output.
+            framer.feed(&first[whole..], &mut out)?;
+            stats::count_frames(messages, 0);
+            if whole > 0 {
+                first.slice(0..whole);
+                conn.send_all(first).await.0?;
+            }
+            continue;
+        }
+        let before = out.len();
         framer.feed(&first, &mut out)?;
         drop(first);
-        while let Some(more) = conn.try_recv().transpose()? {
-            framer.feed(&more, &mut out)?;
+        while let Some(buf) = next {
+            framer.feed(&buf, &mut out)?;
+            next = conn.try_recv().transpose()?;
+        }
+        if out.len() > before {
+            stats::count_frames(0, 1);
         }
         if !out.is_empty() {
             let (res, o) = conn.send_all(out).await;
