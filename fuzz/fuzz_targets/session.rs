@@ -38,7 +38,7 @@ fuzz_target!(|input: &[u8]| {
         .poll_transmit(now, &mut stream)
         .expect("fits")
         .expect("hello queued");
-    stream.truncate(n);
+    stream.resize(n, 0);
     stream.extend_from_slice(bytes);
 
     let mut server: Session = Session::accept(config, schema, now);

@@ -120,6 +120,9 @@ impl Hello {
         if type_ids.windows(2).any(|w| w[0] >= w[1]) {
             return Err(malformed("type ids not strictly ascending"));
         }
+        if fixed[44] > 1 || fixed[45] > 1 {
+            return Err(malformed("format flag byte other than 0 or 1"));
+        }
         let format = ArchiveFormat::from_bytes([fixed[44], fixed[45], fixed[46]]);
         if le_u64(fixed, 48) != fingerprint_of(format, &type_ids) {
             return Err(malformed("fingerprint does not match type list"));
@@ -281,6 +284,9 @@ mod tests {
         ids[HELLO_FIXED_LEN] = 0xff; // breaks ordering and fingerprint
         assert!(Hello::parse(&ids).is_err());
         assert!(Hello::parse(&buf[..buf.len() - 1]).is_err());
+        let mut format = buf.clone();
+        format[44] = 2; // found by the handshake fuzz target
+        assert!(Hello::parse(&format).is_err());
     }
 
     #[test]
