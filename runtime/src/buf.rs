@@ -164,3 +164,175 @@ impl Drop for RecvBuf {
         });
     }
 }
+
+/// A registered (fixed) send buffer from the current core's send pool.
+///
+/// Fill it in place (serialize straight into [`spare_mut`](Self::spare_mut)
+/// and [`advance`](Self::advance), or [`extend_from_slice`](Self::extend_from_slice)),
+/// then hand it to a send, which uses the registered-buffer path
+/// (`WRITE_FIXED`, or `SEND_ZC` with the buffer index) and gives it back when
+/// the kernel is done. Dropping it returns it to the pool. Not `Send`.
+///
+/// Every pool buffer starts page aligned; the pool is sized by
+/// [`crate::RuntimeBuilder::send_buffers`].
+pub struct SendBuf {
+    ptr: *mut u8,
+    cap: usize,
+    len: usize,
+    id: u16,
+    mem: Rc<crate::driver::sendpool::PoolMem>,
+}
+
+impl SendBuf {
+    /// Takes a free buffer from the current core's pool, if there is one.
+    ///
+    /// # Panics
+    ///
+    /// Off a ringwire core thread.
+    pub fn try_acquire() -> Option<SendBuf> {
+        crate::core::with_core(|core| {
+            let mut pool = core.send_pool.borrow_mut();
+            let id = pool.take()?;
+            Some(SendBuf {
+                ptr: pool.ptr(id),
+                cap: pool.buf_size() as usize,
+                len: 0,
+                id,
+                mem: pool.mem().clone(),
+            })
+        })
+    }
+
+    /// Takes a free buffer, waiting for one to come back if the pool is
+    /// empty (back-pressure: the core sends more than the kernel takes).
+    ///
+    /// # Panics
+    ///
+    /// Off a ringwire core thread, or when the pool has no buffers at all
+    /// (`send_buffers(0)`), since waiting would then never end.
+    pub async fn acquire() -> SendBuf {
+        std::future::poll_fn(|cx| {
+            if let Some(b) = SendBuf::try_acquire() {
+                return std::task::Poll::Ready(b);
+            }
+            crate::core::with_core(|core| {
+                let mut pool = core.send_pool.borrow_mut();
+                assert!(
+                    pool.count() > 0,
+                    "the send pool is disabled (send_buffers(0))"
+                );
+                pool.wait(cx.waker());
+            });
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// Index of this buffer among the ring's registered buffers.
+    pub(crate) fn index(&self) -> u16 {
+        self.id
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Total size of the buffer.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Room left.
+    pub fn remaining(&self) -> usize {
+        self.cap - self.len
+    }
+
+    /// The written bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is inside this buffer's slice of the pool
+        // memory kept alive by `mem`, initialised (zeroed at start-up, then
+        // written), and only this guard may touch it.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The unwritten rest of the buffer, to serialize into; follow with
+    /// [`advance`](Self::advance).
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr+len..ptr+cap` is inside this buffer's slice of the
+        // pool memory, initialised (zeroed at allocation), and exclusively
+        // ours while this guard lives.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(self.len), self.cap - self.len) }
+    }
+
+    /// Marks `n` more bytes (written through [`spare_mut`](Self::spare_mut)) as data.
+    ///
+    /// # Panics
+    ///
+    /// When `n` exceeds [`remaining`](Self::remaining).
+    pub fn advance(&mut self, n: usize) {
+        assert!(n <= self.remaining(), "SendBuf::advance past capacity");
+        self.len += n;
+    }
+
+    /// Appends `data`; returns `false` (writing nothing) if it does not fit.
+    pub fn extend_from_slice(&mut self, data: &[u8]) -> bool {
+        if data.len() > self.remaining() {
+            return false;
+        }
+        self.spare_mut()[..data.len()].copy_from_slice(data);
+        self.len += data.len();
+        true
+    }
+
+    /// Forgets the data (the buffer stays taken).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl Deref for SendBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::fmt::Debug for SendBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendBuf")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .field("capacity", &self.cap)
+            .finish()
+    }
+}
+
+impl Drop for SendBuf {
+    fn drop(&mut self) {
+        let id = self.id;
+        let mem = &self.mem;
+        try_with_core(|core| {
+            let mut pool = core.send_pool.borrow_mut();
+            if Rc::ptr_eq(pool.mem(), mem) {
+                pool.give_back(id);
+            }
+        });
+    }
+}
+
+// SAFETY: the bytes live in pinned pool memory kept alive by `mem`; moving the
+// guard does not move them, and nothing else writes them while it lives.
+unsafe impl IoBuf for SendBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+}

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::driver::bufring::BufRing;
+use crate::driver::sendpool::SendPool;
 use crate::driver::{Driver, RingConfig};
 use crate::executor::Executor;
 use crate::runtime::IdleStrategy;
@@ -201,10 +202,23 @@ pub(crate) struct Core {
     pub(crate) exec: Executor,
     pub(crate) driver: RefCell<Driver>,
     pub(crate) bufs: RefCell<BufRing>,
+    pub(crate) send_pool: RefCell<SendPool>,
+    pub(crate) io: IoConfig,
     pub(crate) stats: Stats,
     pub(crate) shared: Arc<Shared>,
     shutdown_deadline: Cell<Option<Instant>>,
     idle: IdleStrategy,
+}
+
+/// How sockets on a core receive and send (switches kept for A/B measurement).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IoConfig {
+    /// Multishot receive (one SQE per socket) rather than one SQE per receive.
+    pub(crate) recv_multishot: bool,
+    /// Send pool buffers through the registered-buffer path.
+    pub(crate) fixed_send: bool,
+    /// Sends of at least this many bytes use SEND_ZC.
+    pub(crate) zc_threshold: Option<usize>,
 }
 
 /// Settings a core thread starts with.
@@ -212,6 +226,7 @@ pub(crate) struct CoreConfig {
     pub(crate) index: usize,
     pub(crate) cpu: usize,
     pub(crate) ring: RingConfig,
+    pub(crate) io: IoConfig,
     pub(crate) idle: IdleStrategy,
     pub(crate) pin: bool,
 }
@@ -239,12 +254,19 @@ pub(crate) fn run_core(
         use std::os::fd::AsRawFd;
         let driver = Driver::new(&cfg.ring, shared.eventfd.as_raw_fd())?;
         let bufs = BufRing::new(driver.ring(), cfg.ring.buf_count, cfg.ring.buf_size)?;
+        let send_pool = SendPool::new(driver.ring(), cfg.ring.send_count, cfg.ring.send_size)?;
+        let mut io = cfg.io;
+        if !driver.features.send_zc {
+            io.zc_threshold = None;
+        }
         Ok(Core {
             index: cfg.index,
             cpu: cfg.cpu,
             exec: Executor::new(shared.exec_id),
             driver: RefCell::new(driver),
             bufs: RefCell::new(bufs),
+            send_pool: RefCell::new(send_pool),
+            io,
             stats: Stats::default(),
             shared: shared.clone(),
             shutdown_deadline: Cell::new(None),
@@ -275,8 +297,11 @@ pub(crate) fn run_core(
     if exit.ops_leaked > 0 {
         // The kernel may still write into receive buffers of operations it
         // has not finished cancelling: leak them rather than free them.
-        let Core { bufs, .. } = core;
+        let Core {
+            bufs, send_pool, ..
+        } = core;
         std::mem::forget(bufs);
+        std::mem::forget(send_pool);
     }
     exit
 }
@@ -371,7 +396,7 @@ impl Core {
         }
         let starved = std::mem::take(&mut driver.starved);
         for (key, fd) in starved {
-            crate::net::stream::rearm_recv(&mut driver, key, fd);
+            crate::net::stream::rearm_recv(self, &mut driver, key, fd);
         }
     }
 
@@ -447,6 +472,7 @@ impl Core {
         let s = &self.stats;
         let mut driver = self.driver.borrow_mut();
         let bufs = self.bufs.borrow();
+        let pool = self.send_pool.borrow();
         CoreStats {
             core: self.index,
             cpu: self.cpu,
@@ -467,6 +493,14 @@ impl Core {
             cq_overflow: u64::from(driver.cq_overflow()),
             recv_buffers_free: u64::from(bufs.available()),
             recv_buffers_total: u64::from(bufs.count()),
+            send_buffers_free: pool.free_count() as u64,
+            send_buffers_total: u64::from(pool.count()),
+            zc_sends: s.zc_sends.get(),
+            zc_notifications: s.zc_notifications.get(),
+            zc_copied: s.zc_copied.get(),
+            fixed_sends: s.fixed_sends.get(),
+            batch_sends: s.batch_sends.get(),
+            batched_messages: s.batched_messages.get(),
         }
     }
 }

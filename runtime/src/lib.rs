@@ -38,6 +38,8 @@ pub mod buf;
 mod core;
 mod driver;
 pub mod executor;
+mod loom;
+pub mod mailbox;
 pub mod net;
 pub mod runtime;
 pub mod signal;
@@ -45,7 +47,7 @@ pub mod stats;
 mod sys;
 pub mod time;
 
-pub use crate::buf::{IoBuf, RecvBuf};
+pub use crate::buf::{IoBuf, RecvBuf, SendBuf};
 pub use crate::core::{core_stats, current_core, current_cpu, is_shutting_down};
 pub use crate::driver::RingFeatures;
 pub use crate::executor::{spawn_local, yield_now, JoinError, JoinHandle};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::core::{run_core, CoreConfig, CoreExit, Shared};
+use crate::core::{run_core, CoreConfig, CoreExit, IoConfig, Shared};
 use crate::driver::{RingConfig, RingFeatures};
 use crate::executor::{spawn_reporting, JoinError};
 use crate::stats::CoreStats;
@@ -53,6 +53,9 @@ pub struct RuntimeBuilder {
     sqpoll_idle_ms: Option<u32>,
     recv_buffers: u16,
     recv_buffer_size: u32,
+    send_buffers: u16,
+    send_buffer_size: u32,
+    io: IoConfig,
     thread_name: String,
 }
 
@@ -65,6 +68,13 @@ impl Default for RuntimeBuilder {
             sqpoll_idle_ms: None,
             recv_buffers: 1024,
             recv_buffer_size: 16 * 1024,
+            send_buffers: 64,
+            send_buffer_size: 64 * 1024,
+            io: IoConfig {
+                recv_multishot: true,
+                fixed_send: true,
+                zc_threshold: None,
+            },
             thread_name: "ringwire-core".to_string(),
         }
     }
@@ -121,6 +131,48 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Registered (fixed) send buffers per core, handed out as
+    /// [`crate::SendBuf`]. Memory: `count * size` bytes per core, pinned, so
+    /// it counts against the locked-memory limit (`ulimit -l`) unless the
+    /// process has CAP_IPC_LOCK. 0 disables the pool. Default: 64.
+    pub fn send_buffers(mut self, count: u16) -> Self {
+        self.send_buffers = count;
+        self
+    }
+
+    /// Size of each registered send buffer. Default: 64 KiB (4 MiB per core
+    /// with the default count).
+    pub fn send_buffer_size(mut self, size: u32) -> Self {
+        self.send_buffer_size = size;
+        self
+    }
+
+    /// Receive with one multishot `RECV` per socket (default, true) or with
+    /// one single-shot `RECV` per arrival (false; kept for A/B measurement).
+    /// Both pick buffers from the provided buffer ring.
+    pub fn recv_multishot(mut self, on: bool) -> Self {
+        self.io.recv_multishot = on;
+        self
+    }
+
+    /// Send [`crate::SendBuf`]s through the registered-buffer path
+    /// (`WRITE_FIXED`) rather than a plain `SEND` of the same memory.
+    /// Default: true.
+    pub fn fixed_send(mut self, on: bool) -> Self {
+        self.io.fixed_send = on;
+        self
+    }
+
+    /// Sends of at least this many bytes use `SEND_ZC` (the buffer is given
+    /// back only after the kernel's release notification). `None` turns
+    /// zero-copy sends off. Default: `None`, because on loopback the kernel
+    /// copies anyway and `SEND_ZC` measured slower than a plain send at every
+    /// size (see docs/BENCHMARKS.md); over a real NIC, large sends may gain.
+    pub fn zero_copy_threshold(mut self, bytes: Option<usize>) -> Self {
+        self.io.zc_threshold = bytes;
+        self
+    }
+
     /// Name prefix of the core threads (the core index is appended).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.thread_name = name.into();
@@ -143,6 +195,8 @@ impl RuntimeBuilder {
             sqpoll_idle_ms: self.sqpoll_idle_ms,
             buf_count: self.recv_buffers,
             buf_size: self.recv_buffer_size,
+            send_count: self.send_buffers,
+            send_size: self.send_buffer_size,
         };
         let mut cores = Vec::with_capacity(cpus.len());
         let mut first_err = None;
@@ -153,6 +207,7 @@ impl RuntimeBuilder {
                 index,
                 cpu,
                 ring: ring.clone(),
+                io: self.io,
                 idle: self.idle,
                 pin,
             };

@@ -23,6 +23,12 @@ pub(crate) struct Stats {
     pub(crate) recv_copies_avoided: Cell<u64>,
     pub(crate) recv_copies_made: Cell<u64>,
     pub(crate) remote_wakeups: Cell<u64>,
+    pub(crate) zc_sends: Cell<u64>,
+    pub(crate) zc_notifications: Cell<u64>,
+    pub(crate) zc_copied: Cell<u64>,
+    pub(crate) fixed_sends: Cell<u64>,
+    pub(crate) batch_sends: Cell<u64>,
+    pub(crate) batched_messages: Cell<u64>,
 }
 
 impl Stats {
@@ -78,6 +84,18 @@ pub struct CoreStats {
     pub recv_copies_made: u64,
     /// Wake-ups that arrived from other threads.
     pub remote_wakeups: u64,
+    /// Sends submitted as `SEND_ZC`.
+    pub zc_sends: u64,
+    /// Zero-copy notifications received (buffer released by the kernel).
+    pub zc_notifications: u64,
+    /// Zero-copy sends for which the kernel reported it copied anyway.
+    pub zc_copied: u64,
+    /// Sends from registered buffers (`WRITE_FIXED` or fixed `SEND_ZC`).
+    pub fixed_sends: u64,
+    /// Sends made by batching writers (one per flush).
+    pub batch_sends: u64,
+    /// Messages those sends carried (divide by `batch_sends` for the batch size).
+    pub batched_messages: u64,
     /// Tasks alive at snapshot time.
     pub tasks: u64,
     /// Operations in the driver's table at snapshot time.
@@ -88,6 +106,10 @@ pub struct CoreStats {
     pub recv_buffers_free: u64,
     /// Receive buffers in total.
     pub recv_buffers_total: u64,
+    /// Send-pool buffers free at snapshot time.
+    pub send_buffers_free: u64,
+    /// Send-pool buffers in total.
+    pub send_buffers_total: u64,
 }
 
 /// Renders snapshots in the Prometheus text exposition format, one sample
@@ -95,7 +117,52 @@ pub struct CoreStats {
 pub fn render_prometheus(stats: &[CoreStats]) -> String {
     let mut out = String::new();
     type Get = fn(&CoreStats) -> u64;
-    let metrics: [(&str, &str, &str, Get); 17] = [
+    let metrics: [(&str, &str, &str, Get); 25] = [
+        ("zc_sends_total", "counter", "SEND_ZC submissions", |s| {
+            s.zc_sends
+        }),
+        (
+            "zc_notifications_total",
+            "counter",
+            "zero-copy buffer releases",
+            |s| s.zc_notifications,
+        ),
+        (
+            "zc_copied_total",
+            "counter",
+            "zero-copy sends the kernel copied anyway",
+            |s| s.zc_copied,
+        ),
+        (
+            "fixed_sends_total",
+            "counter",
+            "sends from registered buffers",
+            |s| s.fixed_sends,
+        ),
+        (
+            "batch_sends_total",
+            "counter",
+            "batching writer flushes",
+            |s| s.batch_sends,
+        ),
+        (
+            "batched_messages_total",
+            "counter",
+            "messages carried by batching writer flushes",
+            |s| s.batched_messages,
+        ),
+        (
+            "send_buffers_free",
+            "gauge",
+            "registered send buffers free",
+            |s| s.send_buffers_free,
+        ),
+        (
+            "send_buffers_total",
+            "gauge",
+            "registered send buffers in total",
+            |s| s.send_buffers_total,
+        ),
         ("ops_submitted_total", "counter", "SQEs submitted", |s| {
             s.ops_submitted
         }),
@@ -212,6 +279,6 @@ mod tests {
         assert!(text.contains("ringwire_accepts_total{core=\"0\",cpu=\"3\"} 7\n"));
         assert!(text.contains("ringwire_bytes_sent_total{core=\"1\",cpu=\"5\"} 42\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 17 * 2);
+        assert_eq!(samples, 25 * 2);
     }
 }

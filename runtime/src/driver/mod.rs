@@ -24,6 +24,7 @@
 
 pub(crate) mod bufring;
 pub(crate) mod op;
+pub(crate) mod sendpool;
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -42,6 +43,8 @@ pub(crate) const TAG_IGNORE: u64 = u64::MAX;
 pub(crate) const TAG_WAKE: u64 = u64::MAX - 1;
 /// `IORING_ENTER_GETEVENTS`: run deferred task work and reap completions.
 const IORING_ENTER_GETEVENTS: u32 = 1;
+/// Set in a zero-copy notification's result when the kernel copied anyway.
+const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// Lowest reserved `user_data`; slab keys stay below it.
 const TAG_RESERVED: u64 = u64::MAX - 15;
 
@@ -84,6 +87,9 @@ pub(crate) enum Lifecycle {
     Waiting(Waker),
     /// Done; the result waits for the owner's next poll.
     Completed(Cqe),
+    /// A zero-copy send reported its result; the buffer stays with the
+    /// kernel until the notification CQE, which completes the op.
+    Notif(Cqe, Option<Waker>),
     /// The owner went away; these resources stay until the final CQE.
     Ignored(Box<dyn Any>),
     /// A multishot operation.
@@ -104,6 +110,8 @@ pub(crate) struct RingConfig {
     pub(crate) sqpoll_idle_ms: Option<u32>,
     pub(crate) buf_count: u16,
     pub(crate) buf_size: u32,
+    pub(crate) send_count: u16,
+    pub(crate) send_size: u32,
 }
 
 /// Which optional ring features this core ended up with.
@@ -117,6 +125,8 @@ pub struct RingFeatures {
     pub defer_taskrun: bool,
     /// `IORING_SETUP_SQPOLL` is on.
     pub sqpoll: bool,
+    /// `IORING_OP_SEND_ZC` is supported.
+    pub send_zc: bool,
 }
 
 /// The per-core io_uring driver: ring plus table of operations in flight.
@@ -139,8 +149,8 @@ impl Driver {
     /// Creates the ring, probing the optional flags from most to least
     /// capable, and checks that every opcode the runtime needs is there.
     pub(crate) fn new(cfg: &RingConfig, wake_fd: RawFd) -> io::Result<Driver> {
-        let (ring, features) = build_ring(cfg)?;
-        check_opcodes(&ring)?;
+        let (ring, mut features) = build_ring(cfg)?;
+        features.send_zc = check_opcodes(&ring)?;
         let mut driver = Driver {
             ring,
             slots: Slab::with_capacity(256),
@@ -402,6 +412,29 @@ impl Driver {
             bufs.taken();
         }
         match &mut slot.state {
+            // A single-shot op whose CQE says "more to come" is a zero-copy
+            // send: the result is here, the buffer release is not.
+            Lifecycle::Submitted if more => slot.state = Lifecycle::Notif(cqe, None),
+            Lifecycle::Waiting(_) if more => {
+                let prev = std::mem::replace(&mut slot.state, Lifecycle::Notif(cqe, None));
+                if let (Lifecycle::Waiting(w), Lifecycle::Notif(_, slot_w)) =
+                    (prev, &mut slot.state)
+                {
+                    *slot_w = Some(w);
+                }
+            }
+            Lifecycle::Notif(result, waker) => {
+                Stats::add(&stats.zc_notifications, 1);
+                if cqe.result as u32 & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                    Stats::add(&stats.zc_copied, 1);
+                }
+                let result = *result;
+                let waker = waker.take();
+                slot.state = Lifecycle::Completed(result);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
             Lifecycle::Submitted => slot.state = Lifecycle::Completed(cqe),
             Lifecycle::Waiting(_) => {
                 let prev = std::mem::replace(&mut slot.state, Lifecycle::Completed(cqe));
@@ -482,7 +515,7 @@ fn build_ring(cfg: &RingConfig) -> io::Result<(IoUring, RingFeatures)> {
                 single_issuer: true,
                 coop_taskrun: true,
                 defer_taskrun: true,
-                sqpoll: false,
+                ..Default::default()
             },
             |b| {
                 b.setup_single_issuer()
@@ -581,8 +614,9 @@ pub(crate) fn describe_memlock() -> String {
     }
 }
 
-/// Refuses to start on a kernel that lacks an opcode the runtime relies on.
-fn check_opcodes(ring: &IoUring) -> io::Result<()> {
+/// Refuses to start on a kernel that lacks an opcode the runtime relies on;
+/// returns whether the optional `SEND_ZC` is there.
+fn check_opcodes(ring: &IoUring) -> io::Result<bool> {
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|e| {
         io::Error::new(
@@ -590,7 +624,8 @@ fn check_opcodes(ring: &IoUring) -> io::Result<()> {
             format!("io_uring probe failed ({e}); ringwire needs Linux 6.1 or newer"),
         )
     })?;
-    let needed: [(u8, &str); 9] = [
+    let needed: [(u8, &str); 10] = [
+        (opcode::WriteFixed::CODE, "WRITE_FIXED"),
         (opcode::Read::CODE, "READ"),
         (opcode::Send::CODE, "SEND"),
         (opcode::Recv::CODE, "RECV"),
@@ -609,5 +644,5 @@ fn check_opcodes(ring: &IoUring) -> io::Result<()> {
             ));
         }
     }
-    Ok(())
+    Ok(probe.is_supported(opcode::SendZc::CODE))
 }

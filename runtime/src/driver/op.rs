@@ -77,6 +77,10 @@ impl<T: 'static + Unpin> Future for Op<T> {
                     }
                     None
                 }
+                Lifecycle::Notif(_, w) => {
+                    *w = Some(cx.waker().clone());
+                    None
+                }
                 state => {
                     *state = Lifecycle::Waiting(cx.waker().clone());
                     None

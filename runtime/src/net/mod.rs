@@ -4,10 +4,12 @@
 //! Create listeners on every core that should accept (TCP listeners share the
 //! port through `SO_REUSEPORT`), then `accept` and `recv`/`send` in tasks.
 
+mod batch;
 pub(crate) mod listener;
 pub(crate) mod stream;
 mod tcp;
 mod unix;
 
+pub use batch::BatchWriter;
 pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};

@@ -9,24 +9,31 @@
 //!
 //! Sending takes any [`IoBuf`] and gives it back with the result.
 
+use std::any::Any;
 use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use io_uring::{cqueue, opcode, types};
 
-use crate::buf::{IoBuf, RecvBuf};
+use crate::buf::{IoBuf, RecvBuf, SendBuf};
 use crate::core::with_core;
 use crate::driver::bufring::BGID;
 use crate::driver::op::Op;
 use crate::driver::{Driver, Lifecycle, Multi};
 use crate::stats::Stats;
 
+/// `IORING_SEND_ZC_REPORT_USAGE`: the notification says whether the kernel
+/// copied after all.
+const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+
 /// A connected stream socket registered with the current core's ring.
 pub(crate) struct Stream {
-    fd: OwnedFd,
+    /// Shared with batching writers, which may outlive the stream to flush.
+    fd: Rc<OwnedFd>,
     recv_key: Option<usize>,
     eof: bool,
     _not_send: PhantomData<*const ()>,
@@ -35,7 +42,7 @@ pub(crate) struct Stream {
 impl Stream {
     pub(crate) fn new(fd: OwnedFd) -> Stream {
         Stream {
-            fd,
+            fd: Rc::new(fd),
             recv_key: None,
             eof: false,
             _not_send: PhantomData,
@@ -96,7 +103,7 @@ impl Stream {
                 }
             }
             if rearm {
-                rearm_recv(&mut driver, key, fd);
+                rearm_recv(core, &mut driver, key, fd);
             }
             Poll::Pending
         })
@@ -159,51 +166,23 @@ impl Stream {
             // SAFETY: a buffer-select receive names no memory of ours: the
             // kernel picks buffers from the registered ring, which outlives the
             // ring's operations. The fd stays open until the slot is cancelled.
-            unsafe {
-                driver.submit(state, false, || {
-                    opcode::RecvMulti::new(types::Fd(fd), BGID).build()
-                })
-            }
+            unsafe { driver.submit(state, false, || recv_entry(core, fd)) }
         })
+    }
+
+    /// The descriptor, shared (for batching writers).
+    pub(crate) fn shared_fd(&self) -> Rc<OwnedFd> {
+        self.fd.clone()
     }
 
     /// Sends bytes from `buf` starting at `offset`; returns how many went out.
     pub(crate) async fn send_at<B: IoBuf>(&self, buf: B, offset: usize) -> (io::Result<usize>, B) {
-        let len = buf.bytes_init().saturating_sub(offset);
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        // SAFETY: `offset <= bytes_init()` (saturating above), so the pointer
-        // is inside the buffer; `IoBuf` guarantees the bytes stay put while
-        // the op owns `buf`.
-        let ptr = unsafe { buf.stable_ptr().add(offset.min(buf.bytes_init())) };
-        let entry = opcode::Send::new(types::Fd(self.fd()), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
-        // SAFETY: the entry points into `buf`'s stable bytes, owned by the op.
-        let (cqe, buf) = unsafe { Op::submit(buf, entry) }.await;
-        match cqe.io_result() {
-            Ok(n) => {
-                with_core(|c| Stats::add(&c.stats.bytes_sent, u64::from(n)));
-                (Ok(n as usize), buf)
-            }
-            Err(e) => (Err(e), buf),
-        }
+        send_at(self.fd(), buf, offset).await
     }
 
     /// Sends all of `buf`.
-    pub(crate) async fn send_all<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
-        let total = buf.bytes_init();
-        let mut done = 0;
-        while done < total {
-            let (res, b) = self.send_at(buf, done).await;
-            buf = b;
-            match res {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+    pub(crate) async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
+        send_all(self.fd(), buf).await
     }
 
     /// Shuts down the write, read or both halves.
@@ -220,8 +199,87 @@ impl Stream {
     }
 }
 
-/// Starts (again) the multishot receive of slot `key` on `fd`.
-pub(crate) fn rearm_recv(driver: &mut Driver, key: usize, fd: RawFd) {
+/// Sends bytes from `buf` starting at `offset` on `fd`; returns how many went
+/// out. Registered [`SendBuf`]s take the fixed-buffer path; sends at or above
+/// the core's zero-copy threshold use `SEND_ZC`.
+pub(crate) async fn send_at<B: IoBuf>(fd: RawFd, buf: B, offset: usize) -> (io::Result<usize>, B) {
+    let len = buf.bytes_init().saturating_sub(offset);
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    // SAFETY: `offset <= bytes_init()` (saturating above), so the pointer
+    // is inside the buffer; `IoBuf` guarantees the bytes stay put while
+    // the op owns `buf`.
+    let ptr = unsafe { buf.stable_ptr().add(offset.min(buf.bytes_init())) };
+    let fixed = (&buf as &dyn Any)
+        .downcast_ref::<SendBuf>()
+        .map(SendBuf::index);
+    let fd = types::Fd(fd);
+    let entry = with_core(|core| {
+        let fixed = fixed.filter(|_| core.io.fixed_send);
+        if core.io.zc_threshold.is_some_and(|t| len as usize >= t) {
+            Stats::add(&core.stats.zc_sends, 1);
+            if fixed.is_some() {
+                Stats::add(&core.stats.fixed_sends, 1);
+            }
+            opcode::SendZc::new(fd, ptr, len)
+                .buf_index(fixed)
+                .flags(libc::MSG_NOSIGNAL)
+                .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
+                .build()
+        } else if let Some(index) = fixed {
+            Stats::add(&core.stats.fixed_sends, 1);
+            // A write on a stream socket ignores the offset. It has no
+            // MSG_NOSIGNAL: Rust programs ignore SIGPIPE from the start.
+            opcode::WriteFixed::new(fd, ptr, len, index).build()
+        } else {
+            opcode::Send::new(fd, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        }
+    });
+    // SAFETY: the entry points into `buf`'s stable bytes (for a fixed
+    // buffer, inside the registered buffer `index`), owned by the op.
+    let (cqe, buf) = unsafe { Op::submit(buf, entry) }.await;
+    match cqe.io_result() {
+        Ok(n) => {
+            with_core(|c| Stats::add(&c.stats.bytes_sent, u64::from(n)));
+            (Ok(n as usize), buf)
+        }
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Sends all of `buf` on `fd`.
+pub(crate) async fn send_all<B: IoBuf>(fd: RawFd, mut buf: B) -> (io::Result<()>, B) {
+    let total = buf.bytes_init();
+    let mut done = 0;
+    while done < total {
+        let (res, b) = send_at(fd, buf, done).await;
+        buf = b;
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// The receive SQE for `fd`: multishot, or single-shot when the core is set
+/// up that way; both select a buffer from the core's ring.
+fn recv_entry(core: &crate::core::Core, fd: RawFd) -> io_uring::squeue::Entry {
+    if core.io.recv_multishot {
+        opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+    } else {
+        opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+            .buf_group(BGID)
+            .build()
+            .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+    }
+}
+
+/// Starts (again) the receive of slot `key` on `fd`.
+pub(crate) fn rearm_recv(core: &crate::core::Core, driver: &mut Driver, key: usize, fd: RawFd) {
     match &mut driver.slot_mut(key).state {
         Lifecycle::Multi(m) if !m.armed => {
             m.armed = true;
@@ -232,7 +290,7 @@ pub(crate) fn rearm_recv(driver: &mut Driver, key: usize, fd: RawFd) {
     }
     // SAFETY: as in `Stream::arm`: buffer-select receives name no memory of
     // ours, and the owner keeps `fd` open while the slot is live.
-    unsafe { driver.resubmit(key, opcode::RecvMulti::new(types::Fd(fd), BGID).build()) };
+    unsafe { driver.resubmit(key, recv_entry(core, fd)) };
 }
 
 impl Drop for Stream {

@@ -90,6 +90,13 @@ impl UnixStream {
         self.inner.send_all(buf).await
     }
 
+    /// A writer that queues small messages and sends each loop turn's worth
+    /// in one submission (see [`BatchWriter`](crate::net::BatchWriter)).
+    /// It shares the socket and may outlive this stream to finish flushing.
+    pub fn batch_writer(&self) -> super::BatchWriter {
+        super::BatchWriter::new(self.inner.shared_fd())
+    }
+
     /// Shuts down one or both halves of the connection.
     pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
         self.inner.shutdown(how).await

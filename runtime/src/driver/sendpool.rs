@@ -1,0 +1,146 @@
+//! The per-core pool of registered (fixed) send buffers.
+//!
+//! `count` buffers of `size` bytes are carved from one page-aligned
+//! allocation and registered with the ring (`IORING_REGISTER_BUFFERS`), one
+//! registered buffer per pool buffer, so a [`crate::SendBuf`]'s id is its
+//! `buf_index`. Registered buffers are pinned by the kernel and count against
+//! the locked-memory limit (RLIMIT_MEMLOCK) unless the process has
+//! CAP_IPC_LOCK. The pool never allocates after start-up: a buffer is taken
+//! from the free list and returned to it when its `SendBuf` drops (after the
+//! kernel is done with it, since the send op owns the `SendBuf`).
+
+use std::alloc::{self, Layout};
+use std::collections::VecDeque;
+use std::io;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::task::Waker;
+
+use io_uring::IoUring;
+
+const PAGE: usize = 4096;
+
+/// The pinned memory of a send pool, kept alive by every `SendBuf`.
+pub(crate) struct PoolMem {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl PoolMem {
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for PoolMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `SendPool::new` with this layout; the last
+        // reference is gone and the ring it was registered with is closed
+        // (the pool is dropped after the driver, and a core that could not
+        // drain its operations leaks its reference).
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// Free list and registration of one core's send buffers.
+pub(crate) struct SendPool {
+    mem: Rc<PoolMem>,
+    size: u32,
+    count: u16,
+    free: Vec<u16>,
+    waiters: VecDeque<Waker>,
+}
+
+impl SendPool {
+    /// Allocates and registers `count` buffers of `size` bytes (`count == 0`
+    /// makes an empty pool and registers nothing).
+    pub(crate) fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<SendPool> {
+        let bytes = usize::from(count.max(1)) * (size.max(1) as usize);
+        let layout = Layout::from_size_align(bytes, PAGE)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let mem = Rc::new(PoolMem { ptr, layout });
+        if count > 0 {
+            if size == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "send buffer size must not be zero",
+                ));
+            }
+            let iovecs: Vec<libc::iovec> = (0..count)
+                .map(|i| libc::iovec {
+                    // SAFETY: `i < count`, inside the allocation.
+                    iov_base: unsafe { mem.base().add(usize::from(i) * size as usize) }.cast(),
+                    iov_len: size as usize,
+                })
+                .collect();
+            // SAFETY: every iovec covers memory owned by `mem`, which stays
+            // allocated until the ring is closed (see `PoolMem`'s drop).
+            unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "registering {count} send buffers of {size} bytes ({} KiB pinned) \
+                         failed ({e}); the locked-memory limit (ulimit -l) is {} — raise it, \
+                         grant CAP_IPC_LOCK, or shrink the send pool",
+                        (usize::from(count) * size as usize) / 1024,
+                        super::describe_memlock()
+                    ),
+                )
+            })?;
+        }
+        Ok(SendPool {
+            mem,
+            size,
+            count,
+            free: (0..count).rev().collect(),
+            waiters: VecDeque::new(),
+        })
+    }
+
+    pub(crate) fn mem(&self) -> &Rc<PoolMem> {
+        &self.mem
+    }
+
+    pub(crate) fn buf_size(&self) -> u32 {
+        self.size
+    }
+
+    pub(crate) fn count(&self) -> u16 {
+        self.count
+    }
+
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Takes a free buffer id.
+    pub(crate) fn take(&mut self) -> Option<u16> {
+        self.free.pop()
+    }
+
+    /// Start of buffer `id`.
+    pub(crate) fn ptr(&self, id: u16) -> *mut u8 {
+        assert!(id < self.count, "send buffer id {id} out of range");
+        // SAFETY: `id < count`, inside the allocation of `count * size` bytes.
+        unsafe { self.mem.base().add(usize::from(id) * self.size as usize) }
+    }
+
+    /// Returns buffer `id` and wakes one task waiting for a buffer.
+    pub(crate) fn give_back(&mut self, id: u16) {
+        debug_assert!(!self.free.contains(&id), "send buffer {id} returned twice");
+        self.free.push(id);
+        if let Some(w) = self.waiters.pop_front() {
+            w.wake();
+        }
+    }
+
+    /// Registers a task to wake when a buffer comes back.
+    pub(crate) fn wait(&mut self, waker: &Waker) {
+        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.waiters.push_back(waker.clone());
+        }
+    }
+}
