@@ -15,6 +15,8 @@
 #
 # Environment (defaults in brackets):
 #   SERVERS       servers to run [echo-node-park echo-node-poll tokio glommio];
+#                 also echo-node-single (park, one single-shot RECV per arrival
+#                 instead of multishot: the receive-path A/B);
 #                 `echo-node` stands for both echo-node variants
 #   DURATION      measured seconds per throughput run [5]
 #   PP_DURATION   measured seconds per ping-pong run [$DURATION]
@@ -54,8 +56,8 @@ LIST=()
 for s in $SERVERS; do
     case "$s" in
         echo-node) LIST+=(echo-node-park echo-node-poll) ;;
-        echo-node-park | echo-node-poll | tokio | glommio) LIST+=("$s") ;;
-        *) die "unknown server '$s' (known: echo-node-park echo-node-poll echo-node tokio glommio)" ;;
+        echo-node-park | echo-node-poll | echo-node-single | tokio | glommio) LIST+=("$s") ;;
+        *) die "unknown server '$s' (known: echo-node-park echo-node-poll echo-node-single echo-node tokio glommio)" ;;
     esac
 done
 [ "${#LIST[@]}" -gt 0 ] || die "SERVERS is empty"
@@ -108,6 +110,7 @@ server_cmd() {
     case "$name" in
         echo-node-park) echo "$BIN/echo-node ${common[*]} --idle park" ;;
         echo-node-poll) echo "$BIN/echo-node ${common[*]} --idle poll" ;;
+        echo-node-single) echo "$BIN/echo-node ${common[*]} --idle park --recv single" ;;
         tokio) echo "$BIN/tokio-echo ${common[*]}" ;;
         glommio) echo "$BIN/glommio-echo ${common[*]}" ;;
     esac

@@ -8,7 +8,7 @@
 //! ```text
 //! echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000]
 //!           [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES]
-//!           [--stats]
+//!           [--recv multishot|single] [--stats]
 //! ```
 
 use std::io;
@@ -35,10 +35,12 @@ struct Config {
     idle: IdleStrategy,
     max_message: usize,
     print_stats: bool,
+    recv_multishot: bool,
 }
 
 const USAGE: &str = "usage: echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000] \
-[--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES] [--stats]";
+[--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES] \
+[--recv multishot|single] [--stats]";
 
 fn parse() -> Result<Config, String> {
     let mut args = Args::from_env();
@@ -49,6 +51,7 @@ fn parse() -> Result<Config, String> {
         idle: IdleStrategy::Park,
         max_message: 16 << 20,
         print_stats: false,
+        recv_multishot: true,
     };
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
@@ -72,6 +75,13 @@ fn parse() -> Result<Config, String> {
                 cfg.max_message = v.parse().map_err(|e| format!("--max-message {v}: {e}"))?;
             }
             "--stats" => cfg.print_stats = true,
+            "--recv" => {
+                cfg.recv_multishot = match args.value(&flag)?.as_str() {
+                    "multishot" => true,
+                    "single" => false,
+                    other => return Err(format!("--recv {other}: expected multishot or single")),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -104,6 +114,7 @@ fn run(cfg: Config) -> io::Result<()> {
         .idle(cfg.idle)
         .recv_buffer_size(64 * 1024)
         .recv_buffers(256)
+        .recv_multishot(cfg.recv_multishot)
         .thread_name("echo-core")
         .build()?;
     let (listen, wire, max_message) = (cfg.listen, cfg.wire, cfg.max_message);
