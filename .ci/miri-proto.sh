@@ -12,6 +12,11 @@ if ! rustup component list --toolchain nightly --installed | grep -q '^miri'; th
     rustup component add --toolchain nightly miri rust-src
 fi
 
-export MIRIFLAGS="${MIRIFLAGS:--Zmiri-strict-provenance}"
+# Tree Borrows: rkyv's relative pointers derive the pointer to an archived
+# vector's bytes from a reference to the vector's header field and step
+# outside it, which Stacked Borrows rejects (inside rkyv's `ArchivedVec::
+# as_slice`, not in ringwire code) and Tree Borrows, miri's newer aliasing
+# model, accepts.
+export MIRIFLAGS="${MIRIFLAGS:--Zmiri-tree-borrows -Zmiri-strict-provenance}"
 nice -n 10 cargo +nightly miri setup
 nice -n 10 cargo +nightly miri test -p ringwire-proto

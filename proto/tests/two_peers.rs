@@ -693,7 +693,7 @@ fn bulk_lands_in_exactly_sized_destinations() {
             net.b.got[1],
             Got::BulkOffer {
                 seq: 1,
-                sizes: vec![70_000, 0, 4]
+                sizes: vec![big_segment(), 0, 4]
             },
             "metadata and sizes come first"
         );
