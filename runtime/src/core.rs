@@ -23,6 +23,9 @@ use crate::driver::bufring::BufRing;
 use crate::driver::sendpool::SendPool;
 use crate::driver::{Driver, RingConfig};
 use crate::executor::Executor;
+use crate::mailbox::doorbell::{Doorbell, Peer};
+use crate::mailbox::ring::{Consumer, Producer};
+use crate::mailbox::{Envelope, Mesh};
 use crate::runtime::IdleStrategy;
 use crate::stats::{CoreStats, Stats};
 
@@ -39,9 +42,11 @@ struct Remote {
 /// The part of a core that other threads may touch.
 pub(crate) struct Shared {
     pub(crate) exec_id: u32,
-    eventfd: std::os::fd::OwnedFd,
+    pub(crate) eventfd: std::os::fd::OwnedFd,
     queue: Mutex<Remote>,
     notified: AtomicBool,
+    /// The core's loop has ended.
+    stopped: AtomicBool,
 }
 
 impl Shared {
@@ -52,6 +57,7 @@ impl Shared {
             eventfd: crate::sys::eventfd()?,
             queue: Mutex::new(Remote::default()),
             notified: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         });
         registry().push((shared.exec_id, Arc::downgrade(&shared)));
         Ok(shared)
@@ -66,6 +72,11 @@ impl Shared {
             use std::os::fd::AsRawFd;
             crate::sys::eventfd_signal(self.eventfd.as_raw_fd());
         }
+    }
+
+    /// Whether the core's loop has ended (work sent now will not run).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// Runs `f` on the core (it typically spawns a task there).
@@ -203,6 +214,7 @@ pub(crate) struct Core {
     pub(crate) driver: RefCell<Driver>,
     pub(crate) bufs: RefCell<BufRing>,
     pub(crate) send_pool: RefCell<SendPool>,
+    pub(crate) mesh: Mesh,
     pub(crate) io: IoConfig,
     pub(crate) stats: Stats,
     pub(crate) shared: Arc<Shared>,
@@ -229,6 +241,10 @@ pub(crate) struct CoreConfig {
     pub(crate) io: IoConfig,
     pub(crate) idle: IdleStrategy,
     pub(crate) pin: bool,
+    pub(crate) doorbell: Doorbell,
+    pub(crate) peers: Arc<Vec<Arc<Peer>>>,
+    pub(crate) mesh_out: Vec<Option<Producer<Envelope>>>,
+    pub(crate) mesh_in: Vec<Consumer<Envelope>>,
 }
 
 /// What a core reports when its thread ends.
@@ -244,33 +260,49 @@ pub(crate) fn run_core(
     shared: Arc<Shared>,
     ready: std::sync::mpsc::Sender<io::Result<crate::driver::RingFeatures>>,
 ) -> CoreExit {
-    let setup = || -> io::Result<Core> {
-        if cfg.pin && !core_affinity::set_for_current(core_affinity::CoreId { id: cfg.cpu }) {
+    let CoreConfig {
+        index,
+        cpu,
+        ring,
+        io,
+        idle,
+        pin,
+        doorbell,
+        peers,
+        mesh_out,
+        mesh_in,
+    } = cfg;
+    let cfg_ring = ring;
+    let setup = move || -> io::Result<Core> {
+        if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             return Err(io::Error::other(format!(
-                "could not pin a thread to CPU {} (sched_setaffinity refused)",
-                cfg.cpu
+                "could not pin a thread to CPU {cpu} (sched_setaffinity refused)"
             )));
         }
         use std::os::fd::AsRawFd;
-        let driver = Driver::new(&cfg.ring, shared.eventfd.as_raw_fd())?;
-        let bufs = BufRing::new(driver.ring(), cfg.ring.buf_count, cfg.ring.buf_size)?;
-        let send_pool = SendPool::new(driver.ring(), cfg.ring.send_count, cfg.ring.send_size)?;
-        let mut io = cfg.io;
+        let driver = Driver::new(&cfg_ring, shared.eventfd.as_raw_fd())?;
+        let bufs = BufRing::new(driver.ring(), cfg_ring.buf_count, cfg_ring.buf_size)?;
+        let send_pool = SendPool::new(driver.ring(), cfg_ring.send_count, cfg_ring.send_size)?;
+        let mut io = io;
         if !driver.features.send_zc {
             io.zc_threshold = None;
         }
+        peers[index]
+            .ring_fd
+            .store(driver.ring_fd(), Ordering::Release);
         Ok(Core {
-            index: cfg.index,
-            cpu: cfg.cpu,
+            index,
+            cpu,
             exec: Executor::new(shared.exec_id),
             driver: RefCell::new(driver),
             bufs: RefCell::new(bufs),
             send_pool: RefCell::new(send_pool),
+            mesh: Mesh::new(index, doorbell, peers, mesh_out, mesh_in),
             io,
             stats: Stats::default(),
             shared: shared.clone(),
             shutdown_deadline: Cell::new(None),
-            idle: cfg.idle,
+            idle,
         })
     };
     let core = match setup() {
@@ -281,12 +313,12 @@ pub(crate) fn run_core(
         }
     };
     let features = core.driver.borrow().features;
-    tracing::debug!(core = cfg.index, cpu = cfg.cpu, ?features, "core started");
+    tracing::debug!(core = index, cpu, ?features, "core started");
     let _ = ready.send(Ok(features));
     drop(ready);
 
     let guard = CurrentGuard::set(&core);
-    let span = tracing::debug_span!("core", index = cfg.index, cpu = cfg.cpu);
+    let span = tracing::debug_span!("core", index, cpu);
     let entered = span.enter();
     if let Err(e) = core.run() {
         tracing::error!(error = %e, "io_uring_enter failed; core stops");
@@ -320,6 +352,17 @@ impl Core {
             if self.shared.notified.load(Ordering::Acquire) {
                 self.drain_remote();
             }
+            let received = self.mesh.drain();
+            if received > 0 {
+                Stats::add(&self.stats.mailbox_received, received as u64);
+            }
+            if self.mesh.me().mailbox_pending.load(Ordering::Acquire) {
+                self.mesh
+                    .me()
+                    .mailbox_pending
+                    .store(false, Ordering::Release);
+                self.mesh.wake_all_waiters();
+            }
             if let Some(deadline) = self.shutdown_deadline.get() {
                 if self.exec.task_count() == 0 || Instant::now() >= deadline {
                     return Ok(());
@@ -335,8 +378,22 @@ impl Core {
         }
     }
 
-    /// Waits for completions as the idle strategy says.
+    /// Waits for completions as the idle strategy says. Before blocking, the
+    /// park handshake runs on every inbound mesh ring, so that senders know
+    /// to ring the doorbell; a ring that turns out non-empty cancels the park.
     fn idle_wait(&self) -> io::Result<()> {
+        if self.idle == IdleStrategy::Poll && self.shutdown_deadline.get().is_none() {
+            return self.driver.borrow_mut().enter(false, &self.stats);
+        }
+        if !self.mesh.prepare_park() {
+            return self.driver.borrow_mut().enter(false, &self.stats);
+        }
+        let r = self.idle_block();
+        self.mesh.cancel_park();
+        r
+    }
+
+    fn idle_block(&self) -> io::Result<()> {
         let mut driver = self.driver.borrow_mut();
         if self.shutdown_deadline.get().is_some() {
             // Wake at least every few milliseconds to check the deadline.
@@ -367,8 +424,27 @@ impl Core {
     }
 
     fn dispatch(&self) {
-        let mut bufs = self.bufs.borrow_mut();
-        self.driver.borrow_mut().dispatch(&mut bufs, &self.stats);
+        let (doorbells, failed) = {
+            let mut bufs = self.bufs.borrow_mut();
+            let mut driver = self.driver.borrow_mut();
+            driver.dispatch(&mut bufs, &self.stats);
+            if driver.doorbells.is_empty() && driver.failed_doorbells.is_empty() {
+                return;
+            }
+            (
+                std::mem::take(&mut driver.doorbells),
+                std::mem::take(&mut driver.failed_doorbells),
+            )
+        };
+        Stats::add(&self.stats.doorbells_received, doorbells.len() as u64);
+        for token in doorbells {
+            self.mesh.wake_waiter(token);
+        }
+        for target in failed {
+            if let Some(peer) = self.mesh.peers.get(target) {
+                peer.ring_eventfd();
+            }
+        }
     }
 
     /// Drops resources of finished abandoned operations, outside any borrow.
@@ -429,6 +505,8 @@ impl Core {
     /// Drops remaining tasks and waits (bounded) for the kernel to finish
     /// every operation, so that no buffer is freed while still in use.
     fn finish(&self) -> CoreExit {
+        self.mesh.me().ring_fd.store(-1, Ordering::Release);
+        self.shared.stopped.store(true, Ordering::Release);
         let tasks_aborted = self.exec.drop_all();
         if tasks_aborted > 0 {
             tracing::warn!(
@@ -501,6 +579,10 @@ impl Core {
             fixed_sends: s.fixed_sends.get(),
             batch_sends: s.batch_sends.get(),
             batched_messages: s.batched_messages.get(),
+            doorbells_sent: s.doorbells_sent.get(),
+            doorbells_received: s.doorbells_received.get(),
+            mailbox_received: s.mailbox_received.get(),
+            mailbox_depth: self.mesh.depth() as u64,
         }
     }
 }

@@ -51,6 +51,7 @@ pub use crate::buf::{IoBuf, RecvBuf, SendBuf};
 pub use crate::core::{core_stats, current_core, current_cpu, is_shutting_down};
 pub use crate::driver::RingFeatures;
 pub use crate::executor::{spawn_local, yield_now, JoinError, JoinHandle};
+pub use crate::mailbox::{submit_to, Doorbell};
 pub use crate::runtime::{
     IdleStrategy, Placement, RemoteHandle, Runtime, RuntimeBuilder, ShutdownHandle, ShutdownReport,
 };

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use crate::core::{run_core, CoreConfig, CoreExit, IoConfig, Shared};
 use crate::driver::{RingConfig, RingFeatures};
 use crate::executor::{spawn_reporting, JoinError};
+use crate::mailbox::build_mesh;
+use crate::mailbox::doorbell::{Doorbell, Peer};
 use crate::stats::CoreStats;
 
 /// Where the core threads run.
@@ -56,6 +58,8 @@ pub struct RuntimeBuilder {
     send_buffers: u16,
     send_buffer_size: u32,
     io: IoConfig,
+    doorbell: Doorbell,
+    mailbox_capacity: usize,
     thread_name: String,
 }
 
@@ -75,6 +79,8 @@ impl Default for RuntimeBuilder {
                 fixed_send: true,
                 zc_threshold: None,
             },
+            doorbell: Doorbell::MsgRing,
+            mailbox_capacity: 1024,
             thread_name: "ringwire-core".to_string(),
         }
     }
@@ -173,6 +179,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How a core wakes a parked peer for mailbox traffic. Default:
+    /// [`Doorbell::MsgRing`].
+    pub fn doorbell(mut self, doorbell: Doorbell) -> Self {
+        self.doorbell = doorbell;
+        self
+    }
+
+    /// Slots in each core-to-core mesh ring (one ring per ordered pair of
+    /// cores, rounded up to a power of two). Memory: 16 bytes per slot per
+    /// pair, so `cores * (cores - 1) * capacity * 16` bytes. Default: 1024.
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.mailbox_capacity = capacity;
+        self
+    }
+
     /// Name prefix of the core threads (the core index is appended).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.thread_name = name.into();
@@ -198,10 +219,22 @@ impl RuntimeBuilder {
             send_count: self.send_buffers,
             send_size: self.send_buffer_size,
         };
+        let shareds = (0..cpus.len())
+            .map(|_| Shared::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let peers: Arc<Vec<Arc<Peer>>> = Arc::new(
+            shareds
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Arc::new(Peer::new(i, s.clone())))
+                .collect(),
+        );
+        let mesh = build_mesh(cpus.len(), self.mailbox_capacity);
         let mut cores = Vec::with_capacity(cpus.len());
         let mut first_err = None;
-        for (index, &cpu) in cpus.iter().enumerate() {
-            let shared = Shared::new()?;
+        for ((index, &cpu), (shared, (mesh_out, mesh_in))) in
+            cpus.iter().enumerate().zip(shareds.into_iter().zip(mesh))
+        {
             let (tx, rx) = std::sync::mpsc::channel();
             let cfg = CoreConfig {
                 index,
@@ -210,6 +243,10 @@ impl RuntimeBuilder {
                 io: self.io,
                 idle: self.idle,
                 pin,
+                doorbell: self.doorbell,
+                peers: peers.clone(),
+                mesh_out,
+                mesh_in,
             };
             let thread_shared = shared.clone();
             let thread = thread::Builder::new()

@@ -29,6 +29,9 @@ pub(crate) struct Stats {
     pub(crate) fixed_sends: Cell<u64>,
     pub(crate) batch_sends: Cell<u64>,
     pub(crate) batched_messages: Cell<u64>,
+    pub(crate) doorbells_sent: Cell<u64>,
+    pub(crate) doorbells_received: Cell<u64>,
+    pub(crate) mailbox_received: Cell<u64>,
 }
 
 impl Stats {
@@ -96,6 +99,14 @@ pub struct CoreStats {
     pub batch_sends: u64,
     /// Messages those sends carried (divide by `batch_sends` for the batch size).
     pub batched_messages: u64,
+    /// Doorbells rung at other cores (MSG_RING or eventfd).
+    pub doorbells_sent: u64,
+    /// MSG_RING doorbells that arrived here.
+    pub doorbells_received: u64,
+    /// Closures received through the core mesh.
+    pub mailbox_received: u64,
+    /// Closures waiting in this core's inbound mesh rings at snapshot time.
+    pub mailbox_depth: u64,
     /// Tasks alive at snapshot time.
     pub tasks: u64,
     /// Operations in the driver's table at snapshot time.
@@ -117,7 +128,31 @@ pub struct CoreStats {
 pub fn render_prometheus(stats: &[CoreStats]) -> String {
     let mut out = String::new();
     type Get = fn(&CoreStats) -> u64;
-    let metrics: [(&str, &str, &str, Get); 25] = [
+    let metrics: [(&str, &str, &str, Get); 29] = [
+        (
+            "doorbells_sent_total",
+            "counter",
+            "doorbells rung at other cores",
+            |s| s.doorbells_sent,
+        ),
+        (
+            "doorbells_received_total",
+            "counter",
+            "MSG_RING doorbells received",
+            |s| s.doorbells_received,
+        ),
+        (
+            "mailbox_received_total",
+            "counter",
+            "closures received through the core mesh",
+            |s| s.mailbox_received,
+        ),
+        (
+            "mailbox_depth",
+            "gauge",
+            "closures waiting in inbound mesh rings",
+            |s| s.mailbox_depth,
+        ),
         ("zc_sends_total", "counter", "SEND_ZC submissions", |s| {
             s.zc_sends
         }),
@@ -279,6 +314,6 @@ mod tests {
         assert!(text.contains("ringwire_accepts_total{core=\"0\",cpu=\"3\"} 7\n"));
         assert!(text.contains("ringwire_bytes_sent_total{core=\"1\",cpu=\"5\"} 42\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 25 * 2);
+        assert_eq!(samples, 29 * 2);
     }
 }

@@ -8,7 +8,7 @@
 //! ```text
 //! echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000]
 //!           [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES]
-//!           [--recv multishot|single] [--stats]
+//!           [--recv multishot|single] [--accept reuseport|handoff] [--stats]
 //! ```
 
 use std::io;
@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ringwire::runtime::net::{TcpListener, TcpStream};
+use ringwire::runtime::mailbox;
+use ringwire::runtime::net::{TcpListenOptions, TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{spawn_local, stats, IdleStrategy, Placement, Runtime};
 use ringwire_examples::cli::{self, Args};
@@ -36,11 +37,23 @@ struct Config {
     max_message: usize,
     print_stats: bool,
     recv_multishot: bool,
+    accept: Accept,
+}
+
+/// How connections reach the cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accept {
+    /// Every core listens on the address (SO_REUSEPORT); the kernel spreads
+    /// connections.
+    ReusePort,
+    /// Core 0 accepts and hands connections round-robin to every core through
+    /// the mailboxes.
+    Handoff,
 }
 
 const USAGE: &str = "usage: echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000] \
 [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES] \
-[--recv multishot|single] [--stats]";
+[--recv multishot|single] [--accept reuseport|handoff] [--stats]";
 
 fn parse() -> Result<Config, String> {
     let mut args = Args::from_env();
@@ -52,6 +65,7 @@ fn parse() -> Result<Config, String> {
         max_message: 16 << 20,
         print_stats: false,
         recv_multishot: true,
+        accept: Accept::ReusePort,
     };
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
@@ -75,6 +89,15 @@ fn parse() -> Result<Config, String> {
                 cfg.max_message = v.parse().map_err(|e| format!("--max-message {v}: {e}"))?;
             }
             "--stats" => cfg.print_stats = true,
+            "--accept" => {
+                cfg.accept = match args.value(&flag)?.as_str() {
+                    "reuseport" => Accept::ReusePort,
+                    "handoff" => Accept::Handoff,
+                    other => {
+                        return Err(format!("--accept {other}: expected reuseport or handoff"))
+                    }
+                }
+            }
             "--recv" => {
                 cfg.recv_multishot = match args.value(&flag)?.as_str() {
                     "multishot" => true,
@@ -117,13 +140,27 @@ fn run(cfg: Config) -> io::Result<()> {
         .recv_multishot(cfg.recv_multishot)
         .thread_name("echo-core")
         .build()?;
-    let (listen, wire, max_message) = (cfg.listen, cfg.wire, cfg.max_message);
-    // Bind on every core before announcing the node, so that a load
-    // generator started right after the banner finds the port open.
+    let (listen, wire, max_message, accept) = (cfg.listen, cfg.wire, cfg.max_message, cfg.accept);
+    let cores = rt.core_count();
+    // Bind before announcing the node, so that a load generator started
+    // right after the banner finds the port open.
     let bound: Vec<_> = rt
-        .spawn_on_all(move |_core| async move {
-            let listener = TcpListener::bind(listen)?;
-            spawn_local(accept_loop(listener, wire, max_message));
+        .spawn_on_all(move |core| async move {
+            match accept {
+                Accept::ReusePort => {
+                    let listener = TcpListener::bind(listen)?;
+                    spawn_local(accept_loop(listener, wire, max_message));
+                }
+                Accept::Handoff if core == 0 => {
+                    let opts = TcpListenOptions {
+                        reuse_port: false,
+                        ..TcpListenOptions::default()
+                    };
+                    let listener = TcpListener::bind_with(listen, &opts)?;
+                    spawn_local(handoff_loop(listener, cores, wire, max_message));
+                }
+                Accept::Handoff => {}
+            }
             Ok::<_, io::Error>(())
         })
         .into_iter()
@@ -150,26 +187,66 @@ fn run(cfg: Config) -> io::Result<()> {
     Ok(())
 }
 
+fn serve(conn: TcpStream, wire: Wire, max_message: usize) {
+    spawn_local(async move {
+        let peer = conn.peer_addr().ok();
+        let res = match wire {
+            Wire::Raw => echo_raw(conn).await,
+            Wire::LenPrefix => echo_lenprefix(conn, max_message).await,
+        };
+        if let Err(e) = res {
+            tracing::debug!(?peer, error = %e, "connection closed with error");
+        }
+    });
+}
+
 async fn accept_loop(mut listener: TcpListener, wire: Wire, max_message: usize) {
     while let Some(conn) = listener.accept().await {
         match conn {
-            Ok(conn) => {
-                spawn_local(async move {
-                    let peer = conn.peer_addr().ok();
-                    let res = match wire {
-                        Wire::Raw => echo_raw(conn).await,
-                        Wire::LenPrefix => echo_lenprefix(conn, max_message).await,
-                    };
-                    if let Err(e) = res {
-                        tracing::debug!(?peer, error = %e, "connection closed with error");
-                    }
-                });
-            }
+            Ok(conn) => serve(conn, wire, max_message),
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 ringwire::runtime::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+/// Accepts on this core and hands connections round-robin to every core
+/// (this one included) through the mailboxes; each core registers the socket
+/// on its own ring.
+async fn handoff_loop(mut listener: TcpListener, cores: usize, wire: Wire, max_message: usize) {
+    let mut next = 0;
+    while let Some(conn) = listener.accept().await {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                ringwire::runtime::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let target = next;
+        next = (next + 1) % cores;
+        if target == ringwire::runtime::current_core() {
+            serve(conn, wire, max_message);
+            continue;
+        }
+        let fd = match conn.into_fd() {
+            Ok(fd) => fd,
+            Err((e, conn)) => {
+                tracing::warn!(error = %e, "cannot hand over; serving here");
+                serve(conn, wire, max_message);
+                continue;
+            }
+        };
+        let sent = mailbox::post(target, move || {
+            serve(TcpStream::from_fd(fd), wire, max_message);
+        })
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "hand-off failed; connection dropped");
         }
     }
 }

@@ -35,6 +35,7 @@ use std::task::Waker;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
+use crate::mailbox::doorbell::{DOORBELL_LOW_MASK, DOORBELL_SOURCE_BIT, DOORBELL_TARGET_BIT};
 use crate::stats::Stats;
 
 /// `user_data` of completions nobody waits for (cancel requests).
@@ -45,8 +46,6 @@ pub(crate) const TAG_WAKE: u64 = u64::MAX - 1;
 const IORING_ENTER_GETEVENTS: u32 = 1;
 /// Set in a zero-copy notification's result when the kernel copied anyway.
 const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
-/// Lowest reserved `user_data`; slab keys stay below it.
-const TAG_RESERVED: u64 = u64::MAX - 15;
 
 /// One completion, copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -138,6 +137,10 @@ pub(crate) struct Driver {
     pub(crate) starved: Vec<(usize, RawFd)>,
     /// Resources of finished ignored ops, dropped after the driver borrow ends.
     pub(crate) graveyard: Vec<Box<dyn Any>>,
+    /// Doorbell tokens received through MSG_RING this turn.
+    pub(crate) doorbells: Vec<u64>,
+    /// Target cores of MSG_RING doorbells that failed (to ring by eventfd).
+    pub(crate) failed_doorbells: Vec<usize>,
     /// 8-byte target of the wake eventfd read. Leaked on purpose (8 bytes per
     /// core): the kernel may finish cancelling the read after the ring closes.
     wake_buf: &'static mut u64,
@@ -156,12 +159,20 @@ impl Driver {
             slots: Slab::with_capacity(256),
             starved: Vec::new(),
             graveyard: Vec::new(),
+            doorbells: Vec::new(),
+            failed_doorbells: Vec::new(),
             wake_buf: Box::leak(Box::new(0)),
             wake_fd,
             features,
         };
         driver.arm_wake();
         Ok(driver)
+    }
+
+    /// The ring's descriptor (the target of other cores' MSG_RING doorbells).
+    pub(crate) fn ring_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
     }
 
     /// The ring, for registering buffers.
@@ -221,7 +232,7 @@ impl Driver {
         build: impl FnOnce() -> squeue::Entry,
     ) -> usize {
         let key = self.slots.insert(Slot { state, returns_fd });
-        debug_assert!((key as u64) < TAG_RESERVED);
+        debug_assert!((key as u64) < DOORBELL_SOURCE_BIT);
         let entry = build().user_data(key as u64);
         // SAFETY: forwarded from this function's contract.
         unsafe { self.push_raw(&entry) };
@@ -385,6 +396,16 @@ impl Driver {
                     TAG_WAKE => {
                         woke = true;
                         self.arm_wake();
+                    }
+                    ud if ud & DOORBELL_TARGET_BIT != 0 => {
+                        self.doorbells.push(ud & DOORBELL_LOW_MASK);
+                    }
+                    ud if ud & DOORBELL_SOURCE_BIT != 0 => {
+                        // Only failures post a source CQE (SKIP_SUCCESS).
+                        if cqe.result < 0 {
+                            self.failed_doorbells
+                                .push((ud & DOORBELL_LOW_MASK) as usize);
+                        }
                     }
                     key => self.complete(key as usize, cqe, bufs, stats),
                 }

@@ -21,4 +21,12 @@
 //!    [`ring::Consumer::cancel_park`] on all of them. The protocol and why it
 //!    never loses a wake-up are in the [`ring`] module docs.
 
+pub mod channel;
+pub(crate) mod doorbell;
+mod mesh;
 pub mod ring;
+
+pub use channel::{channel, Receiver, Sender};
+pub use doorbell::Doorbell;
+pub(crate) use mesh::{build as build_mesh, Envelope, Mesh};
+pub use mesh::{post, submit_to, try_post, MailboxError};

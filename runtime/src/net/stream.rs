@@ -170,6 +170,24 @@ impl Stream {
         })
     }
 
+    /// Gives the descriptor back, for handing the connection to another
+    /// core. Refused (the stream is returned) while a receive is armed or a
+    /// batching writer shares the socket.
+    pub(crate) fn into_fd(self) -> Result<OwnedFd, Stream> {
+        if self.recv_key.is_some() || Rc::strong_count(&self.fd) != 1 {
+            return Err(self);
+        }
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used or dropped again, so reading the field
+        // moves it out exactly once; the other fields need no drop (no
+        // receive slot, `PhantomData`).
+        let fd = unsafe { std::ptr::read(&me.fd) };
+        match Rc::try_unwrap(fd) {
+            Ok(fd) => Ok(fd),
+            Err(_) => unreachable!("sole owner checked above"),
+        }
+    }
+
     /// The descriptor, shared (for batching writers).
     pub(crate) fn shared_fd(&self) -> Rc<OwnedFd> {
         self.fd.clone()

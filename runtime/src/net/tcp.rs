@@ -145,6 +145,32 @@ impl TcpStream {
         self.inner.send_all(buf).await
     }
 
+    /// Takes the socket out of this core, for handing the connection to
+    /// another core (send the descriptor through a mailbox, e.g.
+    /// [`crate::mailbox::post`], and rebuild it there with
+    /// [`from_fd`](Self::from_fd), which registers it on that core's ring).
+    /// Refused, with the stream handed back in the error, once a receive was
+    /// started or while a batching writer shares the socket.
+    pub fn into_fd(self) -> Result<OwnedFd, (io::Error, Self)> {
+        self.inner.into_fd().map_err(|inner| {
+            (
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a stream with an armed receive or a batching writer cannot change cores",
+                ),
+                Self { inner },
+            )
+        })
+    }
+
+    /// Wraps a connected TCP socket (e.g. one handed over from another
+    /// core by [`into_fd`](Self::into_fd)) for use on the current core.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self {
+            inner: Stream::new(fd),
+        }
+    }
+
     /// A writer that queues small messages and sends each loop turn's worth
     /// in one submission (see [`BatchWriter`](crate::net::BatchWriter)).
     /// It shares the socket and may outlive this stream to finish flushing.

@@ -1,0 +1,387 @@
+//! The core mesh: one SPSC ring of closures per ordered pair of cores.
+//!
+//! Each core owns the producers of its rings to every other core and the
+//! consumers of the rings from them. It drains its inbound rings once per
+//! loop turn (in batches), and before parking runs the park handshake on all
+//! of them, so a sender rings the doorbell only when the target may be asleep.
+//!
+//! What travels is a boxed closure (an [`Envelope`]) run on the target core:
+//! [`post`] / [`try_post`] start work there, [`submit_to`] also brings the
+//! result back (through the reverse ring), and connections move between cores
+//! as a closure owning the descriptor (see `TcpStream::into_fd`).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use slab::Slab;
+
+use super::doorbell::{Doorbell, Peer};
+use super::ring::{Consumer, Producer, TryRecvError, TrySendError};
+use crate::core::with_core;
+use crate::executor::{spawn_local, yield_now};
+
+/// Work run on another core: a closure that can also be handed back whole
+/// when the ring refuses it.
+pub(crate) trait Work: Send {
+    fn run(self: Box<Self>);
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+impl<F: FnOnce() + Send + 'static> Work for F {
+    fn run(self: Box<Self>) {
+        (*self)()
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+/// A closure run on another core.
+pub(crate) type Envelope = Box<dyn Work>;
+
+/// Errors of cross-core calls.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MailboxError {
+    /// No core with this index.
+    #[error("core {0} does not exist in this runtime")]
+    NoSuchCore(usize),
+    /// The target core is shutting down or gone; the work did not run (or its
+    /// result could not come back).
+    #[error("core {0} is gone")]
+    Closed(usize),
+}
+
+enum Call {
+    Waiting(Option<Waker>),
+    Done(Box<dyn Any>),
+    Abandoned,
+}
+
+/// A core's ends of the mesh, plus the waiters of typed channels bound to it.
+pub(crate) struct Mesh {
+    pub(crate) index: usize,
+    pub(crate) doorbell: Doorbell,
+    pub(crate) peers: Arc<Vec<Arc<Peer>>>,
+    out: Vec<Option<RefCell<Producer<Envelope>>>>,
+    inbound: RefCell<Vec<Consumer<Envelope>>>,
+    /// Wakers of typed-channel receivers on this core, by token - 1.
+    pub(crate) waiters: RefCell<Slab<Option<Waker>>>,
+    calls: RefCell<Slab<Call>>,
+}
+
+/// The mesh endpoints of every core, built before the cores start.
+pub(crate) fn build(
+    cores: usize,
+    capacity: usize,
+) -> Vec<(Vec<Option<Producer<Envelope>>>, Vec<Consumer<Envelope>>)> {
+    let mut ends: Vec<(Vec<Option<Producer<Envelope>>>, Vec<Consumer<Envelope>>)> = (0..cores)
+        .map(|_| ((0..cores).map(|_| None).collect(), Vec::new()))
+        .collect();
+    for from in 0..cores {
+        for to in 0..cores {
+            if from != to {
+                let (p, c) = super::ring::channel(capacity);
+                ends[from].0[to] = Some(p);
+                ends[to].1.push(c);
+            }
+        }
+    }
+    ends
+}
+
+impl Mesh {
+    pub(crate) fn new(
+        index: usize,
+        doorbell: Doorbell,
+        peers: Arc<Vec<Arc<Peer>>>,
+        out: Vec<Option<Producer<Envelope>>>,
+        inbound: Vec<Consumer<Envelope>>,
+    ) -> Mesh {
+        Mesh {
+            index,
+            doorbell,
+            peers,
+            out: out.into_iter().map(|p| p.map(RefCell::new)).collect(),
+            inbound: RefCell::new(inbound),
+            waiters: RefCell::new(Slab::new()),
+            calls: RefCell::new(Slab::new()),
+        }
+    }
+
+    /// This core's doorbell target.
+    pub(crate) fn me(&self) -> &Arc<Peer> {
+        &self.peers[self.index]
+    }
+
+    /// Runs every closure waiting in the inbound rings (in batches of up to
+    /// 64 per ring and turn). Returns how many ran.
+    pub(crate) fn drain(&self) -> usize {
+        let mut ran = 0;
+        let count = self.inbound.borrow().len();
+        for i in 0..count {
+            // Take a batch out first: closures may post to other cores.
+            let batch: Vec<Envelope> = {
+                let mut inbound = self.inbound.borrow_mut();
+                let batch = match inbound[i].pop_batch(64) {
+                    Ok(b) => b.collect(),
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => continue,
+                };
+                batch
+            };
+            ran += batch.len();
+            for f in batch {
+                f.run();
+            }
+        }
+        ran
+    }
+
+    /// Park handshake on every inbound ring: true if the core may sleep.
+    pub(crate) fn prepare_park(&self) -> bool {
+        let mut inbound = self.inbound.borrow_mut();
+        for i in 0..inbound.len() {
+            if !inbound[i].prepare_park() {
+                for c in inbound[..i].iter_mut() {
+                    c.cancel_park();
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Withdraws the park handshake after waking.
+    pub(crate) fn cancel_park(&self) {
+        for c in self.inbound.borrow_mut().iter_mut() {
+            c.cancel_park();
+        }
+    }
+
+    /// Values waiting in the inbound rings.
+    pub(crate) fn depth(&self) -> usize {
+        self.inbound.borrow().iter().map(|c| c.len()).sum()
+    }
+
+    /// Wakes the typed-channel waiter `token` (0 wakes nobody: the doorbell
+    /// only had to get the core out of its wait).
+    pub(crate) fn wake_waiter(&self, token: u64) {
+        if token == 0 {
+            return;
+        }
+        let w = self
+            .waiters
+            .borrow_mut()
+            .get_mut(token as usize - 1)
+            .and_then(Option::take);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Wakes every typed-channel waiter (after an eventfd doorbell).
+    pub(crate) fn wake_all_waiters(&self) {
+        let wakers: Vec<Waker> = self
+            .waiters
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(_, w)| w.take())
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn try_send(&self, to: usize, env: Envelope) -> Result<(), TrySendError<Envelope>> {
+        let Some(p) = self.out.get(to).and_then(Option::as_ref) else {
+            return Err(TrySendError::Closed(env));
+        };
+        let mut p = p.borrow_mut();
+        p.try_push(env)?;
+        if p.needs_wakeup() {
+            self.peers[to].ring(0);
+        }
+        Ok(())
+    }
+
+    fn complete_call(&self, token: usize, result: Box<dyn Any>) {
+        let mut calls = self.calls.borrow_mut();
+        let waker = match calls.get_mut(token) {
+            Some(c @ Call::Waiting(_)) => match std::mem::replace(c, Call::Done(result)) {
+                Call::Waiting(w) => w,
+                _ => None,
+            },
+            Some(Call::Abandoned) => {
+                calls.remove(token);
+                None
+            }
+            _ => None,
+        };
+        drop(calls);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+fn check_core(to: usize) -> Result<(), MailboxError> {
+    with_core(|c| {
+        if to < c.mesh.peers.len() {
+            Ok(())
+        } else {
+            Err(MailboxError::NoSuchCore(to))
+        }
+    })
+}
+
+/// Sends `env` to core `to`, waiting while its ring is full.
+async fn send_envelope(to: usize, mut env: Envelope) -> Result<(), MailboxError> {
+    loop {
+        match with_core(|c| c.mesh.try_send(to, env)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(MailboxError::Closed(to)),
+            Err(TrySendError::Full(e)) => {
+                env = e;
+                // Back-pressure: try again next loop turn.
+                yield_now().await;
+            }
+        }
+    }
+}
+
+/// Runs `f` on core `to` without waiting for space: a full ring hands `f`
+/// back (`Err(Full(f))`), a gone core too (`Err(Closed(f))`). `f` typically
+/// calls [`spawn_local`] there. On the calling core itself, `f` runs at once.
+///
+/// # Panics
+///
+/// Off a ringwire core thread, or if `to` is not a core of this runtime.
+pub fn try_post<F>(to: usize, f: F) -> Result<(), TrySendError<F>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    if let Err(e) = check_core(to) {
+        panic!("{e}");
+    }
+    if with_core(|c| c.mesh.index) == to {
+        f();
+        return Ok(());
+    }
+    match with_core(|c| c.mesh.try_send(to, Box::new(f))) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let full = e.is_full();
+            let f = match e.into_inner().into_any().downcast::<F>() {
+                Ok(f) => *f,
+                Err(_) => unreachable_type(),
+            };
+            Err(if full {
+                TrySendError::Full(f)
+            } else {
+                TrySendError::Closed(f)
+            })
+        }
+    }
+}
+
+/// Runs `f` on core `to`, waiting while the ring to it is full. On the calling
+/// core itself, `f` runs at once.
+pub async fn post<F>(to: usize, f: F) -> Result<(), MailboxError>
+where
+    F: FnOnce() + Send + 'static,
+{
+    check_core(to)?;
+    if with_core(|c| c.mesh.index) == to {
+        f();
+        return Ok(());
+    }
+    send_envelope(to, Box::new(f)).await
+}
+
+/// Runs `f` on core `to` and returns the output of the future it makes
+/// (like Seastar's `submit_to`). The call and the result each travel through
+/// the mesh ring between the two cores; a full ring makes the caller wait.
+/// On the calling core itself, the future runs inline.
+pub async fn submit_to<F, Fut, R>(to: usize, f: F) -> Result<R, MailboxError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+    R: Send + 'static,
+{
+    check_core(to)?;
+    let from = with_core(|c| c.mesh.index);
+    if from == to {
+        return Ok(f().await);
+    }
+    let token = with_core(|c| c.mesh.calls.borrow_mut().insert(Call::Waiting(None)));
+    let guard = CallGuard { token };
+    let env: Envelope = Box::new(move || {
+        spawn_local(async move {
+            let r = f().await;
+            let back: Envelope = Box::new(move || {
+                with_core(|c| c.mesh.complete_call(token, Box::new(r)));
+            });
+            // If the caller's core is gone, nobody waits for the result.
+            let _ = send_envelope(from, back).await;
+        });
+    });
+    if let Err(e) = send_envelope(to, env).await {
+        return Err(e);
+    }
+    let out = poll_fn(|cx| {
+        with_core(|c| {
+            let mut calls = c.mesh.calls.borrow_mut();
+            match calls.get_mut(token) {
+                Some(Call::Done(_)) => match calls.remove(token) {
+                    Call::Done(b) => Poll::Ready(Ok(b)),
+                    _ => Poll::Ready(Err(MailboxError::Closed(to))),
+                },
+                Some(Call::Waiting(w)) => {
+                    *w = Some(cx.waker().clone());
+                    // The target may be shutting down and drop the work.
+                    if c.mesh.peers[to].shared.is_stopped() {
+                        return Poll::Ready(Err(MailboxError::Closed(to)));
+                    }
+                    Poll::Pending
+                }
+                _ => Poll::Ready(Err(MailboxError::Closed(to))),
+            }
+        })
+    })
+    .await;
+    std::mem::forget(guard);
+    let boxed = out?;
+    match boxed.downcast::<R>() {
+        Ok(r) => Ok(*r),
+        Err(_) => unreachable_type(),
+    }
+}
+
+#[cold]
+fn unreachable_type() -> ! {
+    panic!("mailbox value of an unexpected type")
+}
+
+/// Marks a call abandoned when its future is dropped before the result came.
+struct CallGuard {
+    token: usize,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let token = self.token;
+        crate::core::try_with_core(|c| {
+            let mut calls = c.mesh.calls.borrow_mut();
+            if let Some(call) = calls.get_mut(token) {
+                match call {
+                    Call::Waiting(_) => *call = Call::Abandoned,
+                    _ => {
+                        calls.remove(token);
+                    }
+                }
+            }
+        });
+    }
+}
