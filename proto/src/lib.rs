@@ -14,7 +14,7 @@
 //!   when the frame lies in one chunk, assembled once otherwise) and
 //!   [`BulkPiece`]s. The encoders write into caller-provided `&mut [u8]`
 //!   (the runtime's registered send buffers).
-//! - **Messages** ([`Message`], [`Schema`], [`access`]): user types derive
+//! - **Messages** ([`Message`], [`Schema`], [`access()`]): user types derive
 //!   rkyv's `Archive`/`Serialize` and carry a stable type id. Peer bytes are
 //!   validated once at ingress ([`Schema::validate`]); the unchecked
 //!   [`access_trusted`] path is for bytes this process wrote.
