@@ -72,12 +72,13 @@ pub(crate) struct Mesh {
     calls: RefCell<Slab<Call>>,
 }
 
+/// One core's mesh endpoints: producers by target core (none to itself) and
+/// the consumers of its inbound rings.
+pub(crate) type MeshEnds = (Vec<Option<Producer<Envelope>>>, Vec<Consumer<Envelope>>);
+
 /// The mesh endpoints of every core, built before the cores start.
-pub(crate) fn build(
-    cores: usize,
-    capacity: usize,
-) -> Vec<(Vec<Option<Producer<Envelope>>>, Vec<Consumer<Envelope>>)> {
-    let mut ends: Vec<(Vec<Option<Producer<Envelope>>>, Vec<Consumer<Envelope>>)> = (0..cores)
+pub(crate) fn build(cores: usize, capacity: usize) -> Vec<MeshEnds> {
+    let mut ends: Vec<MeshEnds> = (0..cores)
         .map(|_| ((0..cores).map(|_| None).collect(), Vec::new()))
         .collect();
     for from in 0..cores {
@@ -327,9 +328,7 @@ where
             let _ = send_envelope(from, back).await;
         });
     });
-    if let Err(e) = send_envelope(to, env).await {
-        return Err(e);
-    }
+    send_envelope(to, env).await?;
     let out = poll_fn(|cx| {
         with_core(|c| {
             let mut calls = c.mesh.calls.borrow_mut();
