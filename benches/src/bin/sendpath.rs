@@ -55,7 +55,11 @@ impl Mode {
             "fixed" => Mode::Fixed,
             "zc" => Mode::Zc,
             "zc-fixed" => Mode::ZcFixed,
-            other => return Err(format!("unknown mode {other:?} (plain, fixed, zc, zc-fixed)")),
+            other => {
+                return Err(format!(
+                    "unknown mode {other:?} (plain, fixed, zc, zc-fixed)"
+                ))
+            }
         })
     }
 }

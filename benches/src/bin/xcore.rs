@@ -168,7 +168,9 @@ fn run(o: &Opts, doorbell: Doorbell) -> Result<(), String> {
         format!("{doorbell:?}"),
         rate
     );
-    println!("RESULT bench=xcore test=stream doorbell={doorbell:?} msgs={received} msgs_per_s={rate:.0}");
+    println!(
+        "RESULT bench=xcore test=stream doorbell={doorbell:?} msgs={received} msgs_per_s={rate:.0}"
+    );
     rt.shutdown(Duration::from_secs(2));
     Ok(())
 }
