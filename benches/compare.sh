@@ -16,7 +16,8 @@
 # Environment (defaults in brackets):
 #   SERVERS       servers to run [echo-node-park echo-node-poll tokio glommio];
 #                 also echo-node-single (park, one single-shot RECV per arrival
-#                 instead of multishot: the receive-path A/B);
+#                 instead of multishot: the receive-path A/B) and
+#                 echo-node-nobatch (park, waking on the first completion);
 #                 `echo-node` stands for both echo-node variants
 #   DURATION      measured seconds per throughput run [5]
 #   PP_DURATION   measured seconds per ping-pong run [$DURATION]
@@ -56,8 +57,8 @@ LIST=()
 for s in $SERVERS; do
     case "$s" in
         echo-node) LIST+=(echo-node-park echo-node-poll) ;;
-        echo-node-park | echo-node-poll | echo-node-single | tokio | glommio) LIST+=("$s") ;;
-        *) die "unknown server '$s' (known: echo-node-park echo-node-poll echo-node-single echo-node tokio glommio)" ;;
+        echo-node-park | echo-node-poll | echo-node-single | echo-node-nobatch | tokio | glommio) LIST+=("$s") ;;
+        *) die "unknown server '$s' (known: echo-node-park echo-node-poll echo-node-single echo-node-nobatch echo-node tokio glommio)" ;;
     esac
 done
 [ "${#LIST[@]}" -gt 0 ] || die "SERVERS is empty"
@@ -111,6 +112,7 @@ server_cmd() {
         echo-node-park) echo "$BIN/echo-node ${common[*]} --idle park" ;;
         echo-node-poll) echo "$BIN/echo-node ${common[*]} --idle poll" ;;
         echo-node-single) echo "$BIN/echo-node ${common[*]} --idle park --recv single" ;;
+        echo-node-nobatch) echo "$BIN/echo-node ${common[*]} --idle park --wait-batch off" ;;
         tokio) echo "$BIN/tokio-echo ${common[*]}" ;;
         glommio) echo "$BIN/glommio-echo ${common[*]}" ;;
     esac

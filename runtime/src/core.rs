@@ -220,6 +220,10 @@ pub(crate) struct Core {
     pub(crate) shared: Arc<Shared>,
     shutdown_deadline: Cell<Option<Instant>>,
     idle: IdleStrategy,
+    /// Streams with a receive started (a proxy for how many completions a
+    /// busy loop turn can expect).
+    pub(crate) receiving_streams: Cell<usize>,
+    wait_batch: Option<(u32, Duration)>,
 }
 
 /// How sockets on a core receive and send (switches kept for A/B measurement).
@@ -245,6 +249,7 @@ pub(crate) struct CoreConfig {
     pub(crate) peers: Arc<Vec<Arc<Peer>>>,
     pub(crate) mesh_out: Vec<Option<Producer<Envelope>>>,
     pub(crate) mesh_in: Vec<Consumer<Envelope>>,
+    pub(crate) wait_batch: Option<(u32, Duration)>,
 }
 
 /// What a core reports when its thread ends.
@@ -271,6 +276,7 @@ pub(crate) fn run_core(
         peers,
         mesh_out,
         mesh_in,
+        wait_batch,
     } = cfg;
     let cfg_ring = ring;
     let setup = move || -> io::Result<Core> {
@@ -303,6 +309,8 @@ pub(crate) fn run_core(
             shared: shared.clone(),
             shutdown_deadline: Cell::new(None),
             idle,
+            receiving_streams: Cell::new(0),
+            wait_batch,
         })
     };
     let core = match setup() {
@@ -403,7 +411,10 @@ impl Core {
         match self.idle {
             IdleStrategy::Park => {
                 Stats::add(&self.stats.parks, 1);
-                driver.enter(true, &self.stats)
+                match self.batch_target() {
+                    Some((want, max_wait)) => driver.enter_batch(want, max_wait, &self.stats),
+                    None => driver.enter(true, &self.stats),
+                }
             }
             IdleStrategy::Poll => driver.enter(false, &self.stats),
             IdleStrategy::Spin(budget) => {
@@ -421,6 +432,16 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// With many streams receiving, wait for several completions (bounded in
+    /// time) rather than the first one: each wake-up then carries more data
+    /// per connection, and fewer, larger sends follow. A lone connection
+    /// (ping-pong) still wakes on its first completion.
+    fn batch_target(&self) -> Option<(u32, Duration)> {
+        let (max, max_wait) = self.wait_batch?;
+        let want = (self.receiving_streams.get() / 4).min(max as usize) as u32;
+        (want > 1).then_some((want, max_wait))
     }
 
     fn dispatch(&self) {

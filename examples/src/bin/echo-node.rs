@@ -8,7 +8,9 @@
 //! ```text
 //! echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000]
 //!           [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES]
-//!           [--recv multishot|single] [--accept reuseport|handoff] [--stats]
+//!           [--recv multishot|single] [--accept reuseport|handoff]
+//!           [--wait-batch N:MICROS|off] [--recv-buffers N] [--recv-buffer-size BYTES]
+//!           [--stats]
 //! ```
 
 use std::io;
@@ -38,6 +40,9 @@ struct Config {
     print_stats: bool,
     recv_multishot: bool,
     accept: Accept,
+    wait_batch: Option<(u32, Duration)>,
+    recv_buffers: u16,
+    recv_buffer_size: u32,
 }
 
 /// How connections reach the cores.
@@ -53,7 +58,7 @@ enum Accept {
 
 const USAGE: &str = "usage: echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000] \
 [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES] \
-[--recv multishot|single] [--accept reuseport|handoff] [--stats]";
+[--recv multishot|single] [--accept reuseport|handoff] [--wait-batch N:MICROS|off] [--recv-buffers N] [--recv-buffer-size BYTES] [--stats]";
 
 fn parse() -> Result<Config, String> {
     let mut args = Args::from_env();
@@ -66,6 +71,9 @@ fn parse() -> Result<Config, String> {
         print_stats: false,
         recv_multishot: true,
         accept: Accept::ReusePort,
+        wait_batch: Some((16, Duration::from_micros(50))),
+        recv_buffers: 256,
+        recv_buffer_size: 64 * 1024,
     };
     while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
@@ -97,6 +105,29 @@ fn parse() -> Result<Config, String> {
                         return Err(format!("--accept {other}: expected reuseport or handoff"))
                     }
                 }
+            }
+            "--recv-buffers" => {
+                let v = args.value(&flag)?;
+                cfg.recv_buffers = v.parse().map_err(|e| format!("--recv-buffers {v}: {e}"))?;
+            }
+            "--recv-buffer-size" => {
+                let v = args.value(&flag)?;
+                cfg.recv_buffer_size = v
+                    .parse()
+                    .map_err(|e| format!("--recv-buffer-size {v}: {e}"))?;
+            }
+            "--wait-batch" => {
+                let v = args.value(&flag)?;
+                cfg.wait_batch = if v == "off" {
+                    None
+                } else {
+                    let (n, us) = v
+                        .split_once(':')
+                        .ok_or_else(|| format!("--wait-batch {v}: expected N:MICROS or off"))?;
+                    let n = n.parse().map_err(|e| format!("--wait-batch {v}: {e}"))?;
+                    let us = us.parse().map_err(|e| format!("--wait-batch {v}: {e}"))?;
+                    Some((n, Duration::from_micros(us)))
+                };
             }
             "--recv" => {
                 cfg.recv_multishot = match args.value(&flag)?.as_str() {
@@ -135,9 +166,10 @@ fn run(cfg: Config) -> io::Result<()> {
     let rt = Runtime::builder()
         .placement(cfg.placement.clone())
         .idle(cfg.idle)
-        .recv_buffer_size(64 * 1024)
-        .recv_buffers(256)
+        .recv_buffer_size(cfg.recv_buffer_size)
+        .recv_buffers(cfg.recv_buffers)
         .recv_multishot(cfg.recv_multishot)
+        .wait_batch(cfg.wait_batch)
         .thread_name("echo-core")
         .build()?;
     let (listen, wire, max_message, accept) = (cfg.listen, cfg.wire, cfg.max_message, cfg.accept);

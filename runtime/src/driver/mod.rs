@@ -342,6 +342,28 @@ impl Driver {
         }
     }
 
+    /// Blocks until `want` completions are there or `max_wait` passed,
+    /// whichever comes first.
+    pub(crate) fn enter_batch(
+        &mut self,
+        want: u32,
+        max_wait: std::time::Duration,
+        stats: &Stats,
+    ) -> io::Result<()> {
+        let to_submit = self.ring.submission().len() as u64;
+        stats
+            .ops_submitted
+            .set(stats.ops_submitted.get() + to_submit);
+        self.ring.submission().sync();
+        let ts = types::Timespec::from(max_wait);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(want as usize, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if is_transient(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether completions wait in the completion queue.
     pub(crate) fn has_completions(&mut self) -> bool {
         !self.ring.completion().is_empty()

@@ -158,6 +158,7 @@ impl Stream {
     fn arm(&self) -> usize {
         let fd = self.fd.as_raw_fd();
         with_core(|core| {
+            core.receiving_streams.set(core.receiving_streams.get() + 1);
             let mut driver = core.driver.borrow_mut();
             let state = Lifecycle::Multi(Multi {
                 armed: true,
@@ -315,6 +316,8 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let Some(key) = self.recv_key else { return };
         crate::core::try_with_core(|core| {
+            core.receiving_streams
+                .set(core.receiving_streams.get().saturating_sub(1));
             let mut driver = core.driver.borrow_mut();
             let slot = driver.slot_mut(key);
             let (armed, queued) = match &mut slot.state {
