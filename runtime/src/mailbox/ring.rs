@@ -125,11 +125,13 @@
 //! assert_sync::<ringwire_runtime::mailbox::ring::Consumer<u32>>();
 //! ```
 
+use std::alloc::{self, Layout};
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::Deref;
+use std::ptr::NonNull;
 
 use crate::loom::cell::UnsafeCell;
 use crate::loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
@@ -155,9 +157,7 @@ fn channel_starting_at<T>(capacity: usize, start: usize) -> (Producer<T>, Consum
         .max(1)
         .checked_next_power_of_two()
         .expect("ring capacity overflows usize");
-    let slots = (0..capacity)
-        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-        .collect();
+    let slots = Slots::new(capacity);
     let shared = Arc::new(Shared {
         head: CachePadded(AtomicUsize::new(start)),
         tail: CachePadded(AtomicUsize::new(start)),
@@ -220,7 +220,82 @@ struct Shared<T> {
     /// `capacity` slots, a power of two. Slot `i & (capacity - 1)` is
     /// initialized exactly when `head <= i < tail` (in wrapping arithmetic),
     /// counting the endpoints' private, possibly not yet published, counters.
-    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    slots: Slots<T>,
+}
+
+/// Alignment of the slot array: a cache-line pair, so that a value whose
+/// size divides 128 (8 B, 64 B, ...) never straddles two cache lines, which
+/// would double the lines that move between the cores per message.
+const SLOTS_ALIGN: usize = 128;
+
+/// The slot array, allocated on a [`SLOTS_ALIGN`] boundary.
+struct Slots<T> {
+    ptr: NonNull<UnsafeCell<MaybeUninit<T>>>,
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    fn layout(len: usize) -> Layout {
+        Layout::array::<UnsafeCell<MaybeUninit<T>>>(len)
+            .and_then(|l| l.align_to(SLOTS_ALIGN))
+            .expect("ring capacity overflows the address space")
+    }
+
+    fn new(len: usize) -> Slots<T> {
+        let layout = Self::layout(len);
+        let ptr = if layout.size() == 0 {
+            // Zero-sized slots: any well-aligned pointer will do.
+            NonNull::<UnsafeCell<MaybeUninit<T>>>::dangling()
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            let raw = unsafe { alloc::alloc(layout) };
+            match NonNull::new(raw.cast::<UnsafeCell<MaybeUninit<T>>>()) {
+                Some(p) => p,
+                None => alloc::handle_alloc_error(layout),
+            }
+        };
+        for i in 0..len {
+            // SAFETY: `i < len`, inside the allocation made for `len` cells
+            // (or a zero-sized write through a dangling, aligned pointer).
+            unsafe {
+                ptr.as_ptr()
+                    .add(i)
+                    .write(UnsafeCell::new(MaybeUninit::uninit()))
+            };
+        }
+        Slots { ptr, len }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slots<T> {
+    type Output = UnsafeCell<MaybeUninit<T>>;
+
+    fn index(&self, i: usize) -> &Self::Output {
+        assert!(i < self.len, "slot index out of range");
+        // SAFETY: `i < len` and every cell was initialised in `new`; the
+        // cells live until `drop`, which needs `&mut self`.
+        unsafe { &*self.ptr.as_ptr().add(i) }
+    }
+}
+
+impl<T> Drop for Slots<T> {
+    fn drop(&mut self) {
+        // The cells themselves (not the values in them, which `Shared`'s
+        // drop handles) may need dropping: loom's cells track state.
+        for i in 0..self.len {
+            // SAFETY: each cell was initialised in `new` and is dropped once.
+            unsafe { std::ptr::drop_in_place(self.ptr.as_ptr().add(i)) };
+        }
+        let layout = Self::layout(self.len);
+        if layout.size() != 0 {
+            // SAFETY: allocated in `new` with this same layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+        }
+    }
 }
 
 // SAFETY: `Shared` is only reachable through one `Producer` and one
@@ -284,8 +359,23 @@ impl<T> Shared<T> {
     fn take_parked(&self, woken: &mut usize) -> bool {
         // Orders the preceding publication before the load of `parked`; pairs
         // with the fence in `Consumer::prepare_park` (see the module docs).
+        #[cfg(loom)]
         fence(Ordering::SeqCst);
+        #[cfg(loom)]
         let parked = self.parked.load(Ordering::Relaxed);
+        // Outside loom: re-publish the tail with a SeqCst swap (one `xchg`,
+        // a full barrier, on the producer's own line) and load `parked`
+        // SeqCst. By C++20's rules for SC fences this pairs with the
+        // consumer's fence like the fence above: if the producer's load saw
+        // the old `parked`, it precedes the consumer's fence in the total
+        // order, so does the swap sequenced before it, and the consumer's
+        // tail load after its fence sees the published tail.
+        #[cfg(not(loom))]
+        let parked = {
+            let t = self.tail.load(Ordering::Relaxed);
+            self.tail.swap(t, Ordering::SeqCst);
+            self.parked.load(Ordering::SeqCst)
+        };
         if parked & 1 == 1 && parked != *woken {
             *woken = parked;
             true
