@@ -77,7 +77,7 @@ impl Default for RuntimeBuilder {
             send_buffer_size: 64 * 1024,
             io: IoConfig {
                 recv_multishot: true,
-                fixed_send: true,
+                fixed_send: false,
                 zc_threshold: None,
             },
             doorbell: Doorbell::MsgRing,
@@ -165,7 +165,11 @@ impl RuntimeBuilder {
 
     /// Send [`crate::SendBuf`]s through the registered-buffer path
     /// (`WRITE_FIXED`) rather than a plain `SEND` of the same memory.
-    /// Default: true.
+    /// Default: false: on this project's loopback measurements `WRITE_FIXED`
+    /// on a socket gained 8% at 64 B and lost 5-40% from 1 KiB up (sockets
+    /// copy the bytes either way; see docs/BENCHMARKS.md). The pool buffers
+    /// are pre-registered either way, so the path can be chosen per
+    /// deployment.
     pub fn fixed_send(mut self, on: bool) -> Self {
         self.io.fixed_send = on;
         self

@@ -58,7 +58,7 @@ fn send_from_pool(
 
 #[test]
 fn registered_send_buffers_carry_data_and_all_come_back() {
-    let rt = builder().send_buffers(8).build().unwrap();
+    let rt = builder().send_buffers(8).fixed_send(true).build().unwrap();
     let (addr, h) = sink();
     let stats = send_from_pool(&rt, addr, 100_000, 32);
     assert_eq!(h.join().unwrap(), expected(100_000, 32));

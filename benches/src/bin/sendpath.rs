@@ -152,6 +152,7 @@ fn run_one(o: &Opts, mode: Mode, size: usize) -> Result<Run, String> {
     let rt = Runtime::builder()
         .placement(Placement::Cpus(vec![o.sender_cpu]))
         .zero_copy_threshold(if zc { Some(0) } else { None })
+        .fixed_send(true)
         .send_buffers(4)
         .send_buffer_size(pool_size as u32)
         .recv_buffers(16)
