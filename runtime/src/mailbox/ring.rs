@@ -69,6 +69,15 @@
 //! Closing the producer runs the same handshake with the `closed` flag in
 //! place of `tail`.
 //!
+//! Outside loom the producer's fence is encoded more cheaply: a SeqCst swap
+//! of its own `tail` (one `xchg` on x86-64, on a line it owns) followed by a
+//! SeqCst load of `parked`. By C++20's rules for SC fences this orders the
+//! same way: if that load read the old `parked`, it precedes the consumer's
+//! fence in the single total order, so does the swap sequenced before it, and
+//! the consumer's `tail` load after its fence sees the published tail. loom
+//! checks the fence form (it models fences exactly but treats SeqCst accesses
+//! as AcqRel); miri and the stress test run the swap form.
+//!
 //! Only the consumer writes `parked`, so the producer's check is a plain load
 //! of a line that stays shared in both caches while nobody parks, and no
 //! read-modify-write races with the consumer's cancel. (This single-writer
