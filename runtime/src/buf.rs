@@ -228,6 +228,39 @@ impl SendBuf {
         .await
     }
 
+    /// Lends this buffer to other cores: the returned [`RemoteBuf`] is `Send`,
+    /// reads the same bytes in place (no copy), can be sent on any core's
+    /// socket, and goes back to this core's pool when dropped (through the
+    /// mailboxes). Use it to pass an archived message built in a registered
+    /// buffer to another core.
+    ///
+    /// # Panics
+    ///
+    /// Off the core whose pool the buffer came from.
+    pub fn into_remote(self) -> RemoteBuf {
+        let home = crate::core::with_core(|core| {
+            assert!(
+                Rc::ptr_eq(core.send_pool.borrow().mem(), &self.mem),
+                "SendBuf::into_remote must be called on the buffer's own core"
+            );
+            core.mesh.me().clone()
+        });
+        let remote = RemoteBuf {
+            ptr: self.ptr,
+            len: self.len,
+            id: self.id,
+            home,
+        };
+        // The buffer now belongs to `remote`: skip the guard's return to the
+        // pool, but release its reference to the memory (the core keeps the
+        // memory alive while any buffer is lent, see `run_core`).
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used or dropped again, so the field is moved
+        // out exactly once; the other fields are plain data.
+        drop(unsafe { std::ptr::read(&me.mem) });
+        remote
+    }
+
     /// Index of this buffer among the ring's registered buffers.
     pub(crate) fn index(&self) -> u16 {
         self.id
@@ -334,5 +367,97 @@ unsafe impl IoBuf for SendBuf {
     }
     fn bytes_init(&self) -> usize {
         self.len
+    }
+}
+
+/// A send-pool buffer lent to another core (see [`SendBuf::into_remote`]).
+///
+/// Derefs to the bytes written into it, in place, on whatever thread holds it,
+/// and can be sent on any core's socket. Dropping it returns the buffer to its
+/// home core's pool: directly on that core, through the core mesh from
+/// another core of the same runtime, or through the home core's control queue
+/// from any other thread.
+pub struct RemoteBuf {
+    ptr: *const u8,
+    len: usize,
+    id: u16,
+    home: std::sync::Arc<crate::mailbox::doorbell::Peer>,
+}
+
+// SAFETY: the bytes are only read, and the memory they live in stays
+// allocated while the buffer is lent: the home core frees its pool memory at
+// exit only if every buffer is back, and leaks it otherwise. Returning the id
+// happens on the home core, through its queues.
+unsafe impl Send for RemoteBuf {}
+
+impl RemoteBuf {
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Deref for RemoteBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` was written through the `SendBuf` before it
+        // was lent and is not written again while lent; the memory outlives
+        // every lent buffer (see the `Send` impl).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::fmt::Debug for RemoteBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteBuf")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .field("home_core", &self.home.index)
+            .finish()
+    }
+}
+
+// SAFETY: the bytes stay put and unmodified while the value lives (see the
+// `Send` impl); moving the value does not move them.
+unsafe impl IoBuf for RemoteBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for RemoteBuf {
+    fn drop(&mut self) {
+        let id = self.id;
+        let give_back = move || {
+            crate::core::try_with_core(|c| c.send_pool.borrow_mut().give_back(id));
+        };
+        let home = &self.home;
+        let sent = try_with_core(|core| {
+            if core.shared.exec_id == home.shared.exec_id {
+                core.send_pool.borrow_mut().give_back(id);
+                return true;
+            }
+            // Another core of the same runtime: the mesh ring to home.
+            let same_runtime = core
+                .mesh
+                .peers
+                .get(home.index)
+                .is_some_and(|p| std::sync::Arc::ptr_eq(p, home));
+            same_runtime && crate::mailbox::try_post(home.index, give_back).is_ok()
+        })
+        .unwrap_or(false);
+        if !sent {
+            // A full ring, another runtime or a plain thread: the home
+            // core's control queue (a gone core simply never runs it).
+            home.shared.run(Box::new(give_back));
+        }
     }
 }

@@ -334,9 +334,16 @@ pub(crate) fn run_core(
     let exit = core.finish();
     drop(entered);
     drop(guard);
-    if exit.ops_leaked > 0 {
+    // Send-pool buffers lent to other cores (`RemoteBuf`) point into the
+    // pool's memory without owning it: keep it alive if any is still out.
+    let lent = {
+        let pool = core.send_pool.borrow();
+        pool.free_count() < usize::from(pool.count())
+    };
+    if exit.ops_leaked > 0 || lent {
         // The kernel may still write into receive buffers of operations it
-        // has not finished cancelling: leak them rather than free them.
+        // has not finished cancelling, and lent send buffers may still be
+        // read: leak the memory rather than free it.
         let Core {
             bufs, send_pool, ..
         } = core;

@@ -47,7 +47,7 @@ pub mod stats;
 mod sys;
 pub mod time;
 
-pub use crate::buf::{IoBuf, RecvBuf, SendBuf};
+pub use crate::buf::{IoBuf, RecvBuf, RemoteBuf, SendBuf};
 pub use crate::core::{core_stats, current_core, current_cpu, is_shutting_down};
 pub use crate::driver::RingFeatures;
 pub use crate::executor::{spawn_local, yield_now, JoinError, JoinHandle};

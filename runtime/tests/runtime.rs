@@ -90,6 +90,25 @@ fn many_connections_echo_correctly() {
 }
 
 #[test]
+fn sqpoll_rings_echo_too() {
+    let rt = Runtime::builder()
+        .placement(Placement::Unpinned(1))
+        .sqpoll(Some(10))
+        .build()
+        .expect("SQPOLL ring starts");
+    assert!(rt.ring_features()[0].sqpoll);
+    let addr = start_echo(&rt);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    for i in 0..200 {
+        let msg = pattern(0, i, 700);
+        s.write_all(&msg).unwrap();
+        let mut back = vec![0; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[test]
 fn ringwire_client_and_server_on_different_cores() {
     let rt = runtime(2);
     let addr = start_echo(&rt);
