@@ -298,11 +298,7 @@ impl Driver {
             // The kernel thread submits; only wake it and wait if asked.
             self.ring.submission().sync();
             let want = usize::from(wait);
-            return match self.ring.submitter().submit_and_wait(want) {
-                Ok(_) => Ok(()),
-                Err(e) if is_transient(&e) => Ok(()),
-                Err(e) => Err(e),
-            };
+            return transient_ok(self.ring.submitter().submit_and_wait(want));
         }
         let min_complete = u32::from(wait);
         // SAFETY: no extra argument is passed; the SQEs in the queue obey the
@@ -315,11 +311,7 @@ impl Driver {
                 None,
             )
         };
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_transient(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        transient_ok(res)
     }
 
     /// Like [`enter`](Self::enter) with `wait`, but gives up after `timeout`.
@@ -328,18 +320,7 @@ impl Driver {
         timeout: std::time::Duration,
         stats: &Stats,
     ) -> io::Result<()> {
-        let to_submit = self.ring.submission().len() as u64;
-        stats
-            .ops_submitted
-            .set(stats.ops_submitted.get() + to_submit);
-        self.ring.submission().sync();
-        let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e) if is_transient(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.enter_batch(1, timeout, stats)
     }
 
     /// Blocks until `want` completions are there or `max_wait` passed,
@@ -351,17 +332,11 @@ impl Driver {
         stats: &Stats,
     ) -> io::Result<()> {
         let to_submit = self.ring.submission().len() as u64;
-        stats
-            .ops_submitted
-            .set(stats.ops_submitted.get() + to_submit);
+        Stats::add(&stats.ops_submitted, to_submit);
         self.ring.submission().sync();
         let ts = types::Timespec::from(max_wait);
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want as usize, &args) {
-            Ok(_) => Ok(()),
-            Err(e) if is_transient(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        transient_ok(self.ring.submitter().submit_with_args(want as usize, &args))
     }
 
     /// Whether completions wait in the completion queue.
@@ -538,6 +513,16 @@ impl Drop for Driver {
                 std::mem::forget(data);
             }
         }
+    }
+}
+
+/// An `io_uring_enter` result with interruptions and time-outs treated as
+/// success (the loop just goes round again).
+fn transient_ok(res: io::Result<usize>) -> io::Result<()> {
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if is_transient(&e) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

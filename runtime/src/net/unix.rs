@@ -69,64 +69,7 @@ impl UnixStream {
         })
     }
 
-    /// Receives the next chunk, in place; `Ok(None)` at end of stream or
-    /// shutdown. See [`crate::net::TcpStream::recv`].
-    pub async fn recv(&mut self) -> io::Result<Option<RecvBuf>> {
-        self.inner.recv().await
-    }
-
-    /// Takes a chunk that has already arrived, without waiting.
-    pub fn try_recv(&mut self) -> Option<io::Result<RecvBuf>> {
-        self.inner.try_recv()
-    }
-
-    /// Sends what the kernel takes of `buf` in one go.
-    pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        self.inner.send_at(buf, 0).await
-    }
-
-    /// Sends all of `buf`, then gives it back.
-    pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        self.inner.send_all(buf).await
-    }
-
-    /// Takes the socket out of this core, for handing the connection to
-    /// another core (send the descriptor through a mailbox, e.g.
-    /// [`crate::mailbox::post`], and rebuild it there with
-    /// [`from_fd`](Self::from_fd), which registers it on that core's ring).
-    /// Refused, with the stream handed back in the error, once a receive was
-    /// started or while a batching writer shares the socket.
-    pub fn into_fd(self) -> Result<OwnedFd, (io::Error, Self)> {
-        self.inner.into_fd().map_err(|inner| {
-            (
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a stream with an armed receive or a batching writer cannot change cores",
-                ),
-                Self { inner },
-            )
-        })
-    }
-
-    /// Wraps a connected Unix stream socket (e.g. one handed over from another
-    /// core by [`into_fd`](Self::into_fd)) for use on the current core.
-    pub fn from_fd(fd: OwnedFd) -> Self {
-        Self {
-            inner: Stream::new(fd),
-        }
-    }
-
-    /// A writer that queues small messages and sends each loop turn's worth
-    /// in one submission (see [`BatchWriter`](crate::net::BatchWriter)).
-    /// It shares the socket and may outlive this stream to finish flushing.
-    pub fn batch_writer(&self) -> super::BatchWriter {
-        super::BatchWriter::new(self.inner.shared_fd())
-    }
-
-    /// Shuts down one or both halves of the connection.
-    pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-        self.inner.shutdown(how).await
-    }
+    super::stream::stream_methods!("Unix stream");
 }
 
 impl AsRawFd for UnixStream {
