@@ -328,18 +328,29 @@ pub(crate) fn run_core(
     let guard = CurrentGuard::set(&core);
     let span = tracing::debug_span!("core", index, cpu);
     let entered = span.enter();
-    if let Err(e) = core.run() {
-        tracing::error!(error = %e, "io_uring_enter failed; core stops");
+    // User code runs inside the loop (task polls are already caught; closures
+    // and drops are caught here too): whatever happens, the loop's end must
+    // reach `finish` and the leak-or-free decision below, or memory the
+    // kernel or other cores still use would be freed.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run()));
+    match &outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "io_uring_enter failed; core stops"),
+        Err(_) => tracing::error!("core loop panicked; winding the core down"),
     }
-    let exit = core.finish();
+    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.finish()));
     drop(entered);
     drop(guard);
     // Send-pool buffers lent to other cores (`RemoteBuf`) point into the
     // pool's memory without owning it: keep it alive if any is still out.
-    let lent = {
-        let pool = core.send_pool.borrow();
-        pool.free_count() < usize::from(pool.count())
+    let lent = match core.send_pool.try_borrow() {
+        Ok(pool) => pool.free_count() < usize::from(pool.count()),
+        Err(_) => true,
     };
+    let exit = finished.unwrap_or(CoreExit {
+        tasks_aborted: 0,
+        ops_leaked: usize::MAX,
+    });
     if exit.ops_leaked > 0 || lent {
         // The kernel may still write into receive buffers of operations it
         // has not finished cancelling, and lent send buffers may still be
@@ -350,7 +361,18 @@ pub(crate) fn run_core(
         std::mem::forget(bufs);
         std::mem::forget(send_pool);
     }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
     exit
+}
+
+/// Runs a closure that came from another thread or core, so that a panic in
+/// it is reported instead of tearing the core down.
+pub(crate) fn run_guarded(f: impl FnOnce(), what: &str) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        tracing::error!("{what} panicked; the core keeps running");
+    }
 }
 
 impl Core {
@@ -484,7 +506,10 @@ impl Core {
             }
             std::mem::take(&mut d.graveyard)
         };
-        drop(grave);
+        run_guarded(
+            move || drop(grave),
+            "dropping a finished operation's buffer",
+        );
     }
 
     /// Re-arms multishot receives that stopped for lack of buffers, once
@@ -519,7 +544,7 @@ impl Core {
             self.exec.schedule(key);
         }
         for f in closures {
-            f();
+            run_guarded(f, "a closure sent to this core");
         }
         if let Some(deadline) = shutdown {
             if self.shutdown_deadline.get().is_none() {
@@ -545,8 +570,12 @@ impl Core {
         }
         self.bury();
         self.driver.borrow_mut().cancel_all();
+        // Always enter once: dropping tasks may have queued SQEs (doorbells
+        // telling other cores a channel closed) even with no op in the table.
+        let _ = self.driver.borrow_mut().enter(false, &self.stats);
+        self.dispatch();
         let start = Instant::now();
-        while self.driver.borrow().ops_in_table() > 0 && start.elapsed() < Duration::from_secs(2) {
+        while self.driver.borrow().ops_in_kernel() > 0 && start.elapsed() < Duration::from_secs(2) {
             if self
                 .driver
                 .borrow_mut()
@@ -570,7 +599,7 @@ impl Core {
         ));
         CoreExit {
             tasks_aborted,
-            ops_leaked: self.driver.borrow().ops_in_table(),
+            ops_leaked: self.driver.borrow().ops_in_kernel(),
         }
     }
 

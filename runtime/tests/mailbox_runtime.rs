@@ -222,3 +222,40 @@ fn a_stream_with_an_armed_receive_cannot_change_cores() {
     peer.join().unwrap();
     assert!(refused);
 }
+
+#[test]
+fn submit_to_reports_a_panicking_remote_instead_of_hanging() {
+    let rt = runtime(Doorbell::MsgRing);
+    let r = rt
+        .block_on(0, || async {
+            let bad = submit_to(1, || async {
+                if current_core() == 1 {
+                    panic!("remote work fails");
+                }
+                5u32
+            })
+            .await;
+            // The cores are still fine afterwards.
+            let good = submit_to(1, || async { 6u32 }).await;
+            (bad, good)
+        })
+        .unwrap();
+    assert_eq!(r.0, Err(MailboxError::Cancelled(1)));
+    assert_eq!(r.1, Ok(6));
+}
+
+#[test]
+fn a_panicking_posted_closure_does_not_take_the_core_down() {
+    let rt = runtime(Doorbell::EventFd);
+    rt.block_on(0, || async {
+        mailbox::post(1, || panic!("posted closure fails"))
+            .await
+            .unwrap();
+    })
+    .unwrap();
+    // Core 1 keeps serving.
+    assert_eq!(rt.block_on(1, || async { current_core() }).unwrap(), 1);
+    let report = rt.shutdown(Duration::from_secs(2));
+    assert_eq!(report.cores_panicked, 0);
+    assert_eq!(report.ops_leaked, 0);
+}

@@ -137,6 +137,8 @@ pub(crate) struct Driver {
     pub(crate) starved: Vec<(usize, RawFd)>,
     /// Resources of finished ignored ops, dropped after the driver borrow ends.
     pub(crate) graveyard: Vec<Box<dyn Any>>,
+    /// SQEs that did not fit the submission queue, in order.
+    backlog: VecDeque<squeue::Entry>,
     /// Doorbell tokens received through MSG_RING this turn.
     pub(crate) doorbells: Vec<u64>,
     /// Target cores of MSG_RING doorbells that failed (to ring by eventfd).
@@ -159,6 +161,7 @@ impl Driver {
             slots: Slab::with_capacity(256),
             starved: Vec::new(),
             graveyard: Vec::new(),
+            backlog: VecDeque::new(),
             doorbells: Vec::new(),
             failed_doorbells: Vec::new(),
             wake_buf: Box::leak(Box::new(0)),
@@ -185,6 +188,21 @@ impl Driver {
         self.slots.len()
     }
 
+    /// Number of operations the kernel may still be working on: every slot
+    /// except completed single-shot ops and multishot ops whose last
+    /// completion arrived (their owners may outlive the core, e.g. a socket
+    /// parked in a thread-local, but the kernel is done with them).
+    pub(crate) fn ops_in_kernel(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|(_, s)| match &s.state {
+                Lifecycle::Completed(_) => false,
+                Lifecycle::Multi(m) => m.armed,
+                _ => true,
+            })
+            .count()
+    }
+
     /// Re-arms the read of the wake eventfd.
     fn arm_wake(&mut self) {
         let buf: *mut u64 = &mut *self.wake_buf;
@@ -204,18 +222,39 @@ impl Driver {
     /// Every buffer, address and descriptor the entry names must stay valid
     /// until its completion arrives.
     pub(crate) unsafe fn push_raw(&mut self, entry: &squeue::Entry) {
-        loop {
+        if self.backlog.is_empty() {
             // SAFETY: forwarded from this function's contract.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return;
             }
-            // Queue full: hand what is there to the kernel and retry. EBUSY
-            // (completion queue backed up) cannot lose entries; they stay queued.
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EAGAIN) {
-                    tracing::error!(error = %e, "io_uring submit failed while the SQ was full");
+            // Queue full: hand what is there to the kernel and retry once.
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring submit failed while the SQ was full")
                 }
             }
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+        }
+        // Still full (the kernel refuses more while completions wait to be
+        // reaped): keep the entry, in order, for the next `enter`, which
+        // pushes the backlog after the loop has reaped completions.
+        self.backlog.push_back(entry.clone());
+    }
+
+    /// Moves backlogged SQEs into the submission queue while there is room.
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: backlogged entries were pushed through `push_raw`,
+            // whose callers keep what they name alive until completion.
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                return;
+            }
+            self.backlog.pop_front();
         }
     }
 
@@ -290,6 +329,10 @@ impl Driver {
     /// Submits queued SQEs and collects completions in one `io_uring_enter`.
     /// `wait` asks to block until at least one completion is there.
     pub(crate) fn enter(&mut self, wait: bool, stats: &Stats) -> io::Result<()> {
+        self.flush_backlog();
+        // Backlogged SQEs wait for room, which only reaping makes: do not
+        // block with work that cannot be submitted.
+        let wait = wait && self.backlog.is_empty();
         let to_submit = self.ring.submission().len() as u32;
         stats
             .ops_submitted
@@ -331,6 +374,8 @@ impl Driver {
         max_wait: std::time::Duration,
         stats: &Stats,
     ) -> io::Result<()> {
+        self.flush_backlog();
+        let want = if self.backlog.is_empty() { want } else { 0 };
         let to_submit = self.ring.submission().len() as u64;
         Stats::add(&stats.ops_submitted, to_submit);
         self.ring.submission().sync();

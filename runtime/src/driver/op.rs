@@ -61,6 +61,10 @@ impl<T: 'static + Unpin> Future for Op<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        if this.data.is_none() {
+            // The key may belong to another operation by now: never touch it.
+            unreachable_polled_after_completion();
+        }
         let key = this.key;
         let done = with_core(|core| {
             let mut driver = core.driver.borrow_mut();
@@ -81,10 +85,12 @@ impl<T: 'static + Unpin> Future for Op<T> {
                     *w = Some(cx.waker().clone());
                     None
                 }
-                state => {
+                state @ Lifecycle::Submitted => {
                     *state = Lifecycle::Waiting(cx.waker().clone());
                     None
                 }
+                // `Ignored` and `Multi` never belong to a live single-shot op.
+                _ => unreachable_state(),
             }
         });
         match done {
@@ -95,6 +101,11 @@ impl<T: 'static + Unpin> Future for Op<T> {
             None => Poll::Pending,
         }
     }
+}
+
+#[cold]
+fn unreachable_state() -> ! {
+    panic!("ringwire operation slot in a state its op cannot be in")
 }
 
 #[cold]

@@ -128,11 +128,13 @@ impl SendPool {
         unsafe { self.mem.base().add(usize::from(id) * self.size as usize) }
     }
 
-    /// Returns buffer `id` and wakes one task waiting for a buffer.
+    /// Returns buffer `id` and wakes the tasks waiting for a buffer (all of
+    /// them: a woken waiter whose future was dropped must not swallow the
+    /// wake-up; those that find the pool empty again simply wait again).
     pub(crate) fn give_back(&mut self, id: u16) {
         debug_assert!(!self.free.contains(&id), "send buffer {id} returned twice");
         self.free.push(id);
-        if let Some(w) = self.waiters.pop_front() {
+        for w in self.waiters.drain(..) {
             w.wake();
         }
     }

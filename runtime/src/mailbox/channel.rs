@@ -203,14 +203,23 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         if let Some(b) = self.bound.get() {
             let (exec_id, token) = (b.exec_id, b.token);
-            try_with_core(|c| {
-                if c.shared.exec_id == exec_id {
-                    let mut w = c.mesh.waiters.borrow_mut();
-                    if w.contains(token as usize - 1) {
-                        w.remove(token as usize - 1);
+            let remove = move || {
+                try_with_core(|c| {
+                    if c.shared.exec_id == exec_id {
+                        let mut w = c.mesh.waiters.borrow_mut();
+                        if w.contains(token as usize - 1) {
+                            w.remove(token as usize - 1);
+                        }
                     }
-                }
-            });
+                });
+            };
+            let here = try_with_core(|c| c.shared.exec_id == exec_id).unwrap_or(false);
+            if here {
+                remove();
+            } else {
+                // Dropped away from its core: free the waiter slot there.
+                b.peer.shared.run(Box::new(remove));
+            }
         }
     }
 }

@@ -52,11 +52,17 @@ pub enum MailboxError {
     /// result could not come back).
     #[error("core {0} is gone")]
     Closed(usize),
+    /// The work panicked on the target core, or was dropped there before it
+    /// finished (shutdown).
+    #[error("the work sent to core {0} panicked or was dropped")]
+    Cancelled(usize),
 }
 
+/// The caller's side of a `submit_to` call.
 enum Call {
     Waiting(Option<Waker>),
-    Done(Box<dyn Any>),
+    /// The reply: the output, or `None` if the work panicked or was dropped.
+    Done(Option<Box<dyn Any + Send>>),
     Abandoned,
 }
 
@@ -134,7 +140,7 @@ impl Mesh {
             };
             ran += batch.len();
             for f in batch {
-                f.run();
+                crate::core::run_guarded(|| f.run(), "a closure posted to this core");
             }
         }
         ran
@@ -207,7 +213,7 @@ impl Mesh {
         Ok(())
     }
 
-    fn complete_call(&self, token: usize, result: Box<dyn Any>) {
+    fn complete_call(&self, token: usize, result: Option<Box<dyn Any + Send>>) {
         let mut calls = self.calls.borrow_mut();
         let waker = match calls.get_mut(token) {
             Some(c @ Call::Waiting(_)) => match std::mem::replace(c, Call::Done(result)) {
@@ -304,7 +310,9 @@ where
 /// Runs `f` on core `to` and returns the output of the future it makes
 /// (like Seastar's `submit_to`). The call and the result each travel through
 /// the mesh ring between the two cores; a full ring makes the caller wait.
-/// On the calling core itself, the future runs inline.
+/// On the calling core itself, the future runs inline. A panic in the work,
+/// or its being dropped at the target's shutdown, comes back as
+/// [`MailboxError::Cancelled`], never as a hang.
 pub async fn submit_to<F, Fut, R>(to: usize, f: F) -> Result<R, MailboxError>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -312,49 +320,99 @@ where
     R: Send + 'static,
 {
     check_core(to)?;
-    let from = with_core(|c| c.mesh.index);
+    let (from, home) = with_core(|c| (c.mesh.index, c.mesh.me().clone()));
     if from == to {
         return Ok(f().await);
     }
     let token = with_core(|c| c.mesh.calls.borrow_mut().insert(Call::Waiting(None)));
-    let guard = CallGuard { token };
+    let mut guard = CallGuard {
+        token,
+        sent: false,
+        done: false,
+    };
     let env: Envelope = Box::new(move || {
         spawn_local(async move {
+            let mut reply = Reply {
+                token,
+                from,
+                home,
+                sent: false,
+            };
             let r = f().await;
-            let back: Envelope = Box::new(move || {
-                with_core(|c| c.mesh.complete_call(token, Box::new(r)));
-            });
+            let back = reply_envelope(token, Some(Box::new(r)));
             // If the caller's core is gone, nobody waits for the result.
-            let _ = send_envelope(from, back).await;
+            if send_envelope(from, back).await.is_ok() {
+                reply.sent = true;
+            }
         });
     });
     send_envelope(to, env).await?;
+    guard.sent = true;
     let out = poll_fn(|cx| {
         with_core(|c| {
             let mut calls = c.mesh.calls.borrow_mut();
-            match calls.get_mut(token) {
-                Some(Call::Done(_)) => match calls.remove(token) {
-                    Call::Done(b) => Poll::Ready(Ok(b)),
-                    _ => Poll::Ready(Err(MailboxError::Closed(to))),
-                },
-                Some(Call::Waiting(w)) => {
-                    *w = Some(cx.waker().clone());
-                    // The target may be shutting down and drop the work.
-                    if c.mesh.peers[to].shared.is_stopped() {
-                        return Poll::Ready(Err(MailboxError::Closed(to)));
+            let ready = match calls.get_mut(token) {
+                Some(call @ Call::Waiting(_)) => {
+                    // The target may have stopped without running the work.
+                    if !c.mesh.peers[to].shared.is_stopped() {
+                        *call = Call::Waiting(Some(cx.waker().clone()));
+                        return Poll::Pending;
                     }
-                    Poll::Pending
+                    // A cancel reply may still be on its way: leave the slot
+                    // for it to free, so the key is not reused before.
+                    *call = Call::Abandoned;
+                    return Poll::Ready(Err(MailboxError::Closed(to)));
                 }
-                _ => Poll::Ready(Err(MailboxError::Closed(to))),
+                Some(Call::Done(Some(_))) => match calls.remove(token) {
+                    Call::Done(Some(b)) => Ok(b),
+                    _ => Err(MailboxError::Cancelled(to)),
+                },
+                _ => Err(MailboxError::Cancelled(to)),
+            };
+            if calls.contains(token) {
+                calls.remove(token);
             }
+            Poll::Ready(ready)
         })
     })
     .await;
-    std::mem::forget(guard);
-    let boxed = out?;
-    match boxed.downcast::<R>() {
+    guard.done = true;
+    match out?.downcast::<R>() {
         Ok(r) => Ok(*r),
         Err(_) => unreachable_type(),
+    }
+}
+
+fn reply_envelope(token: usize, value: Option<Box<dyn Any + Send>>) -> Envelope {
+    Box::new(move || {
+        with_core(|c| c.mesh.complete_call(token, value));
+    })
+}
+
+/// The target's side of a call: if the work is dropped or panics before its
+/// result went out, tell the caller.
+struct Reply {
+    token: usize,
+    from: usize,
+    home: Arc<Peer>,
+    sent: bool,
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if self.sent {
+            return;
+        }
+        let env = reply_envelope(self.token, None);
+        let refused = crate::core::try_with_core(|c| match c.mesh.try_send(self.from, env) {
+            Ok(()) => None,
+            Err(e) => Some(e.into_inner()),
+        })
+        .flatten();
+        if let Some(env) = refused {
+            // A full ring: the caller's control queue takes it instead.
+            self.home.shared.run(Box::new(move || env.run()));
+        }
     }
 }
 
@@ -363,23 +421,30 @@ fn unreachable_type() -> ! {
     panic!("mailbox value of an unexpected type")
 }
 
-/// Marks a call abandoned when its future is dropped before the result came.
+/// Cleans up the caller's slot when its future ends or is dropped.
 struct CallGuard {
     token: usize,
+    /// The call went out (a reply will come).
+    sent: bool,
+    /// The future finished and removed the slot.
+    done: bool,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        let token = self.token;
+        if self.done {
+            return;
+        }
+        let (token, sent) = (self.token, self.sent);
         crate::core::try_with_core(|c| {
             let mut calls = c.mesh.calls.borrow_mut();
-            if let Some(call) = calls.get_mut(token) {
-                match call {
-                    Call::Waiting(_) => *call = Call::Abandoned,
-                    _ => {
-                        calls.remove(token);
-                    }
+            match calls.get_mut(token) {
+                // A reply is coming: let it find the slot and free it.
+                Some(call @ Call::Waiting(_)) if sent => *call = Call::Abandoned,
+                Some(_) => {
+                    calls.remove(token);
                 }
+                None => {}
             }
         });
     }

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -218,7 +218,7 @@ async fn flusher(fd: Rc<OwnedFd>, state: Rc<RefCell<State>>) {
             Stats::add(&c.stats.batched_messages, msgs);
         });
         for (buf, _) in batch.drain(..) {
-            let (res, buf) = crate::net::stream::send_all(fd.as_raw_fd(), buf).await;
+            let (res, buf) = crate::net::stream::send_all(&fd, buf).await;
             drop(buf);
             if let Err(e) = res {
                 let mut st = state.borrow_mut();

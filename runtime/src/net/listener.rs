@@ -10,6 +10,7 @@ use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::task::Poll;
 
 use io_uring::{opcode, types};
@@ -18,9 +19,14 @@ use crate::core::with_core;
 use crate::driver::{Lifecycle, Multi};
 use crate::stats::Stats;
 
+/// Accepted connections queued ahead of the owner before accepting pauses.
+const ACCEPT_BACKLOG: usize = 256;
+
 /// A listening socket registered with the current core's ring.
 pub(crate) struct Listener {
-    fd: OwnedFd,
+    /// Shared with the accept slot when the listener is dropped, so the
+    /// descriptor outlives any accept SQE that names it.
+    fd: Rc<OwnedFd>,
     key: Option<usize>,
     _not_send: PhantomData<*const ()>,
 }
@@ -28,7 +34,7 @@ pub(crate) struct Listener {
 impl Listener {
     pub(crate) fn new(fd: OwnedFd) -> Listener {
         Listener {
-            fd,
+            fd: Rc::new(fd),
             key: None,
             _not_send: PhantomData,
         }
@@ -59,7 +65,21 @@ impl Listener {
                 let Lifecycle::Multi(m) = &mut driver.slot_mut(key).state else {
                     return Poll::Ready(Some(Err(io::Error::other("listener slot lost"))));
                 };
+                // Pop past the completion of our own pause (see below).
+                while m
+                    .queue
+                    .front()
+                    .is_some_and(|c| c.result == -libc::ECANCELED)
+                {
+                    m.queue.pop_front();
+                }
                 if let Some(cqe) = m.queue.pop_front() {
+                    // Bound the descriptors accepted ahead of the owner:
+                    // pause the multishot until the backlog is taken (it is
+                    // re-armed below once the queue is empty).
+                    if m.armed && m.queue.len() >= ACCEPT_BACKLOG {
+                        driver.cancel(key);
+                    }
                     return Poll::Ready(Some(match cqe.io_result() {
                         Ok(newfd) => {
                             Stats::add(&core.stats.accepts, 1);
@@ -107,7 +127,7 @@ impl Drop for Listener {
                 }
             }
             if armed {
-                driver.slot_mut(key).state = Lifecycle::Ignored(Box::new(()));
+                driver.slot_mut(key).state = Lifecycle::Ignored(Box::new(self.fd.clone()));
                 driver.cancel(key);
             } else {
                 driver.remove(key);

@@ -77,6 +77,10 @@ impl Stream {
         let key = match self.recv_key {
             Some(k) => k,
             None => {
+                if with_core(|core| core.is_shutting_down()) {
+                    self.eof = true;
+                    return Poll::Ready(Ok(None));
+                }
                 let k = self.arm();
                 self.recv_key = Some(k);
                 k
@@ -148,7 +152,11 @@ impl Stream {
                     }
                     continue;
                 }
-                // Any other error ends the stream for good.
+                // Any other error ends the stream for good (a buffer it may
+                // carry goes back to the ring).
+                if let Some(bid) = cqueue::buffer_select(cqe.flags) {
+                    core.bufs.borrow_mut().recycle(bid);
+                }
                 self.eof = true;
                 return Some(Err(io::Error::from_raw_os_error(-cqe.result)));
             }
@@ -196,12 +204,12 @@ impl Stream {
 
     /// Sends bytes from `buf` starting at `offset`; returns how many went out.
     pub(crate) async fn send_at<B: IoBuf>(&self, buf: B, offset: usize) -> (io::Result<usize>, B) {
-        send_at(self.fd(), buf, offset).await
+        send_at(&self.fd, buf, offset).await
     }
 
     /// Sends all of `buf`.
     pub(crate) async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        send_all(self.fd(), buf).await
+        send_all(&self.fd, buf).await
     }
 
     /// Shuts down the write, read or both halves.
@@ -212,8 +220,9 @@ impl Stream {
             std::net::Shutdown::Both => libc::SHUT_RDWR,
         };
         let entry = opcode::Shutdown::new(types::Fd(self.fd()), how).build();
-        // SAFETY: a shutdown names no memory.
-        let (cqe, ()) = unsafe { Op::submit((), entry) }.await;
+        // SAFETY: a shutdown names no memory; the op holds the socket so the
+        // descriptor number stays ours until the kernel is done.
+        let (cqe, _fd) = unsafe { Op::submit(self.fd.clone(), entry) }.await;
         cqe.io_result().map(drop)
     }
 }
@@ -221,7 +230,15 @@ impl Stream {
 /// Sends bytes from `buf` starting at `offset` on `fd`; returns how many went
 /// out. Registered [`SendBuf`]s take the fixed-buffer path; sends at or above
 /// the core's zero-copy threshold use `SEND_ZC`.
-pub(crate) async fn send_at<B: IoBuf>(fd: RawFd, buf: B, offset: usize) -> (io::Result<usize>, B) {
+///
+/// The op holds a reference to the socket: its descriptor cannot be closed,
+/// and its number reused by another connection, before the SQE naming it has
+/// been submitted and completed, even if the stream is dropped meanwhile.
+pub(crate) async fn send_at<B: IoBuf>(
+    sock: &Rc<OwnedFd>,
+    buf: B,
+    offset: usize,
+) -> (io::Result<usize>, B) {
     let len = buf.bytes_init().saturating_sub(offset);
     let len = u32::try_from(len).unwrap_or(u32::MAX);
     // SAFETY: `offset <= bytes_init()` (saturating above), so the pointer
@@ -231,7 +248,7 @@ pub(crate) async fn send_at<B: IoBuf>(fd: RawFd, buf: B, offset: usize) -> (io::
     let fixed = (&buf as &dyn Any)
         .downcast_ref::<SendBuf>()
         .map(SendBuf::index);
-    let fd = types::Fd(fd);
+    let fd = types::Fd(sock.as_raw_fd());
     let entry = with_core(|core| {
         let fixed = fixed.filter(|_| core.io.fixed_send);
         if core.io.zc_threshold.is_some_and(|t| len as usize >= t) {
@@ -256,8 +273,9 @@ pub(crate) async fn send_at<B: IoBuf>(fd: RawFd, buf: B, offset: usize) -> (io::
         }
     });
     // SAFETY: the entry points into `buf`'s stable bytes (for a fixed
-    // buffer, inside the registered buffer `index`), owned by the op.
-    let (cqe, buf) = unsafe { Op::submit(buf, entry) }.await;
+    // buffer, inside the registered buffer `index`), owned by the op, and
+    // names the socket the op keeps open.
+    let (cqe, (buf, _sock)) = unsafe { Op::submit((buf, sock.clone()), entry) }.await;
     match cqe.io_result() {
         Ok(n) => {
             with_core(|c| Stats::add(&c.stats.bytes_sent, u64::from(n)));
@@ -268,11 +286,11 @@ pub(crate) async fn send_at<B: IoBuf>(fd: RawFd, buf: B, offset: usize) -> (io::
 }
 
 /// Sends all of `buf` on `fd`.
-pub(crate) async fn send_all<B: IoBuf>(fd: RawFd, mut buf: B) -> (io::Result<()>, B) {
+pub(crate) async fn send_all<B: IoBuf>(sock: &Rc<OwnedFd>, mut buf: B) -> (io::Result<()>, B) {
     let total = buf.bytes_init();
     let mut done = 0;
     while done < total {
-        let (res, b) = send_at(fd, buf, done).await;
+        let (res, b) = send_at(sock, buf, done).await;
         buf = b;
         match res {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
@@ -334,7 +352,10 @@ impl Drop for Stream {
                 }
             }
             if armed {
-                driver.slot_mut(key).state = Lifecycle::Ignored(Box::new(()));
+                // The slot keeps the socket open until the final CQE: an SQE
+                // not yet submitted must not find its descriptor number
+                // closed and handed to another connection.
+                driver.slot_mut(key).state = Lifecycle::Ignored(Box::new(self.fd.clone()));
                 driver.cancel(key);
             } else {
                 driver.remove(key);
