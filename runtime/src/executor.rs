@@ -5,11 +5,11 @@
 //! in the upper 32 bits, the task key in the lower 32), so cloning and dropping
 //! it costs nothing. Waking on the owning core pushes the key on the ready
 //! queue; waking from another thread goes through that core's remote queue
-//! and eventfd (see [`crate::core::Shared`]). A stale waker of a finished task
+//! and eventfd (the core's control queue). A stale waker of a finished task
 //! whose slot was reused causes one spurious poll, which futures tolerate.
 //!
 //! Calls: [`spawn_local`] from any task on a core; the core's loop calls
-//! [`Executor::run_ready`].
+//! `Executor::run_ready`.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
