@@ -50,25 +50,39 @@ impl Args {
     }
 }
 
-/// `--cores 0,2,3` (CPU list) or `--cores 2` (that many, pinned to the first
-/// available CPUs).
+/// `--cores 0,2,3` or `--cores 0-3` (a CPU list, ranges allowed; a single
+/// CPU is written with a trailing comma, `--cores 3,`) or `--cores 2` (that
+/// many cores, pinned to the first CPUs this process may use).
 pub fn parse_cores(v: &str) -> Result<Placement, String> {
-    if v.contains(',') {
-        let cpus = v
-            .split(',')
-            .map(|c| {
-                c.trim()
+    if v.contains(',') || v.contains('-') {
+        let mut cpus = Vec::new();
+        for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let num = |s: &str| {
+                s.trim()
                     .parse::<usize>()
-                    .map_err(|e| format!("--cores {v}: {c:?}: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                    .map_err(|e| format!("--cores {v}: {s:?}: {e}"))
+            };
+            match item.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (num(a)?, num(b)?);
+                    if a > b {
+                        return Err(format!("--cores {v}: range {item} runs backwards"));
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => cpus.push(num(item)?),
+            }
+        }
+        if cpus.is_empty() {
+            return Err(format!("--cores {v}: no CPU listed"));
+        }
         return Ok(Placement::Cpus(cpus));
     }
     let n: usize = v
         .parse()
-        .map_err(|e| format!("--cores {v}: {e} (expected a count or a list like 0,1)"))?;
+        .map_err(|e| format!("--cores {v}: {e} (expected a count, or a list like 0,1 or 3,)"))?;
     if n == 0 {
-        return Err("--cores must be at least 1".to_string());
+        return Err("--cores must be at least 1 (for CPU 0 alone write --cores 0,)".to_string());
     }
     Ok(Placement::Count(n))
 }
@@ -98,9 +112,16 @@ mod tests {
     #[test]
     fn cores_list_and_count() {
         assert_eq!(parse_cores("0,1").unwrap(), Placement::Cpus(vec![0, 1]));
+        assert_eq!(parse_cores("3,").unwrap(), Placement::Cpus(vec![3]));
+        assert_eq!(
+            parse_cores("0-2,5").unwrap(),
+            Placement::Cpus(vec![0, 1, 2, 5])
+        );
         assert_eq!(parse_cores("2").unwrap(), Placement::Count(2));
         assert!(parse_cores("0").is_err());
         assert!(parse_cores("a,1").is_err());
+        assert!(parse_cores("3-1").is_err());
+        assert!(parse_cores(",").is_err());
     }
 
     #[test]
