@@ -21,6 +21,10 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
+// The raw-pointer writes in `BufRing::push` rely on the kernel's 16-byte
+// `struct io_uring_buf`.
+const _: () = assert!(std::mem::size_of::<BufRingEntry>() == 16);
+
 /// Buffer group id of the per-core receive ring.
 pub(crate) const BGID: u16 = 0;
 
@@ -173,13 +177,23 @@ impl BufRing {
 
     fn push(&mut self, bid: u16) {
         let idx = usize::from(self.tail & self.mask);
-        // SAFETY: `idx <= mask < count`, inside the entry array; the kernel
-        // only reads entries between its head and the published tail, and this
-        // one is beyond the published tail until `publish`.
-        let entry = unsafe { &mut *self.entries.as_ptr().add(idx) };
-        entry.set_addr(self.buf_ptr(bid) as u64);
-        entry.set_len(self.size);
-        entry.set_bid(bid);
+        let addr = self.buf_ptr(bid) as u64;
+        // The fields are written one by one through raw pointers, never
+        // through a `&mut` to the whole entry: entry 0's last field is the
+        // ring's tail, which the kernel reads at any time (kernel ABI
+        // `struct io_uring_buf`: addr u64 at 0, len u32 at 8, bid u16 at 12,
+        // resv/tail u16 at 14).
+        // SAFETY: `idx <= mask < count`, so the entry lies inside the array;
+        // the offsets are inside the 16-byte entry and aligned for their
+        // types (the array is page aligned). The kernel only reads entries
+        // between its head and the published tail, and this one is beyond
+        // the published tail until `publish`.
+        unsafe {
+            let entry = self.entries.as_ptr().add(idx).cast::<u8>();
+            entry.cast::<u64>().write(addr);
+            entry.add(8).cast::<u32>().write(self.size);
+            entry.add(12).cast::<u16>().write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
         self.available += 1;
     }
