@@ -33,6 +33,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 SERVERS=${SERVERS:-echo-node-park echo-node-poll tokio glommio}
 DURATION=${DURATION:-5}
 PP_DURATION=${PP_DURATION:-$DURATION}
@@ -75,29 +77,16 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
         *" echo-node-"*) cargo build --release -p ringwire-examples --bin echo-node ;;
     esac
 fi
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
-BIN="$TARGET_DIR/release"
+BIN=$(release_bin_dir)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ringwire-compare.XXXXXX")
 SERVER_PID=""
 
 stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "compare.sh: server $SERVER_PID ignored SIGTERM; killing it" >&2
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-    fi
-    if [ -n "$SERVER_PID" ]; then
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    stop_pid "$SERVER_PID" "compare.sh: server"
     SERVER_PID=""
 }
+
 cleanup() {
     stop_server
     rm -rf "$WORK"

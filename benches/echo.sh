@@ -12,6 +12,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 PORT=${PORT:-7000}
 NODE_CORE=${NODE_CORE:-0}
 LOADGEN_CORE=${LOADGEN_CORE:-1}
@@ -23,23 +25,11 @@ fi
 echo "== building (release)"
 cargo build --release -p ringwire-examples --bin echo-node
 cargo build --release -p ringwire-benches --bin loadgen
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
-BIN="$TARGET_DIR/release"
+BIN=$(release_bin_dir)
 
 NODE_PID=""
 stop_node() {
-    if [ -n "$NODE_PID" ] && kill -0 "$NODE_PID" 2>/dev/null; then
-        kill -TERM "$NODE_PID" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$NODE_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$NODE_PID" 2>/dev/null; then
-            echo "echo.sh: echo-node ($NODE_PID) ignored SIGTERM; killing it" >&2
-            kill -KILL "$NODE_PID" 2>/dev/null || true
-        fi
-        wait "$NODE_PID" 2>/dev/null || true
-    fi
+    stop_pid "$NODE_PID" "echo.sh: echo-node"
     NODE_PID=""
 }
 trap stop_node EXIT

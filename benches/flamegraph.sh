@@ -14,6 +14,8 @@
 #              LOADGEN_ARGS (extra loadgen flags, e.g. "--mode pingpong").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 OUT=${1:-flamegraph.svg}
 SECONDS_TO_SAMPLE=${SECONDS_TO_SAMPLE:-5}
@@ -40,10 +42,7 @@ BIN="$CARGO_TARGET_DIR/profiling"
 WORK=$(mktemp -d)
 NODE_PID=""
 cleanup() {
-    if [ -n "$NODE_PID" ] && kill -0 "$NODE_PID" 2>/dev/null; then
-        kill -TERM "$NODE_PID" 2>/dev/null || true
-        wait "$NODE_PID" 2>/dev/null || true
-    fi
+    stop_pid "$NODE_PID" "flamegraph.sh: echo-node"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
