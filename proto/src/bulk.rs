@@ -118,10 +118,11 @@ pub(crate) enum BulkIn<B> {
     Idle,
     /// Metadata delivered; waiting for the application to accept or discard.
     Offered { msg_seq: u64, sizes: Vec<u32> },
-    /// Destinations chosen; segment bytes are copied into them.
+    /// Destinations chosen; segment bytes are copied into them, or placed by
+    /// the caller (external destinations).
     Receiving {
         msg_seq: u64,
-        dests: Vec<B>,
+        dests: Dests<B>,
         next: usize,
     },
     /// The application declined; segment bytes are skipped.
@@ -130,6 +131,42 @@ pub(crate) enum BulkIn<B> {
         sizes: Vec<u32>,
         next: usize,
     },
+}
+
+/// Where an accepted transfer's segments go.
+#[derive(Debug)]
+pub(crate) enum Dests<B> {
+    /// Buffers handed to the session, filled by it.
+    Owned(Vec<B>),
+    /// Memory the caller holds and fills itself (for example by receiving
+    /// straight into it); the session keeps only the sizes.
+    External(Vec<u32>),
+}
+
+impl<B: AsMut<[u8]>> Dests<B> {
+    /// Number of segments.
+    pub(crate) fn count(&self) -> usize {
+        match self {
+            Dests::Owned(d) => d.len(),
+            Dests::External(s) => s.len(),
+        }
+    }
+
+    /// Size of segment `index`.
+    pub(crate) fn len_of(&mut self, index: usize) -> Option<u64> {
+        match self {
+            Dests::Owned(d) => d.get_mut(index).map(|d| d.as_mut().len() as u64),
+            Dests::External(s) => s.get(index).map(|&s| u64::from(s)),
+        }
+    }
+
+    /// The filled buffers (none for external destinations).
+    pub(crate) fn into_owned(self) -> Vec<B> {
+        match self {
+            Dests::Owned(d) => d,
+            Dests::External(_) => Vec::new(),
+        }
+    }
 }
 
 /// Send-side state: segments still owed after a bulk message.

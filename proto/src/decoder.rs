@@ -56,6 +56,16 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    /// A frame from a header and its payload (without padding), framed by
+    /// the caller.
+    pub(crate) fn new(header: FrameHeader, payload: &'a [u8]) -> Self {
+        Frame {
+            header,
+            payload,
+            borrowed: true,
+        }
+    }
+
     /// The frame's header.
     pub fn header(&self) -> &FrameHeader {
         &self.header

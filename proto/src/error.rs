@@ -186,17 +186,32 @@ pub enum ProtoError {
 }
 
 impl ProtoError {
+    /// Whether this error rejects one received message and nothing else: a
+    /// well-formed, in-sequence frame whose archive failed validation
+    /// ([`ProtoError::Validation`]) or whose type id the schema does not
+    /// know ([`ProtoError::UnknownType`]). The message is dropped (and
+    /// acknowledged, so it is not resent); the connection goes on.
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            ProtoError::Validation { .. } | ProtoError::UnknownType(_)
+        )
+    }
+
     /// Whether this error ends the connection.
     ///
     /// Non-fatal errors are local usage errors (wrong buffer size, wrong
-    /// type requested, a call in the wrong order): the session and decoder
-    /// are unchanged and the caller may retry. Fatal errors mean the byte
+    /// type requested, a call in the wrong order), after which the session
+    /// and decoder are unchanged and the caller may retry, and
+    /// [rejections](ProtoError::is_rejection) of one message. Fatal errors mean the byte
     /// stream can no longer be trusted; drop the connection (a resumable
     /// session may reconnect).
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            ProtoError::BufferTooSmall { .. }
+            ProtoError::Validation { .. }
+                | ProtoError::UnknownType(_)
+                | ProtoError::BufferTooSmall { .. }
                 | ProtoError::Serialize { .. }
                 | ProtoError::WrongType { .. }
                 | ProtoError::Misaligned { .. }

@@ -71,7 +71,7 @@ pub use message::{type_id, Message};
 pub use replay::ReplayBuffer;
 pub use schema::Schema;
 pub use session::{
-    capabilities, peek_hello, BulkHeader, CallId, Config, Event, Input, LostReason, PeerInfo,
-    Received, ReplyTo, Role, Sent, Session, SessionState, StreamId,
+    capabilities, peek_hello, BulkHeader, BulkTarget, CallId, Config, Event, Input, LostReason,
+    PeerInfo, Received, ReplyTo, Role, Sent, Session, SessionState, StreamId,
 };
 pub use time::Instant;

@@ -5,6 +5,7 @@ use core::any::TypeId;
 use crate::access::{access, access_trusted};
 use crate::bulk::BulkSizes;
 use crate::control::CloseReason;
+use crate::decoder::BulkPiece;
 use crate::error::ProtoError;
 use crate::header::{FrameHeader, FrameKind};
 use crate::message::Message;
@@ -104,7 +105,8 @@ pub enum Event<B> {
     BulkComplete {
         /// Sequence number of the message the segments belong to.
         msg_seq: u64,
-        /// The destinations passed to `accept_bulk`, filled.
+        /// The destinations passed to `accept_bulk`, filled (empty after
+        /// `accept_bulk_external`: the caller holds them).
         segments: Vec<B>,
     },
     /// The connection was lost; the session may be resumed.
@@ -243,9 +245,45 @@ impl<'a> Received<'a> {
 /// Result of one [`Session::handle_input`](crate::Session::handle_input)
 /// call.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Input<'a> {
     /// Bytes consumed from the front of the input.
     pub consumed: usize,
     /// A message, if the consumed bytes completed one.
     pub received: Option<Received<'a>>,
+    /// A message that arrived in order but was dropped because its archive
+    /// failed validation or its type id is unknown
+    /// ([`ProtoError::Validation`], [`ProtoError::UnknownType`]). It costs
+    /// that message only: the session goes on.
+    pub rejected: Option<ProtoError>,
+    /// Bytes of a bulk segment accepted with
+    /// [`accept_bulk_external`](crate::Session::accept_bulk_external): the
+    /// caller copies them to their place in the segment.
+    pub bulk: Option<BulkPiece<'a>>,
+}
+
+impl<'a> Input<'a> {
+    pub(crate) fn consumed(consumed: usize) -> Self {
+        Input {
+            consumed,
+            received: None,
+            rejected: None,
+            bulk: None,
+        }
+    }
+}
+
+/// Where the bytes of a bulk segment frame go, from
+/// [`Session::bulk_segment_start`](crate::Session::bulk_segment_start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkTarget {
+    /// Into segment `index` of the destinations the caller accepted the
+    /// transfer with.
+    Place {
+        /// Segment index.
+        index: usize,
+    },
+    /// Nowhere: a duplicate resent after a resume, or a discarded transfer.
+    /// Read and drop the bytes.
+    Skip,
 }

@@ -32,11 +32,11 @@ use std::sync::Arc;
 
 pub use config::{capabilities, Config, Role};
 pub use event::{
-    BulkHeader, CallId, Event, Input, LostReason, PeerInfo, Received, ReplyTo, Sent, SessionState,
-    StreamId,
+    BulkHeader, BulkTarget, CallId, Event, Input, LostReason, PeerInfo, Received, ReplyTo, Sent,
+    SessionState, StreamId,
 };
 
-use crate::bulk::{BulkIn, BulkOut};
+use crate::bulk::{BulkIn, BulkOut, Dests};
 use crate::control::CloseReason;
 use crate::decoder::Decoder;
 use crate::error::ProtoError;
@@ -190,12 +190,7 @@ impl<B: AsMut<[u8]>> Session<B> {
     ) -> Result<Input<'a>, ProtoError> {
         let core = &mut self.core;
         match core.state {
-            SessionState::Closed => {
-                return Ok(Input {
-                    consumed: input.len(),
-                    received: None,
-                })
-            }
+            SessionState::Closed => return Ok(Input::consumed(input.len())),
             SessionState::Failed | SessionState::Disconnected => {
                 return Err(core.invalid("handling input"))
             }
@@ -205,33 +200,163 @@ impl<B: AsMut<[u8]>> Session<B> {
             return Err(ProtoError::BulkDecisionPending);
         }
         if input.is_empty() {
-            return Ok(Input {
-                consumed: 0,
-                received: None,
-            });
+            return Ok(Input::consumed(0));
         }
         core.last_rx = now;
         let decoded = match self.decoder.decode(input) {
             Ok(decoded) => decoded,
             Err(err) => return Err(core.fail(err)),
         };
-        let received = match decoded.item {
-            None => None,
-            Some(crate::decoder::Item::Frame(frame)) => match core.on_frame(now, frame) {
-                Ok(received) => received,
+        let mut out = Input::consumed(decoded.consumed);
+        match decoded.item {
+            None => {}
+            Some(crate::decoder::Item::Frame(frame)) => match core.on_frame(now, frame, false) {
+                Ok(received) => out.received = received,
+                Err(err) if err.is_rejection() => out.rejected = Some(err),
                 Err(err) => return Err(core.fail(err)),
             },
-            Some(crate::decoder::Item::Bulk(piece)) => {
-                if let Err(err) = core.on_bulk(now, piece) {
-                    return Err(core.fail(err));
-                }
-                None
-            }
+            Some(crate::decoder::Item::Bulk(piece)) => match core.on_bulk(now, piece) {
+                Ok(external) => out.bulk = external,
+                Err(err) => return Err(core.fail(err)),
+            },
+        }
+        Ok(out)
+    }
+
+    /// Checks a frame header against this side's limits before its payload
+    /// is read: the largest payload (bulk segments: the largest segment). A
+    /// transport that does its own framing calls this as soon as a header is
+    /// complete, so that nothing is allocated for an oversized frame. An error
+    /// is fatal.
+    pub fn check_header(&mut self, header: &FrameHeader) -> Result<(), ProtoError> {
+        let limit = if header.kind == FrameKind::Bulk {
+            self.core.config.max_bulk_segment
+        } else {
+            self.core.config.max_payload
         };
-        Ok(Input {
-            consumed: decoded.consumed,
-            received,
-        })
+        if header.payload_len > limit {
+            return Err(self.core.fail(ProtoError::FrameTooLarge {
+                announced: u64::from(header.payload_len),
+                limit: u64::from(limit),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Acts on one complete frame of any kind but [`FrameKind::Bulk`], for
+    /// transports that split the byte stream into frames themselves (so that
+    /// they can read frames in place across their own buffers, or receive
+    /// large ones straight into their destination). `payload` is the frame's
+    /// payload without padding and must be 16-byte aligned for messages.
+    ///
+    /// Returns a validated message, or `None` for control frames and
+    /// duplicates. Errors: [`ProtoError::Validation`] and
+    /// [`ProtoError::UnknownType`] drop that message only (the session goes
+    /// on, see [`ProtoError::is_rejection`]); any other error is fatal, as in
+    /// [`handle_input`](Session::handle_input). Bulk segment frames go
+    /// through [`bulk_segment_start`](Session::bulk_segment_start).
+    pub fn handle_frame<'a>(
+        &mut self,
+        now: Instant,
+        header: &FrameHeader,
+        payload: &'a [u8],
+    ) -> Result<Option<Received<'a>>, ProtoError> {
+        self.frame_in(now, header, payload, false)
+    }
+
+    /// [`handle_frame`](Session::handle_frame) without bytecheck validation of
+    /// message archives, for in-process transports whose peer is this same
+    /// process.
+    ///
+    /// # Safety
+    ///
+    /// Every message frame passed here must have been encoded by this binary
+    /// (for example by [`Session::send`] of a session in this process) as the
+    /// Rust type this session's schema registers for its type id, and its
+    /// payload must be 16-byte aligned: [`Received::get`] then reads it
+    /// without validation.
+    pub unsafe fn handle_frame_trusted<'a>(
+        &mut self,
+        now: Instant,
+        header: &FrameHeader,
+        payload: &'a [u8],
+    ) -> Result<Option<Received<'a>>, ProtoError> {
+        self.frame_in(now, header, payload, true)
+    }
+
+    fn frame_in<'a>(
+        &mut self,
+        now: Instant,
+        header: &FrameHeader,
+        payload: &'a [u8],
+        trusted: bool,
+    ) -> Result<Option<Received<'a>>, ProtoError> {
+        let core = &mut self.core;
+        match core.state {
+            SessionState::Closed => return Ok(None),
+            SessionState::Failed | SessionState::Disconnected => {
+                return Err(core.invalid("handling input"))
+            }
+            _ => {}
+        }
+        if header.kind == FrameKind::Bulk {
+            return Err(core.invalid("handling a bulk segment as a frame"));
+        }
+        if matches!(core.bulk_in, BulkIn::Offered { .. }) {
+            return Err(ProtoError::BulkDecisionPending);
+        }
+        if payload.len() != header.payload_len as usize {
+            return Err(core.fail(ProtoError::Malformed {
+                what: "frame",
+                detail: "payload length differs from its header",
+            }));
+        }
+        core.last_rx = now;
+        let frame = crate::decoder::Frame::new(*header, payload);
+        match core.on_frame(now, frame, trusted) {
+            Ok(received) => Ok(received),
+            Err(err) if err.is_rejection() => Err(err),
+            Err(err) => Err(core.fail(err)),
+        }
+    }
+
+    /// Starts a bulk segment frame whose header a framing transport just read
+    /// (after [`check_header`](Session::check_header)): checks that it is the
+    /// segment the transfer expects and says where its
+    /// `header.payload_len` bytes go. Once they are in place (or skipped),
+    /// call [`bulk_segment_end`](Session::bulk_segment_end). Errors are fatal.
+    pub fn bulk_segment_start(
+        &mut self,
+        now: Instant,
+        header: &FrameHeader,
+    ) -> Result<BulkTarget, ProtoError> {
+        let core = &mut self.core;
+        if !matches!(
+            core.state,
+            SessionState::Handshaking
+                | SessionState::Established
+                | SessionState::Draining
+                | SessionState::Closing
+        ) {
+            return Err(core.invalid("handling a bulk segment"));
+        }
+        if matches!(core.bulk_in, BulkIn::Offered { .. }) {
+            return Err(ProtoError::BulkDecisionPending);
+        }
+        core.last_rx = now;
+        match core.bulk_start(header) {
+            Ok(target) => Ok(target),
+            Err(err) => Err(core.fail(err)),
+        }
+    }
+
+    /// Ends the bulk segment started with
+    /// [`bulk_segment_start`](Session::bulk_segment_start): its bytes are in
+    /// their destination. After the last segment, [`Event::BulkComplete`]
+    /// follows.
+    pub fn bulk_segment_end(&mut self, now: Instant, header: &FrameHeader) {
+        self.core.last_rx = now;
+        self.core.bulk_end(now, header);
     }
 
     /// Accepts the pending bulk offer: one destination per announced
@@ -270,10 +395,37 @@ impl<B: AsMut<[u8]>> Session<B> {
         }
         core.bulk_in = BulkIn::Receiving {
             msg_seq,
-            dests,
+            dests: Dests::Owned(dests),
             next: 0,
         };
         Ok(())
+    }
+
+    /// Accepts the pending bulk offer with destinations the caller holds and
+    /// fills itself, each exactly the announced size (see
+    /// [`bulk_offer`](Session::bulk_offer)): segment bytes then come back as
+    /// [`Input::bulk`] pieces from `handle_input`, or, for a transport that
+    /// frames the stream itself, are placed between
+    /// [`bulk_segment_start`](Session::bulk_segment_start) and
+    /// [`bulk_segment_end`](Session::bulk_segment_end) (for example received
+    /// straight into the destination). [`Event::BulkComplete`] comes with no
+    /// segments.
+    pub fn accept_bulk_external(&mut self) -> Result<(), ProtoError> {
+        let core = &mut self.core;
+        match core::mem::replace(&mut core.bulk_in, BulkIn::Idle) {
+            BulkIn::Offered { msg_seq, sizes } => {
+                core.bulk_in = BulkIn::Receiving {
+                    msg_seq,
+                    dests: Dests::External(sizes),
+                    next: 0,
+                };
+                Ok(())
+            }
+            other => {
+                core.bulk_in = other;
+                Err(core.invalid("accepting bulk without an offer"))
+            }
+        }
     }
 
     /// Declines the pending bulk offer; its segments are skipped.

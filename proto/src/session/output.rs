@@ -68,6 +68,55 @@ impl<B: AsMut<[u8]>> Session<B> {
         self.core.encode_data(now, header, value, &[], buf)
     }
 
+    /// Writes only the 32-byte header of a one-way message on `stream` whose
+    /// payload, an archive of `T` without bulk segments, was encoded
+    /// elsewhere: once for many connections (broadcast), with
+    /// [`encode_message`](crate::encode_message) into a shared buffer. Send
+    /// these header bytes, then the shared frame's bytes after its own
+    /// header (payload and padding). `payload_len` is the shared frame's
+    /// payload length (its header's `payload_len`).
+    pub fn send_header<T: Message>(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        payload_len: u32,
+        buf: &mut [u8],
+    ) -> Result<Sent, ProtoError> {
+        let core = &mut self.core;
+        core.check_can_send()?;
+        if core.bulk_out.is_some() {
+            return Err(ProtoError::BulkInProgress);
+        }
+        let limit = core.peer.map_or(core.config.max_payload, |p| p.max_payload);
+        if payload_len > limit {
+            return Err(ProtoError::PeerLimit {
+                len: payload_len as usize,
+                limit,
+            });
+        }
+        let available = buf.len();
+        let out = buf
+            .first_chunk_mut::<HEADER_LEN>()
+            .ok_or(ProtoError::BufferTooSmall {
+                needed: HEADER_LEN,
+                available,
+            })?;
+        let header = FrameHeader {
+            stream: stream.0,
+            type_id: T::TYPE_ID,
+            payload_len,
+            seq: core.tx_next,
+            ..FrameHeader::new(FrameKind::Message)
+        };
+        header.write(out);
+        core.tx_next += 1;
+        core.last_tx = now;
+        Ok(Sent {
+            seq: header.seq,
+            len: HEADER_LEN,
+        })
+    }
+
     /// Encodes a message announcing bulk segments of `segment_lens` bytes.
     /// Until every segment was produced with
     /// [`encode_bulk_segment`](Session::encode_bulk_segment) or
@@ -269,7 +318,9 @@ impl<B: AsMut<[u8]>> Session<B> {
     /// has something to do, or `None`.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let core = &self.core;
-        let calls = core.calls.values().flatten().min().copied();
+        // Call deadlines increase with the call id (one timeout for all), so
+        // the first is the earliest.
+        let calls = core.calls.values().flatten().next().copied();
         let live = match core.state {
             SessionState::Handshaking => core.handshake_deadline,
             SessionState::Established | SessionState::Draining | SessionState::Closing => [
