@@ -7,3 +7,7 @@
 //! the runtime's sockets, buffers and mailboxes. Until then, use
 //! `ringwire_runtime::net` for sockets and `ringwire_proto` for framing
 //! directly; see `docs/ARCHITECTURE.md`.
+
+pub mod endpoint;
+
+pub use endpoint::{Address, Endpoint, EndpointError, Host, Interface, Options, Scheme};
