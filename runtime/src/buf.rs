@@ -390,6 +390,12 @@ pub struct RemoteBuf {
 // happens on the home core, through its queues.
 unsafe impl Send for RemoteBuf {}
 
+// SAFETY: shared references only read the lent bytes (`Deref`, `len`), which
+// nobody writes while the buffer is lent; dropping (which returns the buffer)
+// needs ownership. So one `RemoteBuf` may be read from many threads at once,
+// e.g. a broadcast payload behind an `Arc`.
+unsafe impl Sync for RemoteBuf {}
+
 impl RemoteBuf {
     /// Number of bytes.
     pub fn len(&self) -> usize {

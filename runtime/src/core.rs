@@ -177,6 +177,12 @@ pub fn current_core() -> usize {
     with_core(|c| c.index)
 }
 
+/// Index of the core running the caller, or `None` off a ringwire core
+/// thread.
+pub fn try_current_core() -> Option<usize> {
+    try_with_core(|c| c.index)
+}
+
 /// CPU the calling core is pinned to.
 ///
 /// # Panics

@@ -48,7 +48,7 @@ mod sys;
 pub mod time;
 
 pub use crate::buf::{IoBuf, RecvBuf, RemoteBuf, SendBuf};
-pub use crate::core::{core_stats, current_core, current_cpu, is_shutting_down};
+pub use crate::core::{core_stats, current_core, current_cpu, is_shutting_down, try_current_core};
 pub use crate::driver::RingFeatures;
 pub use crate::executor::{spawn_local, yield_now, JoinError, JoinHandle};
 pub use crate::mailbox::{submit_to, Doorbell};

@@ -1,13 +1,79 @@
-//! ringwire-transports: endpoints joining the runtime and the wire format.
+//! ringwire-transports: typed message connections over one endpoint syntax.
 //!
-//! Not built yet. This crate will hold the one endpoint syntax
-//! (`tcp://host:port`, `unix:///path`, `udp://group:port?iface=addr`,
-//! `mem://name`, `tls://host:port`, `rdma://host:port` behind the `rdma`
-//! feature) and the transports that drive a `ringwire_proto::Session` over
-//! the runtime's sockets, buffers and mailboxes. Until then, use
-//! `ringwire_runtime::net` for sockets and `ringwire_proto` for framing
-//! directly; see `docs/ARCHITECTURE.md`.
+//! ```text
+//! tcp://host:port   unix:///path   unix://@name   mem://name
+//! udp://host:port   tls://host:port   rdma://host:port      (see Scheme)
+//! ```
+//!
+//! One entry point per side, callable from any task on any core of a running
+//! [`Runtime`](ringwire_runtime::Runtime): [`listen`] and [`connect`], with a
+//! [`Config`] naming the message types the connection carries. What comes
+//! back is a [`Connection`] whose `send`/`recv`/`call` move rkyv archives:
+//! serialized straight into registered send buffers, read in place from the
+//! buffer the kernel filled (validated once on arrival), or lent between
+//! cores without a copy (`mem://`).
+//!
+//! Layers: this crate joins `ringwire-runtime` (cores, rings, buffers,
+//! mailboxes) and `ringwire-proto` (frames, sessions); neither knows the
+//! other. See `docs/TRANSPORTS.md` for each scheme and operation.
 
+pub mod buf;
+mod clock;
+pub mod config;
+pub mod conn;
 pub mod endpoint;
+pub mod error;
+pub mod listener;
+mod mem;
+pub mod stats;
 
-pub use endpoint::{Address, Endpoint, EndpointError, Host, Interface, Options, Scheme};
+use crate::endpoint::Address;
+
+pub use buf::IoBufMut;
+pub use config::{BackPressure, Config, Types};
+pub use conn::{Connection, Incoming, Msg, Receipt, StreamRef};
+pub use endpoint::{Endpoint, EndpointError, Host, Interface, Options, Scheme};
+pub use error::{Error, SendError};
+pub use listener::Listener;
+pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
+
+/// Listens on `endpoint` on the current core.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Error> {
+    let kind = match (endpoint.scheme(), endpoint.address()) {
+        (Scheme::Mem, Address::Mem(name)) => {
+            listener::Kind::Mem(mem::MemListener::bind(endpoint, name, config)?)
+        }
+        (scheme, _) => return Err(not_enabled(scheme)),
+    };
+    Ok(Listener {
+        kind,
+        endpoint: endpoint.clone(),
+    })
+}
+
+/// Connects to `endpoint` from the current core; returns once the handshake
+/// succeeded.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection, Error> {
+    match (endpoint.scheme(), endpoint.address()) {
+        (Scheme::Mem, Address::Mem(name)) => mem::connect(endpoint, name, config).await,
+        (scheme, _) => Err(not_enabled(scheme)),
+    }
+}
+
+fn not_enabled(scheme: Scheme) -> Error {
+    Error::NotEnabled {
+        scheme: scheme.name(),
+        hint: match scheme {
+            Scheme::Rdma => " (build ringwire-transports with the `rdma` feature)",
+            _ => "",
+        },
+    }
+}

@@ -1,0 +1,218 @@
+//! Connection configuration: the message schema, the session's protocol
+//! knobs, and the queue limits that bound each connection's memory.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringwire_proto::{Message, ProtoError, Schema};
+
+/// What a connection does when its send queue is at its high-water mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackPressure {
+    /// `send` waits until the queue drains below the mark (default).
+    #[default]
+    Wait,
+    /// `send` fails at once with [`Error::BackPressure`](crate::Error::BackPressure);
+    /// nothing is queued and the caller keeps the message.
+    Fail,
+    /// `send` drops the new message and counts it (`transport_dropped_total`);
+    /// it returns a receipt whose [`dropped`](crate::Receipt::dropped) is true.
+    DropNewest,
+}
+
+/// Configuration shared by the connections made with it (`listen`,
+/// `connect`). Cheap to clone.
+///
+/// Memory per connection, at most: the send queue's high-water mark
+/// ([`send_queue`](Config::send_queue), default 4 MiB) plus the receive
+/// side's held buffers ([`recv_queue`](Config::recv_queue), default 4 MiB),
+/// plus one frame being assembled when a frame spans receive buffers (up to
+/// [`max_payload`](Config::max_payload)).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) schema: Arc<Schema>,
+    pub(crate) session: ringwire_proto::Config,
+    pub(crate) send_queue_messages: usize,
+    pub(crate) send_queue_bytes: usize,
+    pub(crate) back_pressure: BackPressure,
+    pub(crate) recv_queue_messages: usize,
+    pub(crate) recv_queue_bytes: usize,
+    pub(crate) direct_threshold: usize,
+}
+
+impl Config {
+    /// A configuration for connections that carry the message types of
+    /// `schema`. The node id (the peer id the other side sees) is random.
+    pub fn new(schema: Schema) -> Config {
+        let mut session = ringwire_proto::Config::default();
+        session.node_id = random_u64();
+        Config {
+            schema: Arc::new(schema),
+            session,
+            send_queue_messages: 65_536,
+            send_queue_bytes: 4 << 20,
+            back_pressure: BackPressure::Wait,
+            recv_queue_messages: 65_536,
+            recv_queue_bytes: 4 << 20,
+            direct_threshold: 16 * 1024,
+        }
+    }
+
+    /// A configuration for the message types `T` lists, e.g.
+    /// `Config::with_types::<(Ping, Pong)>()`.
+    pub fn with_types<T: Types>() -> Result<Config, ProtoError> {
+        let mut schema = Schema::new();
+        T::register(&mut schema)?;
+        Ok(Config::new(schema))
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    /// This node's id, sent in the handshake: the server side's peer id for
+    /// connections made with this configuration. Default: random.
+    pub fn node_id(mut self, id: u64) -> Self {
+        self.session.node_id = id;
+        self
+    }
+
+    /// The node id in use.
+    pub fn get_node_id(&self) -> u64 {
+        self.session.node_id
+    }
+
+    /// Largest message payload accepted from the peer (and announced to it).
+    /// A frame larger than one receive buffer is received into a buffer of
+    /// exactly its size, so this bounds that allocation. Default: 1 MiB.
+    /// Larger data travels as two-phase bulk.
+    pub fn max_payload(mut self, bytes: u32) -> Self {
+        self.session.max_payload = bytes;
+        self
+    }
+
+    /// Largest bulk segment accepted. Default: 1 GiB.
+    pub fn max_bulk_segment(mut self, bytes: u32) -> Self {
+        self.session.max_bulk_segment = bytes;
+        self
+    }
+
+    /// Send a heartbeat after this long without sending, and declare the
+    /// connection lost after `idle_timeout` without receiving. Defaults: 1 s
+    /// and 5 s.
+    pub fn keepalive(mut self, heartbeat: Duration, idle_timeout: Duration) -> Self {
+        self.session.heartbeat_interval = heartbeat;
+        self.session.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// The peer's handshake must arrive within this long. Default: 5 s.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.session.handshake_timeout = d;
+        self
+    }
+
+    /// An orderly close waits this long for the peer's confirmation.
+    /// Default: 5 s.
+    pub fn close_timeout(mut self, d: Duration) -> Self {
+        self.session.close_timeout = d;
+        self
+    }
+
+    /// Calls without a reply after this long fail with
+    /// [`Error::Timeout`](crate::Error::Timeout); `None` waits forever.
+    /// Default: 30 s.
+    pub fn call_timeout(mut self, d: Option<Duration>) -> Self {
+        self.session.call_timeout = d;
+        self
+    }
+
+    /// Acknowledge after this many received messages, or this long after
+    /// the first unacknowledged one. Defaults: 32 and 5 ms.
+    pub fn ack(mut self, every: u32, delay: Duration) -> Self {
+        self.session.ack_every = every.max(1);
+        self.session.ack_delay = delay;
+        self
+    }
+
+    /// High-water mark of each connection's send queue: messages and bytes
+    /// queued but not yet handed to the kernel (or to the peer core). Memory:
+    /// up to `bytes` per connection. Defaults: 65,536 messages, 4 MiB.
+    pub fn send_queue(mut self, messages: usize, bytes: usize) -> Self {
+        self.send_queue_messages = messages.max(1);
+        self.send_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// What `send` does at the high-water mark. Default: [`BackPressure::Wait`].
+    pub fn back_pressure(mut self, policy: BackPressure) -> Self {
+        self.back_pressure = policy;
+        self
+    }
+
+    /// Limit of each connection's receive side: messages received and not
+    /// yet taken by the application, and the receive-buffer bytes they hold
+    /// (a message read in place keeps its receive buffer). At the limit the
+    /// connection stops reading its socket until the application catches
+    /// up, so the peer is slowed by TCP's own flow control. Defaults: 65,536
+    /// messages, 4 MiB.
+    pub fn recv_queue(mut self, messages: usize, bytes: usize) -> Self {
+        self.recv_queue_messages = messages.max(1);
+        self.recv_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// Frames (and bulk segments) with a payload of at least this many bytes
+    /// that do not fit the rest of their receive buffer are received straight
+    /// into a buffer of exactly their size (one kernel copy, no user-space
+    /// copy); smaller ones are assembled by copying. Default: 16 KiB.
+    pub fn direct_receive_threshold(mut self, bytes: usize) -> Self {
+        self.direct_threshold = bytes;
+        self
+    }
+}
+
+/// A list of message types, for [`Config::with_types`]: a single type or a
+/// tuple of up to eight.
+pub trait Types {
+    /// Registers every type in `schema`.
+    fn register(schema: &mut Schema) -> Result<(), ProtoError>;
+}
+
+macro_rules! tuple_types {
+    ($($t:ident),+) => {
+        impl<$($t: Message),+> Types for ($($t,)+) {
+            fn register(schema: &mut Schema) -> Result<(), ProtoError> {
+                $(schema.register::<$t>()?;)+
+                Ok(())
+            }
+        }
+    };
+}
+
+tuple_types!(A);
+tuple_types!(A, B);
+tuple_types!(A, B, C);
+tuple_types!(A, B, C, D);
+tuple_types!(A, B, C, D, E);
+tuple_types!(A, B, C, D, E, F);
+tuple_types!(A, B, C, D, E, F, G);
+tuple_types!(A, B, C, D, E, F, G, H);
+
+/// 64 random bits from the standard library's per-process hash keys (no
+/// extra dependency; good enough for node and session ids, which only need
+/// to differ).
+pub(crate) fn random_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish().max(1)
+}

@@ -1,0 +1,1335 @@
+//! The engine of one connection, shared by every backend.
+//!
+//! A [`Conn`] lives on the core that accepted or dialed it and holds the
+//! connection's [`Session`] (sequencing, acks, calls, bulk, close), its
+//! outbound queue and its inbound queues. Backends (a byte stream for TCP and
+//! Unix sockets, lent buffers for `mem://`) run three tasks around it:
+//!
+//! - a **reader** that turns what arrives into whole frames and hands them to
+//!   [`Conn::on_frame`] (and bulk segment bytes to their destinations);
+//! - a **flusher** that waits for [`Conn::next_batch`] (everything queued
+//!   since its last turn: one submission per loop turn and connection) and
+//!   transmits it;
+//! - a **timer** ([`run_timer`]) for the session's deadlines (heartbeats,
+//!   delayed acks, idle and call timeouts).
+//!
+//! Users reach it through [`Connection`](crate::Connection) and the guards.
+//! Nothing here blocks; every wait is a future woken by the engine.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use ringwire_proto::{
+    CallId, Event, FrameHeader, FrameKind, Instant, LostReason, Message, PeerInfo, ProtoError,
+    ReplyTo, Sent, Session, StreamId,
+};
+use ringwire_runtime::{IoBuf, SendBuf};
+
+use crate::buf::IoBufMut;
+use rkyv::util::AlignedVec;
+
+use super::incoming::{Backing, Incoming, Receipt};
+use super::out::{HeapFrames, OutBuf, OutQueue, Segment, SharedPayload, ZEROS};
+use crate::clock;
+use crate::config::{BackPressure, Config};
+use crate::endpoint::Scheme;
+use crate::error::Error;
+use crate::stats;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone)]
+pub(crate) enum Phase {
+    /// Hellos exchanged or on their way.
+    Handshaking,
+    /// Messages flow.
+    Open,
+    /// A close was started (by this side); waiting for the peer's answer.
+    Closing,
+    /// Over; every operation reports this error.
+    Closed(Error),
+}
+
+/// A call waiting for its reply.
+#[derive(Default)]
+struct CallSlot {
+    waker: Option<Waker>,
+    result: Option<Result<Incoming, Error>>,
+}
+
+/// A received message (or one rejected on arrival) waiting for the
+/// application.
+enum Queued {
+    Msg(Incoming, usize),
+    Rejected(Error),
+}
+
+/// Inbound queues, one per logical stream.
+#[derive(Default)]
+struct Inbound {
+    queues: HashMap<u32, VecDeque<Queued>>,
+    waiters: HashMap<u32, Vec<Waker>>,
+    messages: usize,
+    bytes: usize,
+}
+
+/// A bulk transfer accepted into the caller's destinations.
+struct BulkRecv {
+    msg_seq: u64,
+    dests: Vec<Option<DestBox>>,
+    done: bool,
+    waker: Option<Waker>,
+}
+
+/// A bulk destination of any [`IoBufMut`] type, type-erased.
+pub(crate) struct DestBox {
+    ptr: *mut u8,
+    len: usize,
+    owner: Box<dyn Any>,
+    set_init: fn(&mut dyn Any, usize),
+}
+
+impl DestBox {
+    fn new<D: IoBufMut>(mut d: D, len: usize) -> DestBox {
+        fn set_init<D: IoBufMut>(any: &mut dyn Any, n: usize) {
+            if let Some(d) = any.downcast_mut::<D>() {
+                // SAFETY: called once the first `n` bytes were written (the
+                // whole announced segment), and `n` is at most the buffer's
+                // total size, checked in `DestBox::new`'s caller.
+                unsafe { d.set_init(n) };
+            }
+        }
+        DestBox {
+            ptr: d.stable_mut_ptr(),
+            len,
+            owner: Box::new(d),
+            set_init: set_init::<D>,
+        }
+    }
+
+    /// The destination's bytes.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is the stable pointer of the `IoBufMut` in `owner`,
+        // valid for `len` bytes (at most its total size, checked when the
+        // transfer was accepted), and only this value touches it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    fn finish(mut self) -> Box<dyn Any> {
+        (self.set_init)(&mut *self.owner, self.len);
+        self.owner
+    }
+}
+
+// SAFETY: the bytes are the `IoBufMut`'s stable memory (its contract), which
+// stays put while `owner` lives; the receive op owns this value meanwhile.
+unsafe impl IoBuf for DestBox {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+}
+
+// SAFETY: as above; `stable_mut_ptr` is the same stable pointer, valid for
+// `bytes_total` bytes, which the kernel may write.
+unsafe impl IoBufMut for DestBox {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+    fn bytes_total(&self) -> usize {
+        self.len
+    }
+    unsafe fn set_init(&mut self, _n: usize) {}
+}
+
+/// Everything mutable of a connection.
+pub(crate) struct State {
+    pub(crate) session: Session,
+    pub(crate) phase: Phase,
+    pub(crate) peer: Option<PeerInfo>,
+    out: OutQueue,
+    inbound: Inbound,
+    calls: HashMap<u64, CallSlot>,
+    acked: u64,
+    ack_waiters: VecDeque<(u64, Waker)>,
+    send_waiters: Vec<Waker>,
+    flusher: Option<Waker>,
+    timer: Option<Waker>,
+    timer_at: Option<Instant>,
+    timer_kick: bool,
+    /// The reader waits for room in the inbound queues or a bulk decision.
+    reader: Option<Waker>,
+    /// A message announced bulk and the application has not decided yet.
+    bulk_undecided: Option<u64>,
+    bulk: Option<BulkRecv>,
+    /// Segment index of the bulk segment being received.
+    bulk_index: usize,
+    /// The core is shutting down: the flusher and timer end once what is
+    /// queued has gone out.
+    draining: bool,
+    /// Tasks waiting for the handshake or the end of the connection.
+    phase_waiters: Vec<Waker>,
+    /// A pool buffer's size (frames up to it are encoded into pool buffers).
+    pool_buf_size: usize,
+}
+
+/// One connection's engine.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) scheme: Scheme,
+    /// The peer's address, for errors and logs.
+    pub(crate) remote: String,
+    pub(crate) config: Config,
+    pub(crate) st: RefCell<State>,
+}
+
+fn next_conn_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Conn {
+    /// A connection whose session starts now: the dialing side
+    /// (`client == true`) or the accepting side.
+    pub(crate) fn new(scheme: Scheme, remote: String, config: &Config, client: bool) -> Rc<Conn> {
+        let now = clock::now();
+        let session = if client {
+            Session::connect(
+                config.session.clone(),
+                config.schema.clone(),
+                now,
+                crate::config::random_u64(),
+            )
+        } else {
+            Session::accept(config.session.clone(), config.schema.clone(), now)
+        };
+        let pool_buf_size = SendBuf::try_acquire().map_or(0, |b| b.capacity());
+        let conn = Rc::new(Conn {
+            id: next_conn_id(),
+            scheme,
+            remote,
+            config: config.clone(),
+            st: RefCell::new(State {
+                session,
+                phase: Phase::Handshaking,
+                peer: None,
+                out: OutQueue::default(),
+                inbound: Inbound::default(),
+                calls: HashMap::new(),
+                acked: 0,
+                ack_waiters: VecDeque::new(),
+                send_waiters: Vec::new(),
+                flusher: None,
+                timer: None,
+                timer_at: None,
+                timer_kick: false,
+                reader: None,
+                bulk_undecided: None,
+                bulk: None,
+                bulk_index: 0,
+                draining: false,
+                phase_waiters: Vec::new(),
+                pool_buf_size,
+            }),
+        });
+        // The hello goes first.
+        conn.after_session();
+        conn
+    }
+
+    // ------------------------------------------------------------------
+    // Life cycle
+
+    /// Waits for the handshake; fails if it is refused or times out.
+    pub(crate) async fn handshake(&self) -> Result<PeerInfo, Error> {
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            match &st.phase {
+                Phase::Handshaking => {
+                    st.phase_waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Phase::Closed(e) => Poll::Ready(Err(e.clone())),
+                _ => Poll::Ready(
+                    st.peer
+                        .ok_or(Error::Usage("handshake finished without a peer")),
+                ),
+            }
+        })
+        .await
+    }
+
+    /// The terminal error, if the connection is over.
+    pub(crate) fn closed_error(&self) -> Option<Error> {
+        match &self.st.borrow().phase {
+            Phase::Closed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Ends the connection with `err` (unless already over) and wakes every
+    /// waiter so that each sees it.
+    pub(crate) fn fail(&self, err: Error) {
+        let wakers = {
+            let mut st = self.st.borrow_mut();
+            if matches!(st.phase, Phase::Closed(_)) {
+                return;
+            }
+            tracing::debug!(conn = self.id, remote = %self.remote, error = %err, "connection ended");
+            if !matches!(err, Error::Closed { .. }) {
+                stats::connection_error(self.scheme);
+            }
+            st.phase = Phase::Closed(err.clone());
+            st.out.clear();
+            let mut w = take_all_waiters(&mut st);
+            for slot in st.calls.values_mut() {
+                if slot.result.is_none() {
+                    slot.result = Some(Err(err.clone()));
+                }
+                w.extend(slot.waker.take());
+            }
+            if let Some(b) = st.bulk.as_mut() {
+                w.extend(b.waker.take());
+            }
+            w
+        };
+        wake_all(wakers);
+    }
+
+    /// The transport saw the end of the byte stream (or the peer core went
+    /// away).
+    pub(crate) fn on_eof(&self) {
+        let reason = match &self.st.borrow().phase {
+            Phase::Closed(_) => return,
+            Phase::Closing => "the peer went away before confirming the close",
+            _ => "the peer closed the connection without an orderly close",
+        };
+        if ringwire_runtime::is_shutting_down() {
+            self.shutdown_close();
+            return;
+        }
+        self.fail(Error::closed(reason));
+    }
+
+    /// The core is shutting down: close orderly as far as can be (the close
+    /// frame goes out with everything queued before it; the peer's answer can
+    /// no longer be read).
+    pub(crate) fn shutdown_close(&self) {
+        let started = {
+            let mut st = self.st.borrow_mut();
+            matches!(st.phase, Phase::Open) && st.session.close(clock::now()).is_ok()
+        };
+        if started {
+            self.after_session();
+        }
+        // The flusher drains what is queued, then ends.
+        let wakers = {
+            let mut st = self.st.borrow_mut();
+            if !matches!(st.phase, Phase::Closed(_)) {
+                st.phase = Phase::Closing;
+            }
+            st.draining = true;
+            take_all_waiters(&mut st)
+        };
+        wake_all(wakers);
+    }
+
+    /// Starts an orderly close and waits for the peer's confirmation (or the
+    /// close timeout). Returns whether every message sent was acknowledged.
+    pub(crate) async fn close(&self) -> Result<bool, Error> {
+        {
+            let mut st = self.st.borrow_mut();
+            match &st.phase {
+                Phase::Closed(Error::Closed { .. }) => return Ok(true),
+                Phase::Closed(e) => return Err(e.clone()),
+                Phase::Closing => {}
+                _ => {
+                    st.session.close(clock::now()).map_err(Error::from_proto)?;
+                    st.phase = Phase::Closing;
+                }
+            }
+        }
+        self.after_session();
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            match &st.phase {
+                Phase::Closed(Error::Closed { reason }) => {
+                    Poll::Ready(Ok(reason.as_ref() == CLEAN_CLOSE))
+                }
+                Phase::Closed(e) => Poll::Ready(Err(e.clone())),
+                _ => {
+                    st.phase_waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------------
+    // Session events, control frames, timers
+
+    /// Acts on the session's events, queues its control frames, and wakes
+    /// whoever must act. Call after every session input or timeout.
+    pub(crate) fn after_session(&self) {
+        let mut wakers = Vec::new();
+        let mut end: Option<Error> = None;
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            while let Some(ev) = st.session.poll_event() {
+                match ev {
+                    Event::Connected { peer, .. } => {
+                        st.peer = Some(peer);
+                        if matches!(st.phase, Phase::Handshaking) {
+                            st.phase = Phase::Open;
+                        }
+                        wakers.append(&mut st.phase_waiters);
+                    }
+                    Event::Acked { up_to } => {
+                        st.acked = up_to;
+                        while st.ack_waiters.front().is_some_and(|(s, _)| *s <= up_to) {
+                            if let Some((_, w)) = st.ack_waiters.pop_front() {
+                                wakers.push(w);
+                            }
+                        }
+                    }
+                    Event::CallTimedOut(CallId(id)) => {
+                        if let Some(slot) = st.calls.get_mut(&id) {
+                            slot.result = Some(Err(Error::Timeout {
+                                what: "call",
+                                after: self.config.session.call_timeout.unwrap_or_default(),
+                            }));
+                            wakers.extend(slot.waker.take());
+                        }
+                    }
+                    Event::BulkComplete { msg_seq, .. } => {
+                        if let Some(b) = st.bulk.as_mut() {
+                            if b.msg_seq == msg_seq {
+                                b.done = true;
+                                wakers.extend(b.waker.take());
+                            }
+                        }
+                    }
+                    Event::ConnectionLost(reason) => {
+                        end = Some(Error::closed(match reason {
+                            LostReason::IdleTimeout => "nothing received within the idle timeout",
+                            LostReason::HandshakeTimeout => {
+                                "the peer's handshake did not arrive in time"
+                            }
+                            LostReason::Transport => "the transport reported the connection lost",
+                        }));
+                    }
+                    Event::Closed {
+                        reason,
+                        by_peer,
+                        clean,
+                    } => {
+                        end = Some(Error::closed(if clean {
+                            CLEAN_CLOSE.to_string()
+                        } else {
+                            format!(
+                                "closed by {} ({reason:?}) with messages unacknowledged",
+                                if by_peer { "the peer" } else { "this side" }
+                            )
+                        }));
+                    }
+                }
+            }
+            if let Err(e) = pump_control(st) {
+                end.get_or_insert(e);
+            }
+            if !st.out.is_empty() {
+                wakers.extend(st.flusher.take());
+            }
+            // An earlier deadline than the armed timer: re-arm it.
+            if let Some(at) = st.session.poll_timeout() {
+                if st.timer_at.is_none_or(|t| at < t) {
+                    st.timer_kick = true;
+                    wakers.extend(st.timer.take());
+                }
+            }
+        }
+        wake_all(wakers);
+        if let Some(e) = end {
+            // Control frames queued above (close-ack, ack) still go out: the
+            // flusher drains before it ends.
+            self.finish(e);
+        }
+    }
+
+    /// Ends the connection after the session ended (orderly close or loss)
+    /// while letting the flusher send what is queued.
+    fn finish(&self, err: Error) {
+        let wakers = {
+            let mut st = self.st.borrow_mut();
+            if matches!(st.phase, Phase::Closed(_)) {
+                return;
+            }
+            st.phase = Phase::Closed(err.clone());
+            let mut w = take_all_waiters(&mut st);
+            for slot in st.calls.values_mut() {
+                if slot.result.is_none() {
+                    slot.result = Some(Err(err.clone()));
+                }
+                w.extend(slot.waker.take());
+            }
+            w
+        };
+        wake_all(wakers);
+    }
+
+    /// Runs the session's deadlines until the connection ends.
+    pub(crate) async fn run_timer(self: Rc<Self>) {
+        loop {
+            let at = {
+                let mut st = self.st.borrow_mut();
+                if matches!(st.phase, Phase::Closed(_)) || st.draining {
+                    return;
+                }
+                st.timer_kick = false;
+                let at = st.session.poll_timeout();
+                st.timer_at = at;
+                at
+            };
+            let mut sleep = at.map(|at| ringwire_runtime::time::sleep(clock::until(at)));
+            poll_fn(|cx| {
+                let mut st = self.st.borrow_mut();
+                if st.timer_kick || st.draining || matches!(st.phase, Phase::Closed(_)) {
+                    return Poll::Ready(());
+                }
+                if let Some(s) = sleep.as_mut() {
+                    if std::pin::Pin::new(s).poll(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                }
+                st.timer = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            drop(sleep);
+            let fired = {
+                let mut st = self.st.borrow_mut();
+                let now = clock::now();
+                let due = st.timer_at.is_some_and(|t| t <= now);
+                if due {
+                    st.session.handle_timeout(now);
+                }
+                due
+            };
+            if fired {
+                self.after_session();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Inbound
+
+    /// Hands one complete, non-bulk frame to the session and routes what
+    /// comes out. `payload` lies in memory `backing` keeps alive; `trusted`
+    /// skips validation (frames this process encoded: `mem://`).
+    pub(crate) fn on_frame(
+        self: &Rc<Self>,
+        header: &FrameHeader,
+        payload: &[u8],
+        backing: &Backing,
+        trusted: bool,
+    ) -> Result<(), Error> {
+        let now = clock::now();
+        let mut st = self.st.borrow_mut();
+        let res = if trusted {
+            // SAFETY: trusted frames come from `mem://` peers, which are
+            // sessions of this process encoding with the same schema (the
+            // handshake checked the type sets match), into aligned buffers.
+            unsafe { st.session.handle_frame_trusted(now, header, payload) }
+        } else {
+            st.session.handle_frame(now, header, payload)
+        };
+        match res {
+            Ok(None) => Ok(()),
+            Ok(Some(received)) => {
+                let len = payload.len();
+                let kind = received.kind();
+                let stream = received.stream().0;
+                let call = received.call();
+                if received.bulk().is_some() {
+                    st.bulk_undecided = Some(received.seq());
+                }
+                // SAFETY: `received` borrows `payload`, which lies in memory
+                // `backing` owns (the caller's contract); the clone keeps it.
+                let msg = unsafe { Incoming::new(received, backing.clone(), self.clone()) };
+                stats::message_in(self.scheme, len);
+                let waker = match (kind, call) {
+                    (FrameKind::Reply, Some(CallId(id))) => match st.calls.get_mut(&id) {
+                        Some(slot) => {
+                            slot.result = Some(Ok(msg));
+                            slot.waker.take().into_iter().collect()
+                        }
+                        None => Vec::new(),
+                    },
+                    _ => push_inbound(&mut st.inbound, stream, Queued::Msg(msg, len)),
+                };
+                drop(st);
+                wake_all(waker);
+                Ok(())
+            }
+            Err(err) if err.is_rejection() => {
+                stats::message_rejected(self.scheme);
+                tracing::debug!(conn = self.id, error = %err, "message rejected");
+                let err = Error::from_proto(err);
+                let wakers = match (header.kind, header.correlation) {
+                    (FrameKind::Reply, id) if st.calls.contains_key(&id) => {
+                        let slot = st.calls.get_mut(&id).expect("checked above");
+                        slot.result = Some(Err(err));
+                        slot.waker.take().into_iter().collect()
+                    }
+                    _ => push_inbound(&mut st.inbound, header.stream, Queued::Rejected(err)),
+                };
+                drop(st);
+                wake_all(wakers);
+                Ok(())
+            }
+            Err(err) => {
+                drop(st);
+                let err = Error::from_proto(err);
+                self.after_session();
+                self.fail(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Checks a frame header as soon as it is complete (limits; fatal).
+    pub(crate) fn check_header(&self, header: &FrameHeader) -> Result<(), Error> {
+        let res = self.st.borrow_mut().session.check_header(header);
+        res.map_err(|e| {
+            let err = Error::from_proto(e);
+            self.after_session();
+            self.fail(err.clone());
+            err
+        })
+    }
+
+    /// Waits until the reader may hand over more frames: the inbound queues
+    /// are under their limits and no bulk offer waits for a decision.
+    pub(crate) async fn reader_ready(&self) -> Result<(), Error> {
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            if let Phase::Closed(e) = &st.phase {
+                return Poll::Ready(Err(e.clone()));
+            }
+            let full = st.inbound.messages >= self.config.recv_queue_messages
+                || st.inbound.bytes >= self.config.recv_queue_bytes;
+            if full || st.bulk_undecided.is_some() {
+                st.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Whether the reader may hand over more frames right now (see
+    /// [`reader_ready`](Self::reader_ready)).
+    pub(crate) fn reader_may_go(&self) -> bool {
+        let st = self.st.borrow();
+        st.bulk_undecided.is_none()
+            && st.inbound.messages < self.config.recv_queue_messages
+            && st.inbound.bytes < self.config.recv_queue_bytes
+    }
+
+    /// Starts a bulk segment: where do its bytes go?
+    pub(crate) fn bulk_start(&self, header: &FrameHeader) -> Result<Option<DestBox>, Error> {
+        let res = {
+            let mut st = self.st.borrow_mut();
+            match st.session.bulk_segment_start(clock::now(), header) {
+                Ok(ringwire_proto::BulkTarget::Place { index }) => Ok(st
+                    .bulk
+                    .as_mut()
+                    .and_then(|b| b.dests.get_mut(index))
+                    .and_then(Option::take)
+                    .map(|d| (index, d))),
+                Ok(ringwire_proto::BulkTarget::Skip) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        match res {
+            Ok(Some((index, dest))) => {
+                self.st.borrow_mut().bulk_index = index;
+                Ok(Some(dest))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let err = Error::from_proto(e);
+                self.after_session();
+                self.fail(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Ends a bulk segment, giving its destination back.
+    pub(crate) fn bulk_end(&self, header: &FrameHeader, dest: Option<DestBox>, direct: usize) {
+        {
+            let mut st = self.st.borrow_mut();
+            if let Some(dest) = dest {
+                let index = st.bulk_index;
+                if let Some(slot) = st.bulk.as_mut().and_then(|b| b.dests.get_mut(index)) {
+                    *slot = Some(dest);
+                }
+            }
+            st.session.bulk_segment_end(clock::now(), header);
+        }
+        stats::bulk_in(self.scheme, header.payload_len as usize, direct);
+        self.after_session();
+    }
+
+    /// Accepts the undecided bulk offer of message `seq` into `dests`.
+    pub(crate) async fn accept_bulk<D: IoBufMut>(
+        &self,
+        seq: u64,
+        sizes: &[u32],
+        dests: Vec<D>,
+    ) -> Result<Vec<D>, Error> {
+        if dests.len() != sizes.len() {
+            return Err(Error::Usage(
+                "accept_bulk needs exactly one destination per announced segment",
+            ));
+        }
+        if dests
+            .iter()
+            .zip(sizes)
+            .any(|(d, &s)| d.bytes_total() < s as usize)
+        {
+            return Err(Error::Usage(
+                "a bulk destination is smaller than its announced segment",
+            ));
+        }
+        let reader = {
+            let mut st = self.st.borrow_mut();
+            if let Phase::Closed(e) = &st.phase {
+                return Err(e.clone());
+            }
+            if st.bulk_undecided != Some(seq) {
+                return Err(Error::Usage("this bulk offer is no longer pending"));
+            }
+            st.session
+                .accept_bulk_external()
+                .map_err(Error::from_proto)?;
+            st.bulk_undecided = None;
+            st.bulk = Some(BulkRecv {
+                msg_seq: seq,
+                dests: dests
+                    .into_iter()
+                    .zip(sizes)
+                    .map(|(d, &s)| Some(DestBox::new(d, s as usize)))
+                    .collect(),
+                done: false,
+                waker: None,
+            });
+            st.reader.take()
+        };
+        wake_all(reader);
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            let failed = match &st.phase {
+                Phase::Closed(e) => Some(e.clone()),
+                _ => None,
+            };
+            let Some(b) = st.bulk.as_mut() else {
+                return Poll::Ready(Err(Error::Usage("bulk transfer lost")));
+            };
+            if b.done {
+                let b = st.bulk.take().expect("present above");
+                let mut out = Vec::with_capacity(b.dests.len());
+                for d in b.dests {
+                    let Some(d) = d else {
+                        return Poll::Ready(Err(Error::Usage("bulk destination lost")));
+                    };
+                    match d.finish().downcast::<D>() {
+                        Ok(d) => out.push(*d),
+                        Err(_) => return Poll::Ready(Err(Error::Usage("bulk destination lost"))),
+                    }
+                }
+                return Poll::Ready(Ok(out));
+            }
+            if let Some(e) = failed {
+                st.bulk = None;
+                return Poll::Ready(Err(e));
+            }
+            b.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Declines the undecided bulk offer of message `seq`.
+    pub(crate) fn discard_bulk(&self, seq: u64) {
+        let reader = {
+            let mut st = self.st.borrow_mut();
+            if st.bulk_undecided != Some(seq) {
+                return;
+            }
+            st.bulk_undecided = None;
+            if st.session.discard_bulk().is_err() {
+                return;
+            }
+            st.reader.take()
+        };
+        wake_all(reader);
+    }
+
+    /// Takes the next message on `stream`, waiting for one.
+    pub(crate) async fn recv(&self, stream: u32) -> Result<Incoming, Error> {
+        poll_fn(|cx| self.poll_recv(stream, cx)).await
+    }
+
+    /// Takes the next message on `stream` if one is there.
+    pub(crate) fn try_recv(&self, stream: u32) -> Option<Result<Incoming, Error>> {
+        let (item, reader) = {
+            let mut st = self.st.borrow_mut();
+            let item = pop_inbound(&mut st, stream);
+            let reader = item.as_ref().and_then(|_| st.reader.take());
+            (item, reader)
+        };
+        wake_all(reader);
+        match item {
+            Some(Queued::Msg(m, _)) => Some(Ok(m)),
+            Some(Queued::Rejected(e)) => Some(Err(e)),
+            None => match self.closed_error() {
+                Some(e) => Some(Err(e)),
+                None => None,
+            },
+        }
+    }
+
+    fn poll_recv(&self, stream: u32, cx: &mut Context<'_>) -> Poll<Result<Incoming, Error>> {
+        if let Some(r) = self.try_recv(stream) {
+            return Poll::Ready(r);
+        }
+        let mut st = self.st.borrow_mut();
+        let waiters = st.inbound.waiters.entry(stream).or_default();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    // ------------------------------------------------------------------
+    // Outbound
+
+    /// Waits while the send queue is at its high-water mark (per policy).
+    /// `Ok(false)`: drop this message (DropNewest).
+    async fn admit(&self) -> Result<bool, Error> {
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            match &st.phase {
+                Phase::Closed(e) => return Poll::Ready(Err(e.clone())),
+                Phase::Closing => {
+                    return Poll::Ready(Err(Error::Usage("the connection is closing")))
+                }
+                _ => {}
+            }
+            let (messages, bytes) = st.out.load();
+            if messages < self.config.send_queue_messages && bytes < self.config.send_queue_bytes {
+                return Poll::Ready(Ok(true));
+            }
+            match self.config.back_pressure {
+                BackPressure::Wait => {
+                    stats::back_pressure_wait(self.scheme);
+                    st.send_waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                BackPressure::Fail => Poll::Ready(Err(Error::BackPressure {
+                    queued_messages: messages,
+                    queued_bytes: bytes,
+                })),
+                BackPressure::DropNewest => {
+                    stats::dropped(self.scheme);
+                    Poll::Ready(Ok(false))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Encodes one data frame with `encode` (a session call writing into the
+    /// buffer it is given) and queues it.
+    fn queue_frame(
+        &self,
+        st: &mut State,
+        mut encode: impl FnMut(&mut Session, Instant, &mut [u8]) -> Result<Sent, ProtoError>,
+    ) -> Result<Sent, Error> {
+        pump_control(st)?;
+        let sent = encode_queued(st, &mut encode).map_err(Error::from_proto)?;
+        st.out.messages += 1;
+        st.out.bytes += sent.len;
+        Ok(sent)
+    }
+
+    fn wake_flusher(&self) {
+        let w = self.st.borrow_mut().flusher.take();
+        wake_all(w);
+    }
+
+    /// Sends a one-way message on `stream`.
+    pub(crate) async fn send<T: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        value: &T,
+    ) -> Result<Receipt, Error> {
+        if !self.admit().await? {
+            return Ok(Receipt {
+                seq: 0,
+                dropped: true,
+                conn: self.clone(),
+            });
+        }
+        let sent = {
+            let mut st = self.st.borrow_mut();
+            self.queue_frame(&mut st, |s, now, buf| s.send(now, stream, value, buf))?
+        };
+        stats::message_out(self.scheme, sent.len);
+        self.wake_flusher();
+        Ok(Receipt {
+            seq: sent.seq,
+            dropped: false,
+            conn: self.clone(),
+        })
+    }
+
+    /// Sends a request on `stream` and waits for its reply.
+    pub(crate) async fn call<Req: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        value: &Req,
+    ) -> Result<Incoming, Error> {
+        if !self.admit().await? {
+            return Err(Error::BackPressure {
+                queued_messages: 0,
+                queued_bytes: 0,
+            });
+        }
+        let id = {
+            let mut st = self.st.borrow_mut();
+            let mut call = None;
+            let sent = self.queue_frame(&mut st, |s, now, buf| {
+                let (sent, id) = s.call(now, stream, value, buf)?;
+                call = Some(id);
+                Ok(sent)
+            })?;
+            stats::message_out(self.scheme, sent.len);
+            let CallId(id) = call.ok_or(Error::Usage("call id missing"))?;
+            st.calls.insert(id, CallSlot::default());
+            id
+        };
+        // The call's deadline may be the earliest.
+        self.after_session();
+        let mut guard = CallGuard { conn: self, id };
+        let out = poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            let Some(slot) = st.calls.get_mut(&id) else {
+                return Poll::Ready(Err(Error::Usage("call slot lost")));
+            };
+            match slot.result.take() {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    slot.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        guard.id = 0;
+        self.st.borrow_mut().calls.remove(&id);
+        out
+    }
+
+    /// Sends the reply to a request.
+    pub(crate) async fn send_reply<T: Message>(
+        self: &Rc<Self>,
+        to: ReplyTo,
+        value: &T,
+    ) -> Result<(), Error> {
+        if !self.admit().await? {
+            return Ok(());
+        }
+        let sent = {
+            let mut st = self.st.borrow_mut();
+            self.queue_frame(&mut st, |s, now, buf| s.reply(now, to, value, buf))?
+        };
+        stats::message_out(self.scheme, sent.len);
+        self.wake_flusher();
+        Ok(())
+    }
+
+    /// Sends a message whose payload was encoded once for many connections:
+    /// this connection's own header, then the shared bytes.
+    pub(crate) fn send_shared<T: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+    ) -> Result<(), Error> {
+        {
+            let mut st = self.st.borrow_mut();
+            match &st.phase {
+                Phase::Closed(e) => return Err(e.clone()),
+                Phase::Closing => return Err(Error::Usage("the connection is closing")),
+                _ => {}
+            }
+            let (messages, bytes) = st.out.load();
+            if messages >= self.config.send_queue_messages || bytes >= self.config.send_queue_bytes
+            {
+                stats::dropped(self.scheme);
+                return Err(Error::BackPressure {
+                    queued_messages: messages,
+                    queued_bytes: bytes,
+                });
+            }
+            pump_control(&mut st)?;
+            st.out.seal();
+            let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
+            head.resize(ringwire_proto::HEADER_LEN, 0);
+            st.session
+                .send_header::<T>(clock::now(), stream, payload_len, &mut head)
+                .map_err(Error::from_proto)?;
+            let len = head.len() + shared.end - shared.start;
+            st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
+            st.out.ready.push_back(OutBuf::Shared(shared));
+            st.out.messages += 1;
+            st.out.bytes += len;
+            stats::message_out(self.scheme, len);
+        }
+        self.wake_flusher();
+        Ok(())
+    }
+
+    /// Sends a message announcing bulk segments, then the segments straight
+    /// from the caller's memory; resolves once all of it was handed to the
+    /// transport, giving the segments back.
+    pub(crate) async fn send_bulk<T: Message, B: IoBuf>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        meta: &T,
+        segments: Vec<B>,
+    ) -> Result<(Receipt, Vec<B>), Error> {
+        let lens: Vec<u32> = segments
+            .iter()
+            .map(|s| u32::try_from(s.bytes_init()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| Error::Usage("a bulk segment is larger than 4 GiB"))?;
+        if !self.admit().await? {
+            return Ok((
+                Receipt {
+                    seq: 0,
+                    dropped: true,
+                    conn: self.clone(),
+                },
+                segments,
+            ));
+        }
+        let back: Rc<RefCell<Vec<Option<Box<dyn Any>>>>> =
+            Rc::new(RefCell::new((0..segments.len()).map(|_| None).collect()));
+        let seq = {
+            let mut st = self.st.borrow_mut();
+            let sent = self.queue_frame(&mut st, |s, now, buf| {
+                s.send_bulk(now, stream, meta, &lens, buf)
+            })?;
+            stats::message_out(self.scheme, sent.len);
+            for (index, seg) in segments.into_iter().enumerate() {
+                st.out.seal();
+                let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
+                head.resize(ringwire_proto::HEADER_LEN, 0);
+                let h = st
+                    .session
+                    .bulk_segment_header(clock::now(), &mut head)
+                    .map_err(Error::from_proto)?;
+                let mut seg = Segment::new(seg);
+                seg.back = Some((back.clone(), index));
+                st.out.bytes += h.header_len + h.data_len + h.pad;
+                st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
+                st.out.ready.push_back(OutBuf::Segment(seg));
+                if h.pad > 0 {
+                    st.out.ready.push_back(OutBuf::Pad(&ZEROS[..h.pad]));
+                }
+            }
+            sent.seq
+        };
+        self.wake_flusher();
+        // The segments come back as the flusher finishes with them.
+        let count = back.borrow().len();
+        poll_fn(|cx| {
+            if back.borrow().iter().all(Option::is_some) {
+                return Poll::Ready(Ok(()));
+            }
+            let mut st = self.st.borrow_mut();
+            if let Phase::Closed(e) = &st.phase {
+                return Poll::Ready(Err(e.clone()));
+            }
+            st.send_waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        let mut out = Vec::with_capacity(count);
+        for b in back.borrow_mut().drain(..) {
+            match b.map(|b| b.downcast::<B>()) {
+                Some(Ok(b)) => out.push(*b),
+                _ => return Err(Error::Usage("bulk segment lost")),
+            }
+        }
+        Ok((
+            Receipt {
+                seq,
+                dropped: false,
+                conn: self.clone(),
+            },
+            out,
+        ))
+    }
+
+    /// For [`Receipt::acked`].
+    pub(crate) fn poll_acked(
+        &self,
+        seq: u64,
+        registered: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        let mut st = self.st.borrow_mut();
+        if st.acked >= seq {
+            return Poll::Ready(Ok(()));
+        }
+        if let Phase::Closed(e) = &st.phase {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if !*registered {
+            *registered = true;
+            // Sequence numbers are queued in order of registration; keep the
+            // queue sorted so that acks pop a prefix.
+            let at = st.ack_waiters.partition_point(|(s, _)| *s <= seq);
+            st.ack_waiters.insert(at, (seq, cx.waker().clone()));
+        } else if let Some(entry) = st.ack_waiters.iter_mut().find(|(s, _)| *s == seq) {
+            entry.1 = cx.waker().clone();
+        }
+        Poll::Pending
+    }
+
+    /// For the flusher: waits until something is queued; takes it all, with
+    /// its message and byte counts (give them back to
+    /// [`batch_done`](Self::batch_done)). `None` once the connection is over
+    /// (or draining at shutdown) and nothing is left to send.
+    pub(crate) async fn next_batch(&self) -> Option<(Vec<OutBuf>, usize, usize)> {
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            if !st.out.is_empty() {
+                let (messages, bytes) = (st.out.messages, st.out.bytes);
+                return Poll::Ready(Some((st.out.take(), messages, bytes)));
+            }
+            if matches!(st.phase, Phase::Closed(_)) || st.draining {
+                return Poll::Ready(None);
+            }
+            st.flusher = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// For the flusher: a batch was handed over; frees its queue space.
+    pub(crate) fn batch_done(&self, messages: usize, bytes: usize) {
+        let wakers = {
+            let mut st = self.st.borrow_mut();
+            st.out.in_flight_messages = st.out.in_flight_messages.saturating_sub(messages);
+            st.out.in_flight_bytes = st.out.in_flight_bytes.saturating_sub(bytes);
+            std::mem::take(&mut st.send_waiters)
+        };
+        wake_all(wakers);
+    }
+
+    /// Messages and bytes in flight (taken by the flusher, not yet done).
+    pub(crate) fn in_flight(&self) -> (usize, usize) {
+        let st = self.st.borrow();
+        (st.out.in_flight_messages, st.out.in_flight_bytes)
+    }
+
+    /// The peer, once the handshake is done.
+    pub(crate) fn peer(&self) -> Option<PeerInfo> {
+        self.st.borrow().peer
+    }
+
+    /// Whether the connection is over.
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(self.st.borrow().phase, Phase::Closed(_))
+    }
+}
+
+/// The reason text of a clean orderly close.
+pub(crate) const CLEAN_CLOSE: &str = "closed in an orderly way, everything acknowledged";
+
+/// Removes the call slot if the caller's future is dropped before the reply.
+struct CallGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.conn.st.borrow_mut().calls.remove(&self.id);
+        }
+    }
+}
+
+fn push_inbound(inbound: &mut Inbound, stream: u32, item: Queued) -> Vec<Waker> {
+    if let Queued::Msg(_, len) = &item {
+        inbound.bytes += len;
+    }
+    inbound.messages += 1;
+    inbound.queues.entry(stream).or_default().push_back(item);
+    inbound
+        .waiters
+        .get_mut(&stream)
+        .map(std::mem::take)
+        .unwrap_or_default()
+}
+
+fn pop_inbound(st: &mut State, stream: u32) -> Option<Queued> {
+    let item = st.inbound.queues.get_mut(&stream)?.pop_front()?;
+    st.inbound.messages -= 1;
+    if let Queued::Msg(_, len) = &item {
+        st.inbound.bytes -= len;
+    }
+    Some(item)
+}
+
+/// Every waiter but call slots and bulk (the caller handles those).
+fn take_all_waiters(st: &mut State) -> Vec<Waker> {
+    let mut w: Vec<Waker> = Vec::new();
+    w.extend(st.flusher.take());
+    w.extend(st.timer.take());
+    w.extend(st.reader.take());
+    w.append(&mut st.phase_waiters);
+    w.append(&mut st.send_waiters);
+    w.extend(st.ack_waiters.drain(..).map(|(_, w)| w));
+    for (_, ws) in st.inbound.waiters.drain() {
+        w.extend(ws);
+    }
+    w
+}
+
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+    for w in wakers {
+        w.wake();
+    }
+}
+
+/// Queues every control frame the session has (hello, acks, heartbeats,
+/// close) into the send queue, before any data frame encoded after. Control
+/// frames are small: they are written on the stack and copied in.
+fn pump_control(st: &mut State) -> Result<(), Error> {
+    let mut stack = [0u8; 256];
+    loop {
+        let now = clock::now();
+        match st.session.poll_transmit(now, &mut stack) {
+            Ok(Some(len)) => append_bytes(st, &stack[..len]),
+            Ok(None) => return Ok(()),
+            Err(ProtoError::BufferTooSmall { .. }) => {
+                // A hello listing many types: straight into the queue.
+                let sent = encode_queued(st, &mut |s: &mut Session, now, buf: &mut [u8]| match s
+                    .poll_transmit(now, buf)?
+                {
+                    Some(len) => Ok(Sent { seq: 0, len }),
+                    None => Ok(Sent { seq: 0, len: 0 }),
+                })
+                .map_err(Error::from_proto)?;
+                st.out.bytes += sent.len;
+            }
+            Err(e) => return Err(Error::from_proto(e)),
+        }
+    }
+}
+
+/// Appends a few bytes (a control frame) to the send queue.
+fn append_bytes(st: &mut State, bytes: &[u8]) {
+    st.out.bytes += bytes.len();
+    if let Some(cur) = st.out.cur.as_mut() {
+        if cur.extend_from_slice(bytes) {
+            return;
+        }
+    }
+    if let Some(mut fresh) = SendBuf::try_acquire() {
+        if fresh.extend_from_slice(bytes) {
+            st.out.seal();
+            st.out.cur = Some(fresh);
+            return;
+        }
+    }
+    let mut heap = AlignedVec::<16>::with_capacity(bytes.len());
+    heap.extend_from_slice(bytes);
+    st.out.seal();
+    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+}
+
+/// Runs `encode` on the current pool buffer's free space, moving to a fresh
+/// pool buffer, or a heap buffer of the frame's size, when it does not fit.
+fn encode_queued(
+    st: &mut State,
+    encode: &mut dyn FnMut(&mut Session, Instant, &mut [u8]) -> Result<Sent, ProtoError>,
+) -> Result<Sent, ProtoError> {
+    let now = clock::now();
+    let mut needed = 0;
+    if let Some(cur) = st.out.cur.as_mut() {
+        match encode(&mut st.session, now, cur.spare_mut()) {
+            Ok(sent) => {
+                cur.advance(sent.len);
+                return Ok(sent);
+            }
+            Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = n,
+            Err(e) => return Err(e),
+        }
+    }
+    if needed <= st.pool_buf_size {
+        if let Some(mut fresh) = SendBuf::try_acquire() {
+            match encode(&mut st.session, now, fresh.spare_mut()) {
+                Ok(sent) => {
+                    fresh.advance(sent.len);
+                    st.out.seal();
+                    st.out.cur = Some(fresh);
+                    return Ok(sent);
+                }
+                Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = needed.max(n),
+                Err(e) => return Err(e),
+            }
+        } else {
+            stats::send_pool_empty();
+        }
+    }
+    // A frame of its own, on the heap: grow until it fits (`needed` is a
+    // lower bound when serialization overflowed part-way).
+    let mut size = needed.max(256).next_power_of_two();
+    loop {
+        let mut heap = AlignedVec::<16>::with_capacity(size);
+        heap.resize(size, 0);
+        match encode(&mut st.session, now, &mut heap) {
+            Ok(sent) => {
+                heap.resize(sent.len, 0);
+                if sent.len > 0 {
+                    st.out.seal();
+                    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+                }
+                return Ok(sent);
+            }
+            Err(ProtoError::BufferTooSmall { needed: n, .. }) if n > size => {
+                size = n.next_power_of_two();
+            }
+            Err(ProtoError::BufferTooSmall { .. }) => size *= 2,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Outbound buffers and the per-connection send queue.
+//!
+//! Frames are encoded straight into the connection's current registered
+//! send buffer ([`SendBuf`], from the core's pool). A frame larger than a
+//! pool buffer gets a heap buffer of its own; a broadcast payload encoded
+//! once is shared ([`SharedPayload`]) behind each connection's own header; a
+//! bulk segment is the caller's memory, borrowed until sent ([`Segment`]).
+//! The backend's flusher takes everything queued in one go and hands it to
+//! the kernel (one submission) or to the peer core.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ringwire_runtime::{IoBuf, RemoteBuf, SendBuf};
+use rkyv::util::AlignedVec;
+
+/// Zero bytes for frame padding (at most 15 are ever needed).
+pub(crate) static ZEROS: [u8; 16] = [0; 16];
+
+/// A heap buffer of whole frames, 16-byte aligned (so that an in-process
+/// peer can read its archives in place).
+pub(crate) struct HeapFrames(pub(crate) AlignedVec<16>);
+
+// SAFETY: an `AlignedVec`'s bytes live in a heap allocation that does not
+// move when the vector value moves, and nothing writes them while the send
+// owns the value (it is only read through `stable_ptr`).
+unsafe impl IoBuf for HeapFrames {
+    fn stable_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// A payload (with its padding) encoded once and sent on many connections:
+/// bytes `start..end` of a lent send buffer.
+#[derive(Clone)]
+pub(crate) struct SharedPayload {
+    pub(crate) buf: Arc<RemoteBuf>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+impl SharedPayload {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+/// The caller's bulk segment, borrowed until sent: type-erased so segments of
+/// any [`IoBuf`] type travel in one queue, and handed back whole afterwards.
+pub(crate) struct Segment {
+    pub(crate) ptr: *const u8,
+    pub(crate) len: usize,
+    /// The caller's buffer (`B: IoBuf`), owned until the send completes.
+    pub(crate) owner: Box<dyn Any>,
+    /// Where the buffer goes back once sent: the bulk send's slot and the
+    /// segment's index.
+    pub(crate) back: Option<(
+        std::rc::Rc<std::cell::RefCell<Vec<Option<Box<dyn Any>>>>>,
+        usize,
+    )>,
+}
+
+impl Segment {
+    pub(crate) fn new<B: IoBuf>(buf: B) -> Segment {
+        Segment {
+            ptr: buf.stable_ptr(),
+            len: buf.bytes_init(),
+            owner: Box::new(buf),
+            back: None,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` are the initialised bytes of the `IoBuf` in
+        // `owner`, which the `IoBuf` contract keeps in place and unmodified
+        // while the value lives, and `owner` lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let Some((slot, index)) = self.back.take() {
+            let owner = std::mem::replace(&mut self.owner, Box::new(()));
+            if let Some(entry) = slot.borrow_mut().get_mut(index) {
+                *entry = Some(owner);
+            }
+        }
+    }
+}
+
+/// One piece of outbound data.
+pub(crate) enum OutBuf {
+    /// Whole frames in a registered pool buffer.
+    Pool(SendBuf),
+    /// Whole frames in a heap buffer (too large for a pool buffer, or the
+    /// pool was empty).
+    Heap(HeapFrames),
+    /// A frame header written for a shared payload (32 bytes, kept in a small
+    /// heap buffer).
+    Header(HeapFrames),
+    /// A payload shared with other connections.
+    Shared(SharedPayload),
+    /// A bulk segment's bytes, from the caller's memory.
+    Segment(Segment),
+    /// Frame padding.
+    Pad(&'static [u8]),
+}
+
+impl OutBuf {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            OutBuf::Pool(b) => b.len(),
+            OutBuf::Heap(h) | OutBuf::Header(h) => h.0.len(),
+            OutBuf::Shared(s) => s.end - s.start,
+            OutBuf::Segment(s) => s.len,
+            OutBuf::Pad(p) => p.len(),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            OutBuf::Pool(b) => b.as_slice(),
+            OutBuf::Heap(h) | OutBuf::Header(h) => &h.0,
+            OutBuf::Shared(s) => s.bytes(),
+            OutBuf::Segment(s) => s.bytes(),
+            OutBuf::Pad(p) => p,
+        }
+    }
+}
+
+// SAFETY: every variant's bytes stay at a fixed address and unmodified while
+// the value lives: pool and heap buffers and lent buffers by their own
+// `IoBuf` contracts (an `Arc` does not move its contents), segments by the
+// caller's `IoBuf` (see `Segment::bytes`), padding is static.
+unsafe impl IoBuf for OutBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.bytes().as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Frames queued on one connection, not yet handed to the flusher.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    /// The pool buffer being filled.
+    pub(crate) cur: Option<SendBuf>,
+    /// Filled or special buffers, in order, before `cur`.
+    pub(crate) ready: VecDeque<OutBuf>,
+    /// Messages in `ready` and `cur`.
+    pub(crate) messages: usize,
+    /// Bytes in `ready` and `cur`.
+    pub(crate) bytes: usize,
+    /// Messages and bytes handed to the flusher and not yet sent.
+    pub(crate) in_flight_messages: usize,
+    pub(crate) in_flight_bytes: usize,
+}
+
+impl OutQueue {
+    /// Whether anything waits for the flusher.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.cur.as_ref().is_none_or(|b| b.is_empty())
+    }
+
+    /// Closes the current pool buffer (it goes out before anything queued
+    /// after this call).
+    pub(crate) fn seal(&mut self) {
+        if let Some(cur) = self.cur.take() {
+            if cur.is_empty() {
+                self.cur = Some(cur);
+            } else {
+                self.ready.push_back(OutBuf::Pool(cur));
+            }
+        }
+    }
+
+    /// Takes everything queued, in order, for one flush.
+    pub(crate) fn take(&mut self) -> Vec<OutBuf> {
+        self.seal();
+        self.in_flight_messages += self.messages;
+        self.in_flight_bytes += self.bytes;
+        self.messages = 0;
+        self.bytes = 0;
+        self.ready.drain(..).collect()
+    }
+
+    /// Messages and bytes queued or in flight (what back-pressure counts).
+    pub(crate) fn load(&self) -> (usize, usize) {
+        (
+            self.messages + self.in_flight_messages,
+            self.bytes + self.in_flight_bytes,
+        )
+    }
+
+    /// Drops everything queued (the connection is gone).
+    pub(crate) fn clear(&mut self) {
+        self.cur = None;
+        self.ready.clear();
+        self.messages = 0;
+        self.bytes = 0;
+    }
+}
