@@ -39,6 +39,7 @@ pub struct Config {
     pub(crate) recv_queue_messages: usize,
     pub(crate) recv_queue_bytes: usize,
     pub(crate) direct_threshold: usize,
+    pub(crate) peers: Option<crate::peers::Peers>,
 }
 
 impl Config {
@@ -56,6 +57,7 @@ impl Config {
             recv_queue_messages: 65_536,
             recv_queue_bytes: 4 << 20,
             direct_threshold: 16 * 1024,
+            peers: None,
         }
     }
 
@@ -161,6 +163,14 @@ impl Config {
     pub fn recv_queue(mut self, messages: usize, bytes: usize) -> Self {
         self.recv_queue_messages = messages.max(1);
         self.recv_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// Registers every connection a listener with this configuration accepts
+    /// in `peers`, for [`Peers::broadcast`](crate::Peers::broadcast). Give
+    /// the same registry to the listeners of every core.
+    pub fn peers(mut self, peers: &crate::peers::Peers) -> Self {
+        self.peers = Some(peers.clone());
         self
     }
 

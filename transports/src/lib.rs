@@ -25,6 +25,7 @@ pub mod endpoint;
 pub mod error;
 pub mod listener;
 mod mem;
+pub mod peers;
 pub mod stats;
 
 use crate::endpoint::Address;
@@ -35,6 +36,7 @@ pub use conn::{Connection, Incoming, Msg, Receipt, StreamRef};
 pub use endpoint::{Endpoint, EndpointError, Host, Interface, Options, Scheme};
 pub use error::{Error, SendError};
 pub use listener::Listener;
+pub use peers::Peers;
 pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
 
 /// Listens on `endpoint` on the current core.

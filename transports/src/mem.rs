@@ -179,7 +179,12 @@ fn accept_here(name: String, remote: String, rx: Receiver<Item>, mut tx: Sender<
     let conn = Conn::new(Scheme::Mem, remote, &config, false);
     start(&conn, tx, rx);
     spawn_local(async move {
-        let res = conn.handshake().await.map(|_| Connection::new(conn));
+        let res = conn.handshake().await.map(|peer| {
+            if let Some(peers) = &config.peers {
+                peers.register(&conn, peer.node_id, ringwire_runtime::current_core());
+            }
+            Connection::new(conn)
+        });
         queue.push(res);
     });
 }
@@ -267,14 +272,24 @@ async fn reader(conn: Rc<Conn>, mut rx: Receiver<Item>) {
             Item::Shared { header, payload } => match parse(&header) {
                 Ok(h) => {
                     let backing = Backing::Shared(payload.buf.clone());
-                    wait_ready(&conn)
-                        .await
-                        .and_then(|()| conn.on_frame(&h, payload.bytes(), &backing, true))
+                    // The shared bytes carry the frame's padding too.
+                    match payload.bytes().get(..h.payload_len as usize) {
+                        Some(bytes) => match wait_ready(&conn).await {
+                            Ok(()) => conn.on_frame(&h, bytes, &backing, true),
+                            Err(e) => Err(e),
+                        },
+                        None => Err(Error::Usage(
+                            "internal: shared payload shorter than its header says",
+                        )),
+                    }
                 }
                 Err(e) => Err(e),
             },
             Item::Segment { header, data } => match parse(&header) {
-                Ok(h) => segment(&conn, &h, &data),
+                Ok(h) => match wait_ready(&conn).await {
+                    Ok(()) => segment(&conn, &h, &data),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Item::Refused(why) => {

@@ -242,6 +242,12 @@ impl<B: AsMut<[u8]>> Session<B> {
         if core.state == SessionState::Established {
             core.state = SessionState::Closing;
         }
+        // Acknowledge what arrived before closing, so that the peer learns
+        // its last messages were received rather than seeing them
+        // unacknowledged at the close.
+        if core.rx_unacked > 0 {
+            core.queue_ack();
+        }
         core.close_deadline = Some(now + core.config.close_timeout);
         core.control.push_back(Control::Close(CloseReason::Normal));
         Ok(())

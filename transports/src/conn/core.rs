@@ -176,6 +176,8 @@ pub(crate) struct State {
     phase_waiters: Vec<Waker>,
     /// A pool buffer's size (frames up to it are encoded into pool buffers).
     pool_buf_size: usize,
+    /// Run once when the connection ends (unregistering it from `Peers`).
+    on_end: Vec<Box<dyn FnOnce()>>,
 }
 
 /// One connection's engine.
@@ -234,6 +236,7 @@ impl Conn {
                 bulk: None,
                 bulk_index: 0,
                 draining: false,
+                on_end: Vec::new(),
                 phase_waiters: Vec::new(),
                 pool_buf_size,
             }),
@@ -297,9 +300,23 @@ impl Conn {
             if let Some(b) = st.bulk.as_mut() {
                 w.extend(b.waker.take());
             }
-            w
+            (w, std::mem::take(&mut st.on_end))
         };
-        wake_all(wakers);
+        wake_all(wakers.0);
+        for hook in wakers.1 {
+            hook();
+        }
+    }
+
+    /// Runs `hook` once when the connection ends (at once if it has).
+    pub(crate) fn on_end(&self, hook: Box<dyn FnOnce()>) {
+        let mut st = self.st.borrow_mut();
+        if matches!(st.phase, Phase::Closed(_)) {
+            drop(st);
+            hook();
+        } else {
+            st.on_end.push(hook);
+        }
     }
 
     /// The transport saw the end of the byte stream (or the peer core went
@@ -363,6 +380,9 @@ impl Conn {
                     Poll::Ready(Ok(reason.as_ref() == CLEAN_CLOSE))
                 }
                 Phase::Closed(e) => Poll::Ready(Err(e.clone())),
+                // Shutting down: the close frame goes out with what was
+                // queued, but the peer's answer can no longer be read.
+                _ if st.draining => Poll::Ready(Ok(false)),
                 _ => {
                     st.phase_waiters.push(cx.waker().clone());
                     Poll::Pending
@@ -480,9 +500,12 @@ impl Conn {
                 }
                 w.extend(slot.waker.take());
             }
-            w
+            (w, std::mem::take(&mut st.on_end))
         };
-        wake_all(wakers);
+        wake_all(wakers.0);
+        for hook in wakers.1 {
+            hook();
+        }
     }
 
     /// Runs the session's deadlines until the connection ends.
@@ -803,10 +826,16 @@ impl Conn {
         match item {
             Some(Queued::Msg(m, _)) => Some(Ok(m)),
             Some(Queued::Rejected(e)) => Some(Err(e)),
-            None => match self.closed_error() {
-                Some(e) => Some(Err(e)),
-                None => None,
-            },
+            None => {
+                if let Some(e) = self.closed_error() {
+                    return Some(Err(e));
+                }
+                // Draining at shutdown: nothing more will arrive.
+                self.st
+                    .borrow()
+                    .draining
+                    .then(|| Err(Error::closed("the core is shutting down")))
+            }
         }
     }
 
@@ -972,7 +1001,7 @@ impl Conn {
 
     /// Sends a message whose payload was encoded once for many connections:
     /// this connection's own header, then the shared bytes.
-    pub(crate) fn send_shared<T: Message>(
+    fn send_shared<T: Message>(
         self: &Rc<Self>,
         stream: StreamId,
         payload_len: u32,
@@ -988,7 +1017,6 @@ impl Conn {
             let (messages, bytes) = st.out.load();
             if messages >= self.config.send_queue_messages || bytes >= self.config.send_queue_bytes
             {
-                stats::dropped(self.scheme);
                 return Err(Error::BackPressure {
                     queued_messages: messages,
                     queued_bytes: bytes,
@@ -1010,6 +1038,29 @@ impl Conn {
         }
         self.wake_flusher();
         Ok(())
+    }
+
+    /// Sends a shared payload now, or, when the send queue is full and the
+    /// policy is to wait, from a task that waits for room (a broadcast never
+    /// blocks on one slow connection). Drops are counted.
+    pub(crate) fn send_shared_or_wait<T: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+    ) {
+        match self.send_shared::<T>(stream, payload_len, shared.clone()) {
+            Err(Error::BackPressure { .. }) if self.config.back_pressure == BackPressure::Wait => {
+                let conn = self.clone();
+                ringwire_runtime::spawn_local(async move {
+                    if let Ok(true) = conn.admit().await {
+                        let _ = conn.send_shared::<T>(stream, payload_len, shared);
+                    }
+                });
+            }
+            Err(Error::BackPressure { .. }) => stats::dropped(self.scheme),
+            _ => {}
+        }
     }
 
     /// Sends a message announcing bulk segments, then the segments straight

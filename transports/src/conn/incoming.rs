@@ -13,13 +13,13 @@ use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use ringwire_proto::{FrameKind, Message, Received, ReplyTo, StreamId};
 use ringwire_runtime::{RecvBuf, RemoteBuf};
 use rkyv::util::AlignedVec;
 
 use super::core::Conn;
+use super::out::SharedBytes;
 use crate::error::Error;
 
 /// The memory a received message lives in.
@@ -32,8 +32,8 @@ pub(crate) enum Backing {
     Heap(Rc<AlignedVec<16>>),
     /// A buffer another core of this process lent (`mem://`).
     Lent(Rc<RemoteBuf>),
-    /// A lent buffer shared by many connections (a broadcast payload).
-    Shared(Arc<RemoteBuf>),
+    /// A buffer shared by many connections (a broadcast payload).
+    Shared(SharedBytes),
 }
 
 impl Backing {
@@ -43,7 +43,7 @@ impl Backing {
             Backing::Recv(b) => b,
             Backing::Heap(b) => b,
             Backing::Lent(b) => b,
-            Backing::Shared(b) => b,
+            Backing::Shared(b) => b.bytes(),
         }
     }
 }

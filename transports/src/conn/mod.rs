@@ -61,6 +61,11 @@ impl Drop for UserRef {
         if ringwire_runtime::try_current_core().is_none() {
             return;
         }
+        if ringwire_runtime::is_shutting_down() {
+            // No time to wait for the peer's confirmation.
+            conn.shutdown_close();
+            return;
+        }
         ringwire_runtime::spawn_local(async move {
             let _ = conn.close().await;
         });

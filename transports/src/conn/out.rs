@@ -34,18 +34,35 @@ unsafe impl IoBuf for HeapFrames {
     }
 }
 
+/// Memory shared by many connections (and cores): a lent pool buffer, or a
+/// heap buffer for what is larger than a pool buffer.
+#[derive(Clone)]
+pub(crate) enum SharedBytes {
+    Pool(Arc<RemoteBuf>),
+    Heap(Arc<AlignedVec<16>>),
+}
+
+impl SharedBytes {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            SharedBytes::Pool(b) => b,
+            SharedBytes::Heap(b) => b,
+        }
+    }
+}
+
 /// A payload (with its padding) encoded once and sent on many connections:
-/// bytes `start..end` of a lent send buffer.
+/// bytes `start..end` of a shared buffer.
 #[derive(Clone)]
 pub(crate) struct SharedPayload {
-    pub(crate) buf: Arc<RemoteBuf>,
+    pub(crate) buf: SharedBytes,
     pub(crate) start: usize,
     pub(crate) end: usize,
 }
 
 impl SharedPayload {
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.buf.bytes()[self.start..self.end]
     }
 }
 
