@@ -18,7 +18,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 cd fuzz
-for target in decoder handshake session; do
+for target in decoder handshake session endpoint; do
     echo "== fuzzing ${target} for ${SECONDS_PER_TARGET}s"
     mkdir -p "corpus/${target}"
     # -rss_limit_mb bounds memory; -max_len keeps inputs to a few frames.
