@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Bounded fuzz run of ringwire-proto's byte parsers (decoder, handshake,
-# session). Installs what it needs: the nightly toolchain's rust-src and
-# cargo-fuzz. Usage: .ci/fuzz.sh [seconds-per-target]   (default 60)
+# Bounded fuzz run of ringwire's byte parsers (proto's decoder, handshake,
+# session; transports' endpoint; kv-node's resp). Installs what it needs:
+# the nightly toolchain's rust-src and cargo-fuzz.
+# Usage: .ci/fuzz.sh [seconds-per-target]   (default 60)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 cd fuzz
-for target in decoder handshake session; do
+for target in decoder handshake session endpoint resp; do
     echo "== fuzzing ${target} for ${SECONDS_PER_TARGET}s"
     mkdir -p "corpus/${target}"
     # -rss_limit_mb bounds memory; -max_len keeps inputs to a few frames.

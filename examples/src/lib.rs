@@ -1,7 +1,9 @@
 //! Shared pieces of ringwire's example nodes: command-line parsing, the
-//! length-prefixed echo framing, and logging set-up.
+//! length-prefixed echo framing, kv-node's protocol engine, and logging
+//! set-up.
 
 pub mod cli;
+pub mod kv;
 pub mod lenprefix;
 
 /// Installs a `tracing` subscriber filtered by `RUST_LOG` (default `info`),

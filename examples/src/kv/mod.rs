@@ -1,0 +1,17 @@
+//! kv-node's engine: the Redis protocol, one shard's key space, key
+//! placement across shards, and the dispatcher joining them. Pure logic:
+//! no sockets, no runtime, no clock (time is passed in, in milliseconds).
+//!
+//! - [`resp`]: RESP2 request parser (incremental, pipelining, limits) and
+//!   reply encoder.
+//! - [`store`]: one shard's keys with expiry; Redis's string commands and
+//!   the typed get / put / compare-and-set / increment / delete.
+//! - [`shard`]: which shard owns a key; splitting multi-key commands and
+//!   merging their answers in key order.
+//! - [`dispatch`]: request -> which shard(s) run what -> reply bytes; errors
+//!   in Redis's wording; COMMAND for clients that ask at start.
+
+pub mod dispatch;
+pub mod resp;
+pub mod shard;
+pub mod store;

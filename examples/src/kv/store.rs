@@ -1,0 +1,555 @@
+//! One shard's key space: byte-string keys and values with optional
+//! expiry.
+//!
+//! A [`Store`] belongs to one core and is driven by it alone (no locks).
+//! Time comes from the caller: every operation takes `now`, in milliseconds
+//! of whatever clock the node uses (the Unix epoch, if `SET ... EXAT` and
+//! `PXAT` are to mean what Redis means). A key whose deadline has passed is
+//! gone for every operation at once (lazy expiry); its memory is reclaimed
+//! when an operation touches it or when the caller runs [`Store::sweep`],
+//! which removes expired keys in deadline order, a bounded number per call.
+//! Like Redis's `DBSIZE`, [`Store::len`] counts expired keys that have not
+//! been reclaimed yet.
+//!
+//! Two families of operations:
+//! - the typed ones kv-node's native protocol exposes: [`Store::get`],
+//!   [`Store::put`], [`Store::compare_and_set`], [`Store::increment`],
+//!   [`Store::delete`];
+//! - Redis's `SET` with its options ([`Store::set`]); the other Redis
+//!   commands map onto the typed operations.
+//!
+//! ```
+//! use ringwire_examples::kv::store::{Cas, Store};
+//!
+//! let mut store = Store::new();
+//! store.put(b"k", b"1".to_vec(), Some(1_000), 0);
+//! assert_eq!(store.increment(b"k", 41, 10), Ok(42));
+//! assert_eq!(
+//!     store.compare_and_set(b"k", Some(b"42"), b"x".to_vec(), 20),
+//!     Cas::Swapped
+//! );
+//! assert_eq!(store.get(b"k", 999), Some(&b"x"[..]));
+//! assert_eq!(store.get(b"k", 1_000), None); // expired
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use super::resp::parse_i64;
+
+/// A command that failed on a value; `Display` is Redis's reply text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The value (or the increment) is not a 64-bit signed decimal integer.
+    NotInteger,
+    /// The increment would leave the 64-bit signed range.
+    Overflow,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreError::NotInteger => "ERR value is not an integer or out of range",
+            StoreError::Overflow => "ERR increment or decrement would overflow",
+        })
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// When [`Store::set`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// Always.
+    #[default]
+    Always,
+    /// Only if the key does not exist (`NX`).
+    IfAbsent,
+    /// Only if the key exists (`XX`).
+    IfPresent,
+}
+
+/// What [`Store::set`] does to the key's time to live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Expiry {
+    /// Removes any deadline (plain `SET`).
+    #[default]
+    Clear,
+    /// Keeps the key's deadline (`KEEPTTL`).
+    Keep,
+    /// Expires at this time, in the store's milliseconds (`EX`, `PX`,
+    /// `EXAT`, `PXAT`, converted by the caller). A time not after `now`
+    /// deletes the key.
+    At(u64),
+}
+
+/// The options of Redis's `SET`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// `NX` / `XX`.
+    pub condition: Condition,
+    /// `EX` / `PX` / `EXAT` / `PXAT` / `KEEPTTL`.
+    pub expiry: Expiry,
+    /// `GET`: return the old value.
+    pub get: bool,
+}
+
+/// What [`Store::set`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// Whether the value was written (the condition held).
+    pub written: bool,
+    /// The value before, when [`SetOptions::get`] asked for it.
+    pub old: Option<Vec<u8>>,
+}
+
+/// The result of [`Store::compare_and_set`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cas {
+    /// The value was as expected and has been replaced.
+    Swapped,
+    /// The value was not as expected; this is what it is (`None`: absent).
+    Mismatch {
+        /// The current value.
+        current: Option<Vec<u8>>,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    /// Deadline in milliseconds; the key is gone once `now >= deadline`.
+    deadline: Option<u64>,
+}
+
+/// One shard's keys. See the [module docs](self).
+#[derive(Debug, Default)]
+pub struct Store {
+    map: HashMap<Vec<u8>, Entry>,
+    /// The keys that have a deadline, in deadline order: what
+    /// [`Store::sweep`] walks. Holds exactly the map's `(deadline, key)`
+    /// pairs.
+    deadlines: BTreeSet<(u64, Vec<u8>)>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Number of keys, including expired keys not reclaimed yet (Redis's
+    /// `DBSIZE` counts the same way).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the store holds no key at all.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Number of keys that have a deadline.
+    pub fn expiring(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// The earliest deadline of any key: when a sweep next has work.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// The live entry for `key`, reclaiming it if it has expired.
+    fn live(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
+        let expired = self.map.get(key)?.deadline.is_some_and(|d| now >= d);
+        if expired {
+            self.remove(key);
+            return None;
+        }
+        self.map.get_mut(key)
+    }
+
+    /// Removes `key` and its deadline; returns the entry.
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        if let Some(deadline) = entry.deadline {
+            self.deadlines.remove(&(deadline, key.to_vec()));
+        }
+        Some(entry)
+    }
+
+    /// Changes the deadline of the entry for `key` from `old` to `new`.
+    fn move_deadline(&mut self, key: &[u8], old: Option<u64>, new: Option<u64>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            self.deadlines.remove(&(old, key.to_vec()));
+        }
+        if let Some(new) = new {
+            self.deadlines.insert((new, key.to_vec()));
+        }
+    }
+
+    /// The value of `key`, if it exists and has not expired.
+    pub fn get(&mut self, key: &[u8], now: u64) -> Option<&[u8]> {
+        self.live(key, now).map(|e| &e.value[..])
+    }
+
+    /// Whether `key` exists and has not expired.
+    pub fn exists(&mut self, key: &[u8], now: u64) -> bool {
+        self.live(key, now).is_some()
+    }
+
+    /// Milliseconds left before `key` expires: `None` if there is no such
+    /// key, `Some(None)` if it never expires.
+    pub fn ttl(&mut self, key: &[u8], now: u64) -> Option<Option<u64>> {
+        self.live(key, now)
+            .map(|e| e.deadline.map(|d| d.saturating_sub(now)))
+    }
+
+    /// Sets `key` to `value` with the deadline `deadline` (`None`: never
+    /// expires), replacing any value and deadline it had. A deadline not
+    /// after `now` deletes the key.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, deadline: Option<u64>, now: u64) {
+        if deadline.is_some_and(|d| d <= now) {
+            self.remove(key);
+            return;
+        }
+        match self.map.get_mut(key) {
+            Some(entry) => {
+                entry.value = value;
+                let old = std::mem::replace(&mut entry.deadline, deadline);
+                self.move_deadline(key, old, deadline);
+            }
+            None => {
+                self.map.insert(key.to_vec(), Entry { value, deadline });
+                if let Some(deadline) = deadline {
+                    self.deadlines.insert((deadline, key.to_vec()));
+                }
+            }
+        }
+    }
+
+    /// Redis's `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]`: the
+    /// condition is checked against the live key, the old value returned if
+    /// asked for, whether or not the write happened.
+    pub fn set(&mut self, key: &[u8], value: Vec<u8>, options: SetOptions, now: u64) -> SetOutcome {
+        let current = self.live(key, now);
+        let old = if options.get {
+            current.as_ref().map(|e| e.value.clone())
+        } else {
+            None
+        };
+        let exists = current.is_some();
+        let current_deadline = current.and_then(|e| e.deadline);
+        let allowed = match options.condition {
+            Condition::Always => true,
+            Condition::IfAbsent => !exists,
+            Condition::IfPresent => exists,
+        };
+        if allowed {
+            let deadline = match options.expiry {
+                Expiry::Clear => None,
+                Expiry::Keep => current_deadline,
+                Expiry::At(at) => Some(at),
+            };
+            self.put(key, value, deadline, now);
+        }
+        SetOutcome {
+            written: allowed,
+            old,
+        }
+    }
+
+    /// Deletes `key`; whether it existed (and had not expired).
+    pub fn delete(&mut self, key: &[u8], now: u64) -> bool {
+        match self.remove(key) {
+            Some(entry) => entry.deadline.is_none_or(|d| now < d),
+            None => false,
+        }
+    }
+
+    /// Adds `delta` to the integer value of `key` (a missing key counts as
+    /// 0) and returns the sum; the key keeps its deadline, as with Redis's
+    /// `INCRBY`. The value must be a decimal integer as Redis writes them.
+    pub fn increment(&mut self, key: &[u8], delta: i64, now: u64) -> Result<i64, StoreError> {
+        let current = match self.live(key, now) {
+            Some(entry) => parse_i64(&entry.value).ok_or(StoreError::NotInteger)?,
+            None => 0,
+        };
+        let sum = current.checked_add(delta).ok_or(StoreError::Overflow)?;
+        let mut text = Vec::with_capacity(20);
+        super::resp::write_decimal(&mut text, sum);
+        match self.map.get_mut(key) {
+            Some(entry) => entry.value = text,
+            None => self.put(key, text, None, now),
+        }
+        Ok(sum)
+    }
+
+    /// Replaces the value of `key` with `new` if it is `expected` now
+    /// (`None`: the key must be absent). A replaced value keeps its
+    /// deadline; a created key has none.
+    pub fn compare_and_set(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+        now: u64,
+    ) -> Cas {
+        match (self.live(key, now), expected) {
+            (Some(entry), Some(expected)) if entry.value == expected => {
+                entry.value = new;
+                Cas::Swapped
+            }
+            (None, None) => {
+                self.put(key, new, None, now);
+                Cas::Swapped
+            }
+            (current, _) => Cas::Mismatch {
+                current: current.map(|e| e.value.clone()),
+            },
+        }
+    }
+
+    /// Removes every key (`FLUSHALL`).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.deadlines.clear();
+    }
+
+    /// Reclaims up to `budget` keys whose deadline is not after `now`, in
+    /// deadline order; returns how many it removed. The caller runs it from
+    /// its loop (for example every few milliseconds, or when
+    /// [`Store::next_deadline`] has passed) so that expired keys nobody
+    /// reads again do not hold memory.
+    pub fn sweep(&mut self, now: u64, budget: usize) -> usize {
+        let mut removed = 0;
+        while removed < budget {
+            match self.deadlines.first() {
+                Some((deadline, _)) if *deadline <= now => {}
+                _ => break,
+            }
+            let Some((_, key)) = self.deadlines.pop_first() else {
+                break;
+            };
+            self.map.remove(&key);
+            removed += 1;
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks the invariant tying `deadlines` to the map.
+    fn check(store: &Store) {
+        let from_map: BTreeSet<(u64, Vec<u8>)> = store
+            .map
+            .iter()
+            .filter_map(|(k, e)| e.deadline.map(|d| (d, k.clone())))
+            .collect();
+        assert_eq!(from_map, store.deadlines);
+    }
+
+    #[test]
+    fn get_put_delete() {
+        let mut s = Store::new();
+        assert_eq!(s.get(b"a", 0), None);
+        s.put(b"a", b"1".to_vec(), None, 0);
+        s.put(b"b", b"2".to_vec(), Some(100), 0);
+        assert_eq!(s.get(b"a", 0), Some(&b"1"[..]));
+        assert_eq!((s.len(), s.expiring()), (2, 1));
+        s.put(b"b", b"3".to_vec(), None, 1);
+        assert_eq!((s.ttl(b"b", 1), s.expiring()), (Some(None), 0));
+        assert!(s.delete(b"a", 2));
+        assert!(!s.delete(b"a", 2));
+        assert_eq!(s.len(), 1);
+        s.clear();
+        assert!(s.is_empty());
+        check(&s);
+    }
+
+    #[test]
+    fn expiry_is_lazy_and_swept_in_deadline_order() {
+        let mut s = Store::new();
+        s.put(b"a", b"1".to_vec(), Some(10), 0);
+        s.put(b"b", b"1".to_vec(), Some(20), 0);
+        s.put(b"c", b"1".to_vec(), Some(30), 0);
+        s.put(b"d", b"1".to_vec(), None, 0);
+        assert_eq!(s.next_deadline(), Some(10));
+        assert_eq!(s.ttl(b"a", 4), Some(Some(6)));
+        assert!(s.exists(b"a", 9));
+        // Expired keys are gone for every operation at once...
+        assert!(!s.exists(b"a", 10));
+        assert_eq!(s.get(b"b", 25), None);
+        assert!(!s.delete(b"c", 30));
+        // ...and counted until reclaimed (the reads above reclaimed a, b, c).
+        assert_eq!(s.len(), 1);
+        s.put(b"e", b"1".to_vec(), Some(40), 30);
+        s.put(b"f", b"1".to_vec(), Some(50), 30);
+        s.put(b"g", b"1".to_vec(), Some(60), 30);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.sweep(39, 10), 0);
+        assert_eq!(s.sweep(100, 2), 2);
+        assert_eq!(s.next_deadline(), Some(60));
+        assert_eq!(s.sweep(100, 2), 1);
+        assert_eq!((s.len(), s.expiring(), s.next_deadline()), (1, 0, None));
+        check(&s);
+    }
+
+    #[test]
+    fn put_with_a_past_deadline_deletes() {
+        let mut s = Store::new();
+        s.put(b"a", b"1".to_vec(), Some(100), 0);
+        s.put(b"a", b"2".to_vec(), Some(50), 50);
+        assert_eq!((s.len(), s.expiring()), (0, 0));
+        check(&s);
+    }
+
+    #[test]
+    fn set_conditions_ttl_and_get() {
+        let mut s = Store::new();
+        let nx = SetOptions {
+            condition: Condition::IfAbsent,
+            ..SetOptions::default()
+        };
+        let xx = SetOptions {
+            condition: Condition::IfPresent,
+            ..SetOptions::default()
+        };
+        let outcome = |written, old: Option<&[u8]>| SetOutcome {
+            written,
+            old: old.map(<[u8]>::to_vec),
+        };
+        assert_eq!(s.set(b"k", b"1".to_vec(), xx, 0), outcome(false, None));
+        assert_eq!(s.get(b"k", 0), None);
+        assert_eq!(s.set(b"k", b"1".to_vec(), nx, 0), outcome(true, None));
+        assert_eq!(s.set(b"k", b"2".to_vec(), nx, 0), outcome(false, None));
+        assert_eq!(
+            s.set(b"k", b"3".to_vec(), SetOptions { get: true, ..nx }, 0),
+            outcome(false, Some(b"1"))
+        );
+        let px = SetOptions {
+            expiry: Expiry::At(100),
+            get: true,
+            ..xx
+        };
+        assert_eq!(s.set(b"k", b"4".to_vec(), px, 0), outcome(true, Some(b"1")));
+        assert_eq!(s.ttl(b"k", 10), Some(Some(90)));
+        let keep = SetOptions {
+            expiry: Expiry::Keep,
+            ..SetOptions::default()
+        };
+        s.set(b"k", b"5".to_vec(), keep, 20);
+        assert_eq!(s.get(b"k", 20), Some(&b"5"[..]));
+        assert_eq!(s.ttl(b"k", 20), Some(Some(80)));
+        // A plain SET clears the deadline.
+        s.set(b"k", b"6".to_vec(), SetOptions::default(), 30);
+        assert_eq!(s.ttl(b"k", 30), Some(None));
+        // An expired key is absent for NX / XX.
+        s.set(
+            b"e",
+            b"1".to_vec(),
+            SetOptions {
+                expiry: Expiry::At(40),
+                ..nx
+            },
+            30,
+        );
+        assert_eq!(s.set(b"e", b"2".to_vec(), xx, 40), outcome(false, None));
+        assert_eq!(s.set(b"e", b"2".to_vec(), nx, 40), outcome(true, None));
+        // A deadline already passed deletes, after returning the old value.
+        let past = SetOptions {
+            expiry: Expiry::At(50),
+            get: true,
+            ..SetOptions::default()
+        };
+        assert_eq!(
+            s.set(b"e", b"3".to_vec(), past, 60),
+            outcome(true, Some(b"2"))
+        );
+        assert_eq!(s.get(b"e", 60), None);
+        check(&s);
+    }
+
+    #[test]
+    fn increments() {
+        let mut s = Store::new();
+        assert_eq!(s.increment(b"n", 1, 0), Ok(1));
+        assert_eq!(s.increment(b"n", -11, 0), Ok(-10));
+        assert_eq!(s.get(b"n", 0), Some(&b"-10"[..]));
+        s.put(b"n", b"9223372036854775806".to_vec(), Some(100), 0);
+        assert_eq!(s.increment(b"n", 1, 0), Ok(i64::MAX));
+        assert_eq!(s.increment(b"n", 1, 0), Err(StoreError::Overflow));
+        assert_eq!(s.get(b"n", 0), Some(&b"9223372036854775807"[..]));
+        // The deadline stays.
+        assert_eq!(s.ttl(b"n", 0), Some(Some(100)));
+        for bad in [
+            &b"x"[..],
+            b"",
+            b" 1",
+            b"01",
+            b"1.0",
+            b"99999999999999999999",
+        ] {
+            s.put(b"b", bad.to_vec(), None, 0);
+            assert_eq!(
+                s.increment(b"b", 1, 0),
+                Err(StoreError::NotInteger),
+                "{bad:?}"
+            );
+            assert_eq!(s.get(b"b", 0), Some(bad));
+        }
+        s.put(b"m", b"-9223372036854775808".to_vec(), None, 0);
+        assert_eq!(s.increment(b"m", -1, 0), Err(StoreError::Overflow));
+        // An expired value counts as absent.
+        s.put(b"t", b"41".to_vec(), Some(5), 0);
+        assert_eq!(s.increment(b"t", 1, 5), Ok(1));
+        assert_eq!(s.ttl(b"t", 5), Some(None));
+        assert_eq!(
+            StoreError::NotInteger.to_string(),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            StoreError::Overflow.to_string(),
+            "ERR increment or decrement would overflow"
+        );
+        check(&s);
+    }
+
+    #[test]
+    fn compare_and_set() {
+        let mut s = Store::new();
+        assert_eq!(
+            s.compare_and_set(b"k", Some(b"a"), b"b".to_vec(), 0),
+            Cas::Mismatch { current: None }
+        );
+        assert_eq!(
+            s.compare_and_set(b"k", None, b"a".to_vec(), 0),
+            Cas::Swapped
+        );
+        assert_eq!(
+            s.compare_and_set(b"k", None, b"z".to_vec(), 0),
+            Cas::Mismatch {
+                current: Some(b"a".to_vec())
+            }
+        );
+        s.put(b"k", b"a".to_vec(), Some(10), 0);
+        assert_eq!(
+            s.compare_and_set(b"k", Some(b"a"), b"b".to_vec(), 1),
+            Cas::Swapped
+        );
+        assert_eq!(s.get(b"k", 1), Some(&b"b"[..]));
+        assert_eq!(s.ttl(b"k", 1), Some(Some(9)));
+        // Expired: absent.
+        assert_eq!(
+            s.compare_and_set(b"k", None, b"c".to_vec(), 10),
+            Cas::Swapped
+        );
+        check(&s);
+    }
+}
