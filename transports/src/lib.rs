@@ -7,3 +7,6 @@
 //! the runtime's sockets, buffers and mailboxes. Until then, use
 //! `ringwire_runtime::net` for sockets and `ringwire_proto` for framing
 //! directly; see `docs/ARCHITECTURE.md`.
+
+#[cfg(feature = "rdma")]
+pub mod rdma;
