@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Bounded fuzz run of ringwire-proto's byte parsers (decoder, handshake,
-# session). Installs what it needs: the nightly toolchain's rust-src and
-# cargo-fuzz. Usage: .ci/fuzz.sh [seconds-per-target]   (default 60)
+# Bounded fuzz run of the byte parsers: ringwire-proto's decoder, handshake
+# and session, and the RDMA side-channel exchange of ringwire-transports.
+# Installs what it needs: the nightly toolchain's rust-src, cargo-fuzz, and
+# the rdma feature's build dependencies (.ci/setup-rdma.sh).
+# Usage: .ci/fuzz.sh [seconds-per-target]   (default 60)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,8 +19,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
+.ci/setup-rdma.sh
+
 cd fuzz
-for target in decoder handshake session; do
+for target in decoder handshake session rdma_sidechannel; do
     echo "== fuzzing ${target} for ${SECONDS_PER_TARGET}s"
     mkdir -p "corpus/${target}"
     # -rss_limit_mb bounds memory; -max_len keeps inputs to a few frames.

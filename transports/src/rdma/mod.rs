@@ -15,4 +15,5 @@
 //!   routes every completion back to the core and future that asked.
 
 pub mod mem;
+pub mod sidechannel;
 pub mod verbs;
