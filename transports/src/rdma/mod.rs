@@ -14,6 +14,7 @@
 //!   takes work requests from executor cores through the mailboxes, and
 //!   routes every completion back to the core and future that asked.
 
+pub mod completion;
 pub mod ibv;
 pub mod mem;
 pub mod sidechannel;
