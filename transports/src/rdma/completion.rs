@@ -119,7 +119,8 @@ impl CompletionConfig {
     }
 
     /// Slots in each lane's request and reply rings (rounded up to a power
-    /// of two). About 160 bytes per slot, two rings per lane.
+    /// of two). Memory per lane: at most 128 bytes per request slot plus 64
+    /// per reply slot (112 + 64 on x86-64).
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.mailbox_capacity = capacity;
         self
@@ -700,24 +701,19 @@ impl<V: Verbs> Engine<V> {
         };
         let mut regions = Vec::with_capacity(specs.len());
         for spec in specs {
+            // Remote write needs local write too (a verbs rule).
+            let access = spec.access.union(Access::LOCAL_WRITE);
             // SAFETY: the memory is an `Arc<RegionMemory>` kept in
             // `Engine::regions`, which is dropped after `verbs` (field
             // order), so it outlives the registration; `RegionMemory`'s
             // accessors are `unsafe` with contracts that exclude access to
             // bytes the device may be writing.
-            let keys = unsafe {
-                verbs.reg_mr(
-                    pd,
-                    spec.memory.ptr,
-                    spec.memory.len(),
-                    spec.access.union(Access::LOCAL_WRITE),
-                )
-            }?;
+            let keys = unsafe { verbs.reg_mr(pd, spec.memory.ptr, spec.memory.len(), access) }?;
             regions.push(Region {
                 memory: spec.memory,
                 lkey: keys.lkey,
                 rkey: keys.rkey,
-                access: spec.access,
+                access,
             });
         }
         Ok(Engine {
@@ -1552,5 +1548,36 @@ impl<T> Drop for Pending<T> {
                 slots.remove(key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_messages_fit_the_documented_slot_cost() {
+        // `CompletionConfig::mailbox_capacity` documents the cost per slot.
+        assert!(std::mem::size_of::<Envelope>() <= 128);
+        assert!(std::mem::size_of::<Reply>() <= 64);
+    }
+
+    #[test]
+    fn region_entries_stay_inside_the_region() {
+        let memory = RegionMemory::new(8192).unwrap();
+        assert_eq!(memory.addr() % 4096, 0, "page aligned");
+        let region = Region {
+            memory,
+            lkey: 1,
+            rkey: 2,
+            access: Access::LOCAL_WRITE,
+        };
+        let sge = region.sge(4096, 4096).unwrap();
+        assert_eq!(
+            (sge.addr, sge.length, sge.lkey),
+            (region.memory.addr() + 4096, 4096, 1)
+        );
+        assert!(region.sge(4097, 4096).is_none());
+        assert!(region.sge(usize::MAX, 2).is_none());
     }
 }
