@@ -26,6 +26,8 @@ pub mod error;
 pub mod listener;
 mod mem;
 pub mod peers;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod stats;
 
 use crate::endpoint::Address;

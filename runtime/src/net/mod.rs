@@ -6,10 +6,12 @@
 
 mod batch;
 pub(crate) mod listener;
+mod readiness;
 pub(crate) mod stream;
 mod tcp;
 mod unix;
 
 pub use batch::BatchWriter;
+pub use readiness::{readable, Readable};
 pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};
