@@ -1030,7 +1030,7 @@ impl Endpoint {
     /// use ringwire_transports::Endpoint;
     ///
     /// let ep: Endpoint = "tcp://127.0.0.1:7000".parse().unwrap();
-    /// assert_eq!(ep.socket_addrs().unwrap(), ["127.0.0.1:7000".parse().unwrap()]);
+    /// assert_eq!(ep.socket_addrs().unwrap(), ["127.0.0.1:7000".parse::<std::net::SocketAddr>().unwrap()]);
     /// let ep: Endpoint = "mem://orders".parse().unwrap();
     /// assert!(ep.socket_addrs().is_err());
     /// ```
@@ -2281,7 +2281,10 @@ mod tests {
     #[test]
     fn socket_addrs_of_literals_names_and_others() {
         let ep = parse("tcp://[::1]:7000").unwrap();
-        assert_eq!(ep.socket_addrs().unwrap(), ["[::1]:7000".parse().unwrap()]);
+        assert_eq!(
+            ep.socket_addrs().unwrap(),
+            ["[::1]:7000".parse::<std::net::SocketAddr>().unwrap()]
+        );
         // localhost resolves through /etc/hosts, without the network.
         let ep = parse("tcp://localhost:7000").unwrap();
         let addrs = ep.socket_addrs().unwrap();
