@@ -36,7 +36,7 @@ pub use buf::IoBufMut;
 pub use config::{BackPressure, Config, Types};
 pub use conn::{Connection, Incoming, Msg, Receipt, StreamRef};
 pub use endpoint::{Endpoint, EndpointError, Host, Interface, Options, Scheme};
-pub use error::{Error, SendError};
+pub use error::Error;
 pub use listener::Listener;
 pub use peers::Peers;
 pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
