@@ -30,6 +30,9 @@ pub mod peers;
 pub mod rdma;
 pub mod stats;
 
+#[doc = include_str!("../../docs/TRANSPORTS.md")]
+pub mod guide {}
+
 use crate::endpoint::Address;
 
 pub use buf::IoBufMut;
