@@ -33,7 +33,7 @@ use crate::buf::IoBufMut;
 use rkyv::util::AlignedVec;
 
 use super::incoming::{Backing, Incoming, Receipt};
-use super::out::{HeapFrames, OutBuf, OutQueue, Segment, SharedPayload, ZEROS};
+use super::out::{HeapFrames, OutBuf, OutQueue, Segment, SharedPayload, Tagged, ZEROS};
 use crate::clock;
 use crate::config::{BackPressure, Config};
 use crate::endpoint::Scheme;
@@ -1017,16 +1017,15 @@ impl Conn {
         let id = {
             let mut st = self.st.borrow_mut();
             pump_control(&mut st)?;
-            st.out.seal();
             let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
             head.resize(ringwire_proto::HEADER_LEN, 0);
-            let (_, CallId(id)) = st
+            let (sent, CallId(id)) = st
                 .session
                 .call_header::<Req>(clock::now(), stream, payload_len, &mut head)
                 .map_err(Error::from_proto)?;
             let len = head.len() + shared.end - shared.start;
-            st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-            st.out.ready.push_back(OutBuf::Shared(shared));
+            st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
+            st.out.push(OutBuf::Shared(shared), sent.seq);
             st.out.messages += 1;
             st.out.bytes += len;
             stats::message_out(self.scheme, len);
@@ -1079,15 +1078,15 @@ impl Conn {
                 });
             }
             pump_control(&mut st)?;
-            st.out.seal();
             let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
             head.resize(ringwire_proto::HEADER_LEN, 0);
-            st.session
+            let sent = st
+                .session
                 .send_header::<T>(clock::now(), stream, payload_len, &mut head)
                 .map_err(Error::from_proto)?;
             let len = head.len() + shared.end - shared.start;
-            st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-            st.out.ready.push_back(OutBuf::Shared(shared));
+            st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
+            st.out.push(OutBuf::Shared(shared), sent.seq);
             st.out.messages += 1;
             st.out.bytes += len;
             stats::message_out(self.scheme, len);
@@ -1152,7 +1151,6 @@ impl Conn {
             })?;
             stats::message_out(self.scheme, sent.len);
             for (index, seg) in segments.into_iter().enumerate() {
-                st.out.seal();
                 let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
                 head.resize(ringwire_proto::HEADER_LEN, 0);
                 let h = st
@@ -1162,10 +1160,10 @@ impl Conn {
                 let mut seg = Segment::new(seg);
                 seg.back = Some((back.clone(), index));
                 st.out.bytes += h.header_len + h.data_len + h.pad;
-                st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-                st.out.ready.push_back(OutBuf::Segment(seg));
+                st.out.push(OutBuf::Header(HeapFrames(head)), h.seq);
+                st.out.push(OutBuf::Segment(seg), h.seq);
                 if h.pad > 0 {
-                    st.out.ready.push_back(OutBuf::Pad(&ZEROS[..h.pad]));
+                    st.out.push(OutBuf::Pad(&ZEROS[..h.pad]), h.seq);
                 }
             }
             sent.seq
@@ -1232,12 +1230,15 @@ impl Conn {
     /// its message and byte counts (give them back to
     /// [`batch_done`](Self::batch_done)). `None` once the connection is over
     /// (or draining at shutdown) and nothing is left to send.
-    pub(crate) async fn next_batch(&self) -> Option<(Vec<OutBuf>, usize, usize)> {
+    pub(crate) async fn next_batch(&self) -> Option<(Vec<Tagged>, usize, usize)> {
         poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             if !st.out.is_empty() {
-                let (messages, bytes) = (st.out.messages, st.out.bytes);
-                return Poll::Ready(Some((st.out.take(), messages, bytes)));
+                let messages = if st.out.hold_data { 0 } else { st.out.messages };
+                let before = st.out.in_flight_bytes;
+                let batch = st.out.take();
+                let bytes = st.out.in_flight_bytes - before;
+                return Poll::Ready(Some((batch, messages, bytes)));
             }
             if matches!(st.phase, Phase::Closed(_)) || st.draining {
                 return Poll::Ready(None);
@@ -1362,25 +1363,10 @@ fn pump_control(st: &mut State) -> Result<(), Error> {
     }
 }
 
-/// Appends a few bytes (a control frame) to the send queue.
+/// Appends a control frame to the send queue's control buffer.
 fn append_bytes(st: &mut State, bytes: &[u8]) {
     st.out.bytes += bytes.len();
-    if let Some(cur) = st.out.cur.as_mut() {
-        if cur.extend_from_slice(bytes) {
-            return;
-        }
-    }
-    if let Some(mut fresh) = SendBuf::try_acquire() {
-        if fresh.extend_from_slice(bytes) {
-            st.out.seal();
-            st.out.cur = Some(fresh);
-            return;
-        }
-    }
-    let mut heap = AlignedVec::<16>::with_capacity(bytes.len());
-    heap.extend_from_slice(bytes);
-    st.out.seal();
-    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+    st.out.control.extend_from_slice(bytes);
 }
 
 /// Runs `encode` on the current pool buffer's free space, moving to a fresh
@@ -1395,6 +1381,7 @@ fn encode_queued(
         match encode(&mut st.session, now, cur.spare_mut()) {
             Ok(sent) => {
                 cur.advance(sent.len);
+                st.out.cur_last_seq = sent.seq;
                 return Ok(sent);
             }
             Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = n,
@@ -1408,6 +1395,7 @@ fn encode_queued(
                     fresh.advance(sent.len);
                     st.out.seal();
                     st.out.cur = Some(fresh);
+                    st.out.cur_last_seq = sent.seq;
                     return Ok(sent);
                 }
                 Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = needed.max(n),
@@ -1427,8 +1415,7 @@ fn encode_queued(
             Ok(sent) => {
                 heap.resize(sent.len, 0);
                 if sent.len > 0 {
-                    st.out.seal();
-                    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+                    st.out.push(OutBuf::Heap(HeapFrames(heap)), sent.seq);
                 }
                 return Ok(sent);
             }
