@@ -67,13 +67,36 @@ enum Queued {
     Rejected(Error),
 }
 
-/// Inbound queues, one per logical stream.
+/// Inbound queues, one per logical stream. Connections use few streams, so
+/// they are found by a short linear search (stream 0 first), not hashing.
 #[derive(Default)]
 struct Inbound {
-    queues: HashMap<u32, VecDeque<Queued>>,
-    waiters: HashMap<u32, Vec<Waker>>,
+    streams: Vec<StreamQueue>,
     messages: usize,
     bytes: usize,
+}
+
+struct StreamQueue {
+    id: u32,
+    queue: VecDeque<Queued>,
+    waiters: Vec<Waker>,
+}
+
+impl Inbound {
+    fn stream(&mut self, id: u32) -> &mut StreamQueue {
+        let at = match self.streams.iter().position(|s| s.id == id) {
+            Some(at) => at,
+            None => {
+                self.streams.push(StreamQueue {
+                    id,
+                    queue: VecDeque::new(),
+                    waiters: Vec::new(),
+                });
+                self.streams.len() - 1
+            }
+        };
+        &mut self.streams[at]
+    }
 }
 
 /// A bulk transfer accepted into the caller's destinations.
@@ -484,6 +507,22 @@ impl Conn {
         }
     }
 
+    /// Re-arms the timer if the session now has an earlier deadline than the
+    /// one it waits for.
+    fn check_timer(&self) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            match st.session.poll_timeout() {
+                Some(at) if st.timer_at.is_none_or(|t| at < t) => {
+                    st.timer_kick = true;
+                    st.timer.take()
+                }
+                _ => None,
+            }
+        };
+        wake_all(waker);
+    }
+
     /// Ends the connection after the session ended (orderly close or loss)
     /// while letting the flusher send what is queued.
     fn finish(&self, err: Error) {
@@ -844,7 +883,7 @@ impl Conn {
             return Poll::Ready(r);
         }
         let mut st = self.st.borrow_mut();
-        let waiters = st.inbound.waiters.entry(stream).or_default();
+        let waiters = &mut st.inbound.stream(stream).waiters;
         if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
             waiters.push(cx.waker().clone());
         }
@@ -966,7 +1005,7 @@ impl Conn {
     /// Waits for the reply to call `id` (registered in `calls`).
     async fn await_reply(self: &Rc<Self>, id: u64) -> Result<Incoming, Error> {
         // The call's deadline may be the earliest.
-        self.after_session();
+        self.check_timer();
         let mut guard = CallGuard { conn: self, id };
         let out = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
@@ -1299,16 +1338,19 @@ fn push_inbound(inbound: &mut Inbound, stream: u32, item: Queued) -> Vec<Waker> 
         inbound.bytes += len;
     }
     inbound.messages += 1;
-    inbound.queues.entry(stream).or_default().push_back(item);
-    inbound
-        .waiters
-        .get_mut(&stream)
-        .map(std::mem::take)
-        .unwrap_or_default()
+    let q = inbound.stream(stream);
+    q.queue.push_back(item);
+    std::mem::take(&mut q.waiters)
 }
 
 fn pop_inbound(st: &mut State, stream: u32) -> Option<Queued> {
-    let item = st.inbound.queues.get_mut(&stream)?.pop_front()?;
+    let item = st
+        .inbound
+        .streams
+        .iter_mut()
+        .find(|s| s.id == stream)?
+        .queue
+        .pop_front()?;
     st.inbound.messages -= 1;
     if let Queued::Msg(_, len) = &item {
         st.inbound.bytes -= len;
@@ -1325,8 +1367,8 @@ fn take_all_waiters(st: &mut State) -> Vec<Waker> {
     w.append(&mut st.phase_waiters);
     w.append(&mut st.send_waiters);
     w.extend(st.ack_waiters.drain(..).map(|(_, w)| w));
-    for (_, ws) in st.inbound.waiters.drain() {
-        w.extend(ws);
+    for s in &mut st.inbound.streams {
+        w.append(&mut s.waiters);
     }
     w
 }
