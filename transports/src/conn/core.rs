@@ -581,6 +581,11 @@ impl Conn {
                 let now = clock::now();
                 let due = st.timer_at.is_some_and(|t| t <= now);
                 if due {
+                    // A reader stopped for back-pressure is not the peer
+                    // falling silent.
+                    if st.reader.is_some() {
+                        st.session.input_held(now);
+                    }
                     st.session.handle_timeout(now);
                 }
                 due
