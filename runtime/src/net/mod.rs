@@ -11,5 +11,6 @@ mod tcp;
 mod unix;
 
 pub use batch::BatchWriter;
+pub use stream::WriteHalf;
 pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};
