@@ -12,7 +12,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::listener::Listener;
 use super::stream::Stream;
 use super::tcp::connect_fd;
-use crate::buf::{IoBuf, RecvBuf};
+use crate::buf::{IoBuf, IoBufMut, RecvBuf};
 
 /// A Unix stream listener whose accepts run on the current core's ring.
 pub struct UnixListener {
