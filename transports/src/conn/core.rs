@@ -29,7 +29,7 @@ use ringwire_proto::{
 };
 use ringwire_runtime::{IoBuf, SendBuf};
 
-use crate::buf::IoBufMut;
+use ringwire_runtime::IoBufMut;
 use rkyv::util::AlignedVec;
 
 use super::incoming::{Backing, Incoming, Receipt};
@@ -1302,12 +1302,6 @@ impl Conn {
             std::mem::take(&mut st.send_waiters)
         };
         wake_all(wakers);
-    }
-
-    /// Messages and bytes in flight (taken by the flusher, not yet done).
-    pub(crate) fn in_flight(&self) -> (usize, usize) {
-        let st = self.st.borrow();
-        (st.out.in_flight_messages, st.out.in_flight_bytes)
     }
 
     /// The peer, once the handshake is done.
