@@ -211,6 +211,24 @@ impl<T: Message> Owned<T> {
     }
 }
 
+impl<T: Message> std::fmt::Debug for Owned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owned")
+            .field("type", &T::NAME)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for OwnedAny {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedAny")
+            .field("type_id", &format_args!("{:#010x}", self.type_id))
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
 impl<T: Message> Deref for Owned<T> {
     type Target = T::Archived;
 
