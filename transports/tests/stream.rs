@@ -358,3 +358,45 @@ fn shutdown_closes_connections_in_an_orderly_way_with_messages_in_flight() {
         "an orderly close frame before the end of the stream"
     );
 }
+
+#[test]
+fn transport_counters_are_in_the_runtimes_prometheus_output() {
+    let rt = runtime();
+    let (bound, server) = serve(
+        &rt,
+        "tcp://127.0.0.1:0".parse().unwrap(),
+        config(),
+        |mut l| async move {
+            let conn = l.accept().await.unwrap().unwrap();
+            for _ in 0..10 {
+                conn.recv::<Order>().await.unwrap();
+            }
+        },
+    );
+    rt.block_on(0, move || async move {
+        let conn = connect(&bound, &config()).await.unwrap();
+        for i in 0..10 {
+            conn.send(&order(i)).await.unwrap();
+        }
+        conn.send_acked(&order(10)).await.unwrap();
+    })
+    .unwrap();
+    server.join().unwrap();
+    let text = ringwire_runtime::stats::render_prometheus(&rt.stats());
+    let line = |core: usize, name: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("ringwire_{name}{{core=\"{core}\""))
+                    && l.contains("scheme=\"tcp\"")
+            })
+            .unwrap_or_else(|| panic!("no {name} for core {core} in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(line(0, "transport_messages_out_total"), 11);
+    assert!(line(1, "transport_messages_in_total") >= 10);
+    shutdown(rt);
+}
