@@ -336,16 +336,18 @@ async fn receive_ringwire(
                     Ok(m) => m,
                     Err(e) => return Err(format!("recv: {e}")),
                 };
-                let mut st = state.borrow_mut();
-                st.take(
-                    msg.id.to_native(),
-                    msg.sent_ns.to_native(),
-                    msg.payload.as_slice(),
-                )?;
-                if st.meter.is_done() {
+                let done = {
+                    let mut st = state.borrow_mut();
+                    st.take(
+                        msg.id.to_native(),
+                        msg.sent_ns.to_native(),
+                        msg.payload.as_slice(),
+                    )?;
+                    st.meter.is_done()
+                };
+                if done {
                     return Ok(());
                 }
-                drop(st);
                 taken += 1;
                 if taken % 256 == 0 {
                     // Messages already queued come back without a pause; let
