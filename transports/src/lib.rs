@@ -30,13 +30,16 @@ pub mod peers;
 pub mod rdma;
 pub mod stats;
 
+#[doc = include_str!("../../docs/TRANSPORTS.md")]
+pub mod guide {}
+
 use crate::endpoint::Address;
 
 pub use buf::IoBufMut;
 pub use config::{BackPressure, Config, Types};
 pub use conn::{Connection, Incoming, Msg, Receipt, StreamRef};
 pub use endpoint::{Endpoint, EndpointError, Host, Interface, Options, Scheme};
-pub use error::{Error, SendError};
+pub use error::Error;
 pub use listener::Listener;
 pub use peers::Peers;
 pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};

@@ -959,6 +959,12 @@ impl Conn {
             st.calls.insert(id, CallSlot::default());
             id
         };
+        self.wake_flusher();
+        self.await_reply(id).await
+    }
+
+    /// Waits for the reply to call `id` (registered in `calls`).
+    async fn await_reply(self: &Rc<Self>, id: u64) -> Result<Incoming, Error> {
         // The call's deadline may be the earliest.
         self.after_session();
         let mut guard = CallGuard { conn: self, id };
@@ -979,6 +985,56 @@ impl Conn {
         guard.id = 0;
         self.st.borrow_mut().calls.remove(&id);
         out
+    }
+
+    /// A shared payload (encoded elsewhere, for example on another thread)
+    /// sent as a one-way message, waiting for room in the send queue.
+    pub(crate) async fn send_shared_waiting<T: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+    ) -> Result<(), Error> {
+        if !self.admit().await? {
+            return Ok(());
+        }
+        self.send_shared::<T>(stream, payload_len, shared)
+    }
+
+    /// A shared payload sent as a request; waits for the reply.
+    pub(crate) async fn call_shared<Req: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+    ) -> Result<Incoming, Error> {
+        if !self.admit().await? {
+            return Err(Error::BackPressure {
+                queued_messages: 0,
+                queued_bytes: 0,
+            });
+        }
+        let id = {
+            let mut st = self.st.borrow_mut();
+            pump_control(&mut st)?;
+            st.out.seal();
+            let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
+            head.resize(ringwire_proto::HEADER_LEN, 0);
+            let (_, CallId(id)) = st
+                .session
+                .call_header::<Req>(clock::now(), stream, payload_len, &mut head)
+                .map_err(Error::from_proto)?;
+            let len = head.len() + shared.end - shared.start;
+            st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
+            st.out.ready.push_back(OutBuf::Shared(shared));
+            st.out.messages += 1;
+            st.out.bytes += len;
+            stats::message_out(self.scheme, len);
+            st.calls.insert(id, CallSlot::default());
+            id
+        };
+        self.wake_flusher();
+        self.await_reply(id).await
     }
 
     /// Sends the reply to a request.
