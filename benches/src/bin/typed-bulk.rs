@@ -486,7 +486,9 @@ async fn bulk_serve(ep: Endpoint, cfg: Config, ready: std::sync::mpsc::Sender<Re
                 spawn_local(async move {
                     if let Err(e) = bulk_echo(&conn).await {
                         let ending = conn.is_closed() || ringwire_runtime::is_shutting_down();
-                        if !ending && !matches!(e, Error::Closed { .. }) {
+                        // A peer closing mid-transfer ends the echo (closed,
+                        // or closing: a usage error); that is the end of a run.
+                        if !ending && !matches!(e, Error::Closed { .. } | Error::Usage(_)) {
                             eprintln!("{NAME}: connection {}: {e}", conn.id());
                         }
                     }
@@ -508,7 +510,12 @@ async fn bulk_echo(conn: &Connection) -> Result<(), Error> {
             len: msg.len.to_native(),
         };
         let Some(sizes) = msg.incoming().bulk_sizes() else {
-            return Err(Error::Usage("a bulk message without segments"));
+            eprintln!(
+                "{NAME}: connection {}: message {} carries no bulk segments; skipped",
+                conn.id(),
+                meta.seq
+            );
+            continue;
         };
         let dests: Vec<Vec<u8>> = sizes
             .iter()
@@ -713,4 +720,32 @@ async fn bulk_client(args: Args, ep: Endpoint, cfg: Config) -> Result<Measured, 
     drop((sender, receiver));
     let measured = meter.borrow().finish();
     measured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("s", "2M").unwrap(), 2 << 20);
+        assert_eq!(parse_size("s", "64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("s", "100").unwrap(), 100);
+        assert!(parse_size("s", "M").is_err());
+        assert!(parse_size("s", "x").is_err());
+        assert!(parse_size("s", "99999999999999999999M").is_err());
+    }
+
+    #[test]
+    fn segments_are_checked() {
+        let gen = PayloadGen::new(4096);
+        let mut seg = gen.request(3, 4096).unwrap().to_vec();
+        check_segment(&gen, 3, &seg).unwrap();
+        assert!(check_segment(&gen, 4, &seg).is_err());
+        seg[4000] ^= 1;
+        let err = check_segment(&gen, 3, &seg).unwrap_err();
+        assert!(err.contains("at byte 4000"), "{err}");
+        seg.truncate(10);
+        assert!(check_segment(&gen, 3, &seg).is_err());
+    }
 }

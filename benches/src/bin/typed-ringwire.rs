@@ -179,8 +179,11 @@ async fn serve_connection(conn: Connection, gen: Rc<PayloadGen>) {
             continue;
         }
         if let Err(e) = req.reply(&scratch).await {
+            // A peer that closes with requests in flight makes the replies to
+            // them fail (closed, or closing: a usage error); that is the end
+            // of a run, not a problem.
             let ending = conn.is_closed() || ringwire_runtime::is_shutting_down();
-            if !ending && !matches!(e, Error::Closed { .. }) {
+            if !ending && !matches!(e, Error::Closed { .. } | Error::Usage(_)) {
                 eprintln!("{NAME}: connection {}: reply: {e}", conn.id());
             }
             return;
