@@ -18,6 +18,9 @@
 //!   `--depth` requests in flight; replies are matched to requests in order
 //!   and every one is checked. See `ringwire_benches::measure` for the flags
 //!   and the RESULT line.
+//!
+//! [`Req`]: ringwire_benches::typed::Req
+//! [`Resp`]: ringwire_benches::typed::Resp
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
