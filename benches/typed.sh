@@ -166,12 +166,15 @@ keep() {
     grep '^RESULT ' "$out" | sed "s/^RESULT /RESULT run=$id /" >>"$RESULTS"
 }
 
-# run_client RUN_ID NAME OUT CMD...: runs a client pinned to the client core.
+# run_client RUN_ID NAME OUT SERVER_LOG CMD...: runs a client pinned to the
+# client core; on failure shows its output and the server's log.
 run_client() {
-    local id=$1 name=$2 out=$3
-    shift 3
+    local id=$1 name=$2 out=$3 log=$4
+    shift 4
     if ! taskset -c "$CLIENT_CORE" "$@" >"$out" 2>&1; then
         cat "$out" >&2
+        echo "server log:" >&2
+        sed 's/^/  /' "$log" >&2
         die "client failed against $name: $*"
     fi
     keep "$id" "$out"
@@ -237,9 +240,9 @@ rr_stack() {
     fi
     local common=(--endpoint "$endpoint" --core "$CLIENT_CORE" --server-pid "$SERVER_PID"
         --label "$stack" --warmup "$WARMUP" "${codec_flag[@]}")
-    run_client "$id" "$stack" "$WORK/$id.tput.out" "$BIN/$bin" client "${common[@]}" \
+    run_client "$id" "$stack" "$WORK/$id.tput.out" "$log" "$BIN/$bin" client "${common[@]}" \
         --mode throughput --conns "$CONNS" --depth "$DEPTH" --size "$SIZE" --duration "$DURATION"
-    run_client "$id" "$stack" "$WORK/$id.pp.out" "$BIN/$bin" client "${common[@]}" \
+    run_client "$id" "$stack" "$WORK/$id.pp.out" "$log" "$BIN/$bin" client "${common[@]}" \
         --mode pingpong --size "$PP_SIZE" --duration "$PP_DURATION"
     stop_server
     check_server_log "$log"
@@ -275,7 +278,7 @@ bulk_runs() {
             echo "bulk ringwire tcp: tcp:// is not enabled in this build" >>"$SKIPPED"
             continue
         fi
-        run_client "$id" "bulk-$stack" "$WORK/$id.bulk.$stack.out" "$BIN/typed-bulk" client \
+        run_client "$id" "bulk-$stack" "$WORK/$id.bulk.$stack.out" "$log" "$BIN/typed-bulk" client \
             --stack "$stack" --endpoint "$endpoint" --core "$CLIENT_CORE" --server-pid "$SERVER_PID" \
             --segment "$SEGMENT" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION"
         stop_server
