@@ -22,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod endpoint;
 pub mod error;
+mod framing;
 mod handle;
 pub mod listener;
 mod mem;

@@ -25,7 +25,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use ringwire_proto::{padded_len, FrameHeader, FrameKind, HEADER_LEN, PAYLOAD_ALIGN};
 use ringwire_runtime::net::{
     TcpListenOptions, TcpListener, TcpStream, UnixListener, UnixStream, WriteHalf,
 };
@@ -33,13 +32,13 @@ use ringwire_runtime::{spawn_local, IoBufMut, RecvBuf};
 use rkyv::util::AlignedVec;
 
 use crate::config::Config;
-use crate::conn::core::{Conn, DestBox};
+use crate::conn::core::Conn;
 use crate::conn::incoming::Backing;
 use crate::conn::Connection;
 use crate::endpoint::{Address, Endpoint, Options, Scheme};
 use crate::error::Error;
+use crate::framing::{Feed, Framer};
 use crate::listener::AcceptQueue;
-use crate::stats;
 
 /// The receiving side of a connected stream socket.
 enum Socket {
@@ -396,31 +395,6 @@ async fn flusher(conn: Rc<Conn>, writer: WriteHalf) {
 // ---------------------------------------------------------------------------
 // Receiving
 
-/// What the reader is in the middle of, across receive buffers.
-enum Partial {
-    /// A frame being assembled by copying.
-    Frame {
-        header: FrameHeader,
-        buf: AlignedVec<16>,
-    },
-    /// A bulk segment whose bytes are copied into its destination (or
-    /// skipped when `dest` is `None`).
-    Bulk {
-        header: FrameHeader,
-        dest: Option<DestBox>,
-        filled: usize,
-    },
-}
-
-#[derive(Default)]
-struct Framer {
-    head: [u8; HEADER_LEN],
-    head_len: usize,
-    /// Padding bytes still to skip.
-    skip: usize,
-    partial: Option<Partial>,
-}
-
 /// Receives, frames and delivers until the connection ends.
 async fn reader(conn: Rc<Conn>, mut socket: Socket) {
     let res = read_loop(&conn, &mut socket).await;
@@ -431,19 +405,16 @@ async fn reader(conn: Rc<Conn>, mut socket: Socket) {
 }
 
 async fn read_loop(conn: &Rc<Conn>, socket: &mut Socket) -> Result<(), Error> {
-    let mut f = Framer::default();
-    let threshold = conn.config.direct_threshold.max(1);
-    let scheme = conn.scheme;
+    let mut framer = Framer::new(conn.config.direct_threshold);
     loop {
-        let first = socket.recv().await;
-        let mut next = Some(first);
+        let mut next = Some(socket.recv().await);
         // Take everything that already arrived before acting on the
         // session's events: one batch of acks and wake-ups per turn.
         while let Some(chunk) = next.take() {
             let chunk = match chunk {
                 Ok(Some(c)) => c,
                 Ok(None) => {
-                    if f.head_len > 0 || f.partial.is_some() {
+                    if framer.mid_frame() {
                         return Err(Error::closed("the peer closed the connection mid-frame"));
                     }
                     conn.after_session();
@@ -453,164 +424,32 @@ async fn read_loop(conn: &Rc<Conn>, socket: &mut Socket) -> Result<(), Error> {
             };
             let chunk = Rc::new(chunk);
             let backing = Backing::Recv(chunk.clone());
-            let bytes: &[u8] = &chunk;
             let mut pos = 0;
-            while pos < bytes.len() {
-                // Padding of the previous frame.
-                if f.skip > 0 {
-                    let n = f.skip.min(bytes.len() - pos);
-                    f.skip -= n;
-                    pos += n;
-                    continue;
-                }
-                // A frame or segment in progress.
-                if let Some(partial) = f.partial.as_mut() {
-                    match partial {
-                        Partial::Frame { header, buf } => {
-                            let want = header.payload_len as usize - buf.len();
-                            let n = want.min(bytes.len() - pos);
-                            buf.extend_from_slice(&bytes[pos..pos + n]);
-                            pos += n;
-                            if n == want {
-                                let header = *header;
-                                let Some(Partial::Frame { buf, .. }) = f.partial.take() else {
-                                    unreachable!("matched above")
-                                };
-                                f.skip = padded_len(header.payload_len as usize)
-                                    - header.payload_len as usize;
-                                stats::frame_assembled(scheme);
-                                deliver_owned(conn, &header, buf).await?;
-                            }
-                        }
-                        Partial::Bulk {
-                            header,
-                            dest,
-                            filled,
-                        } => {
-                            let len = header.payload_len as usize;
-                            let n = (len - *filled).min(bytes.len() - pos);
-                            if let Some(d) = dest.as_mut() {
-                                d.as_mut_slice()[*filled..*filled + n]
-                                    .copy_from_slice(&bytes[pos..pos + n]);
-                            }
-                            *filled += n;
-                            pos += n;
-                            if *filled == len {
-                                let Some(Partial::Bulk { header, dest, .. }) = f.partial.take()
-                                else {
-                                    unreachable!("matched above")
-                                };
-                                f.skip = padded_len(len) - len;
-                                conn.bulk_end(&header, dest, 0);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                // A header, possibly across buffers.
-                let header = if f.head_len == 0 && bytes.len() - pos >= HEADER_LEN {
-                    let head = bytes[pos..]
-                        .first_chunk::<HEADER_LEN>()
-                        .expect("length checked");
-                    pos += HEADER_LEN;
-                    FrameHeader::parse(head)
-                } else {
-                    let n = (HEADER_LEN - f.head_len).min(bytes.len() - pos);
-                    f.head[f.head_len..f.head_len + n].copy_from_slice(&bytes[pos..pos + n]);
-                    f.head_len += n;
-                    pos += n;
-                    if f.head_len < HEADER_LEN {
-                        continue;
-                    }
-                    f.head_len = 0;
-                    FrameHeader::parse(&f.head)
-                };
-                let header = match header {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let err = Error::from_proto(e);
-                        conn.fail(err.clone());
-                        return Err(err);
-                    }
-                };
-                conn.check_header(&header)?;
-                let len = header.payload_len as usize;
-                let rest = bytes.len() - pos;
-                if header.kind == FrameKind::Bulk {
-                    wait_ready(conn).await?;
-                    let mut dest = conn.bulk_start(&header)?;
-                    if rest >= len {
-                        if let Some(d) = dest.as_mut() {
-                            d.as_mut_slice().copy_from_slice(&bytes[pos..pos + len]);
-                        }
-                        pos += len;
-                        f.skip = padded_len(len) - len;
-                        conn.bulk_end(&header, dest, 0);
-                    } else if dest.is_some() && len >= threshold {
-                        // Straight into the destination.
-                        let mut d = dest.take().expect("checked");
-                        d.as_mut_slice()[..rest].copy_from_slice(&bytes[pos..]);
-                        pos = bytes.len();
-                        let (res, d) = socket.recv_exact_into(d, rest..len).await;
+            loop {
+                match framer.feed(conn, &chunk, &mut pos, &backing, true).await? {
+                    Feed::Consumed => break,
+                    Feed::DirectFrame { header, buf, have } => {
+                        let len = header.payload_len as usize;
+                        let (res, buf) = socket.recv_exact_into(FrameDest(buf), have..len).await;
                         let got =
                             res.map_err(|e| Error::io(format!("receive from {}", conn.remote), e))?;
-                        if got < len - rest {
+                        if got < len - have {
+                            return Err(Error::closed("the peer closed the connection mid-frame"));
+                        }
+                        framer.direct_frame_done(conn, &header, buf.0).await?;
+                    }
+                    Feed::DirectBulk { header, dest, have } => {
+                        let len = header.payload_len as usize;
+                        let (res, dest) = socket.recv_exact_into(dest, have..len).await;
+                        let got =
+                            res.map_err(|e| Error::io(format!("receive from {}", conn.remote), e))?;
+                        if got < len - have {
                             return Err(Error::closed(
                                 "the peer closed the connection mid-segment",
                             ));
                         }
-                        f.skip = padded_len(len) - len;
-                        conn.bulk_end(&header, Some(d), len - rest);
-                    } else {
-                        f.partial = Some(Partial::Bulk {
-                            header,
-                            dest,
-                            filled: 0,
-                        });
+                        framer.direct_bulk_done(conn, &header, dest, len - have);
                     }
-                    continue;
-                }
-                if rest >= len && (len == 0 || bytes[pos..].as_ptr() as usize % PAYLOAD_ALIGN == 0)
-                {
-                    // In place.
-                    wait_ready(conn).await?;
-                    conn.on_frame(&header, &bytes[pos..pos + len], &backing, false)?;
-                    pos += len;
-                    f.skip = padded_len(len) - len;
-                    continue;
-                }
-                if rest < len && len >= threshold {
-                    // Straight into a buffer of the frame's size.
-                    let mut buf = FrameDest(AlignedVec::<16>::with_capacity(len));
-                    buf.0.extend_from_slice(&bytes[pos..]);
-                    pos = bytes.len();
-                    let (res, buf) = socket.recv_exact_into(buf, rest..len).await;
-                    let got =
-                        res.map_err(|e| Error::io(format!("receive from {}", conn.remote), e))?;
-                    if got < len - rest {
-                        return Err(Error::closed("the peer closed the connection mid-frame"));
-                    }
-                    let mut buf = buf.0;
-                    // SAFETY: `rest` bytes were copied in and the receive wrote
-                    // the other `len - rest` (it reported `got` of them).
-                    unsafe { buf.set_len(len) };
-                    f.skip = padded_len(len) - len;
-                    stats::frame_direct(scheme);
-                    deliver_owned(conn, &header, buf).await?;
-                    continue;
-                }
-                // Assemble by copying (a frame cut by the buffer's end, or
-                // misaligned).
-                let mut buf = AlignedVec::<16>::with_capacity(len);
-                let n = rest.min(len);
-                buf.extend_from_slice(&bytes[pos..pos + n]);
-                pos += n;
-                if n == len {
-                    f.skip = padded_len(len) - len;
-                    stats::frame_assembled(scheme);
-                    deliver_owned(conn, &header, buf).await?;
-                } else {
-                    f.partial = Some(Partial::Frame { header, buf });
                 }
             }
             next = socket.try_recv().map(|r| r.map(Some));
@@ -620,30 +459,4 @@ async fn read_loop(conn: &Rc<Conn>, socket: &mut Socket) -> Result<(), Error> {
             return Ok(());
         }
     }
-}
-
-async fn wait_ready(conn: &Conn) -> Result<(), Error> {
-    if conn.reader_may_go() {
-        Ok(())
-    } else {
-        conn.after_session();
-        conn.reader_ready().await
-    }
-}
-
-/// Delivers a frame held in its own buffer.
-async fn deliver_owned(
-    conn: &Rc<Conn>,
-    header: &FrameHeader,
-    buf: AlignedVec<16>,
-) -> Result<(), Error> {
-    wait_ready(conn).await?;
-    let backing = Backing::Heap(Rc::new(buf));
-    let bytes = backing.bytes();
-    conn.on_frame(
-        header,
-        &bytes[..header.payload_len as usize],
-        &backing,
-        false,
-    )
 }
