@@ -393,10 +393,7 @@ fn render_counters(all: &[(usize, Counters)]) -> String {
 
 /// Runs one core's loop until the stop signal, returning its counters.
 fn serve_core(cfg: &Config, stop_fd: RawFd, cpu: usize) -> Result<Counters, String> {
-    let listener =
-        bind_reuseport(cfg.listen).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let mut floor = Floor::new(cfg, listener)
-        .map_err(|e| format!("cannot set up the ring on CPU {cpu}: {e}"))?;
+    let mut floor = Floor::new(cfg).map_err(|e| format!("CPU {cpu}: {e}"))?;
     let res = floor.run(stop_fd);
     let counters = floor.counters.clone();
     if floor.in_kernel() {
@@ -932,6 +929,8 @@ struct Floor {
     bufs: BufRing,
     conns: Slab<Box<Conn>>,
     listener: Socket,
+    /// Completions copied out of the completion queue, handled in batches.
+    completions: Vec<(u64, i32, u32)>,
     /// Connections to look at when this turn's completions are handled.
     dirty: Vec<usize>,
     /// Connections whose receive stopped for lack of buffers.
@@ -949,7 +948,9 @@ struct Floor {
 }
 
 impl Floor {
-    fn new(cfg: &Config, listener: Socket) -> io::Result<Self> {
+    /// Sets up the ring and its buffers, then listens (last, so that an open
+    /// port means a ready loop).
+    fn new(cfg: &Config) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
@@ -971,11 +972,15 @@ impl Floor {
                 format!("registering the provided buffer ring failed: {e}"),
             )
         })?;
+        let listener = bind_reuseport(cfg.listen).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
+        })?;
         Ok(Floor {
             ring,
             bufs,
             conns: Slab::new(),
             listener,
+            completions: Vec::with_capacity(REAP_BATCH),
             dirty: Vec::new(),
             starved: Vec::new(),
             receiving: 0,
@@ -1080,24 +1085,28 @@ impl Floor {
 
     /// Handles every completion in the completion queue.
     fn reap(&mut self) -> io::Result<()> {
-        let mut batch = [(0u64, 0i32, 0u32); REAP_BATCH];
-        loop {
-            let mut n = 0;
-            for cqe in self.ring.completion() {
-                batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
-                n += 1;
-                if n == REAP_BATCH {
-                    break;
-                }
+        let mut batch = std::mem::take(&mut self.completions);
+        let res = loop {
+            batch.clear();
+            batch.extend(
+                self.ring
+                    .completion()
+                    .take(REAP_BATCH)
+                    .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+            );
+            if batch.is_empty() {
+                break Ok(());
             }
-            if n == 0 {
-                return Ok(());
+            self.counters.cqes += batch.len() as u64;
+            if let Err(e) = batch
+                .iter()
+                .try_for_each(|&(user_data, res, flags)| self.complete(user_data, res, flags))
+            {
+                break Err(e);
             }
-            self.counters.cqes += n as u64;
-            for &(user_data, res, flags) in &batch[..n] {
-                self.complete(user_data, res, flags)?;
-            }
-        }
+        };
+        self.completions = batch;
+        res
     }
 
     fn complete(&mut self, user_data: u64, res: i32, flags: u32) -> io::Result<()> {
