@@ -19,10 +19,12 @@
 #                 also echo-node-poll (never blocks), echo-node-single (park,
 #                 one single-shot RECV per arrival instead of multishot: the
 #                 receive-path A/B), echo-node-nobatch (park, waking on the
-#                 first completion), floor-copy (floor, copying a send that
-#                 spans buffers instead of one SENDMSG) and floor-nobatch
-#                 (floor, waking on the first completion); `echo-node` stands
-#                 for echo-node-park and echo-node-poll
+#                 first completion), echo-node-spin (--idle spin:20),
+#                 floor-copy (floor, copying a send that spans buffers instead
+#                 of one SENDMSG), floor-nobatch (floor, waking on the first
+#                 completion) and floor-spin (floor, polling 20 us before it
+#                 blocks); `echo-node` stands for echo-node-park and
+#                 echo-node-poll
 #                 The table gives every server's ratios to tokio and to the
 #                 floor (when `floor` ran).
 #   DURATION      measured seconds per throughput run [5]
@@ -65,8 +67,8 @@ LIST=()
 for s in $SERVERS; do
     case "$s" in
         echo-node) LIST+=(echo-node-park echo-node-poll) ;;
-        floor | floor-copy | floor-nobatch | echo-node-park | echo-node-poll | echo-node-single | echo-node-nobatch | tokio | glommio) LIST+=("$s") ;;
-        *) die "unknown server '$s' (known: floor floor-copy floor-nobatch echo-node-park echo-node-poll echo-node-single echo-node-nobatch echo-node tokio glommio)" ;;
+        floor | floor-copy | floor-nobatch | floor-spin | echo-node-park | echo-node-poll | echo-node-spin | echo-node-single | echo-node-nobatch | tokio | glommio) LIST+=("$s") ;;
+        *) die "unknown server '$s' (known: floor floor-copy floor-nobatch floor-spin echo-node-park echo-node-poll echo-node-spin echo-node-single echo-node-nobatch echo-node tokio glommio)" ;;
     esac
 done
 [ "${#LIST[@]}" -gt 0 ] || die "SERVERS is empty"
@@ -106,11 +108,13 @@ server_cmd() {
     case "$name" in
         echo-node-park) echo "$BIN/echo-node ${common[*]} --idle park" ;;
         echo-node-poll) echo "$BIN/echo-node ${common[*]} --idle poll" ;;
+        echo-node-spin) echo "$BIN/echo-node ${common[*]} --idle spin:20" ;;
         echo-node-single) echo "$BIN/echo-node ${common[*]} --idle park --recv single" ;;
         echo-node-nobatch) echo "$BIN/echo-node ${common[*]} --idle park --wait-batch off" ;;
         floor) echo "$BIN/floor-echo ${common[*]}" ;;
         floor-copy) echo "$BIN/floor-echo ${common[*]} --gather copy" ;;
         floor-nobatch) echo "$BIN/floor-echo ${common[*]} --wait-batch off" ;;
+        floor-spin) echo "$BIN/floor-echo ${common[*]} --spin 20" ;;
         tokio) echo "$BIN/tokio-echo ${common[*]}" ;;
         glommio) echo "$BIN/glommio-echo ${common[*]}" ;;
     esac

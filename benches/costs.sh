@@ -26,13 +26,15 @@
 #
 # Usage: ./benches/costs.sh [SERVER ...]     (default: floor echo-node tokio)
 #   servers: floor, floor-copy (--gather copy), floor-nobatch (--wait-batch
-#   off), echo-node (park, the default), echo-node-poll, echo-node-nobatch,
-#   tokio
+#   off), floor-spin (--spin 20), echo-node (park, the default),
+#   echo-node-poll, echo-node-spin (--idle spin:20), echo-node-nobatch, tokio
 #
 # Environment (defaults in brackets):
 #   CG_DURATION [5]   NATIVE_DURATION [5]   SIZE [1024]   CONNS [64]
 #   DEPTH [16]   WIRE [lenprefix]   TOP [15]   SERVER_CORE [0]
 #   LOADGEN_CORE [1]   BASE_PORT [7500]
+#   FLOOR_ARGS    extra floor-echo flags, e.g. "--recv-buffers 64" []
+#   NODE_ARGS     extra echo-node flags, e.g. "--wait-batch off" []
 #   OUT           where callgrind dumps and perf data are kept
 #                 [target/costs]
 #   PERF=0        skip perf (it is used when installed)
@@ -69,8 +71,8 @@ LIST=("$@")
 [ "${#LIST[@]}" -gt 0 ] || LIST=(floor echo-node tokio)
 for s in "${LIST[@]}"; do
     case "$s" in
-        floor | floor-copy | floor-nobatch | echo-node | echo-node-poll | echo-node-nobatch | tokio) ;;
-        *) die "unknown server '$s' (known: floor floor-copy floor-nobatch echo-node echo-node-poll echo-node-nobatch tokio)" ;;
+        floor | floor-copy | floor-nobatch | floor-spin | echo-node | echo-node-poll | echo-node-spin | echo-node-nobatch | tokio) ;;
+        *) die "unknown server '$s' (known: floor floor-copy floor-nobatch floor-spin echo-node echo-node-poll echo-node-spin echo-node-nobatch tokio)" ;;
     esac
 done
 if [ "$CALLGRIND" = 1 ]; then
@@ -115,13 +117,17 @@ trap 'exit 130' INT TERM
 server_cmd() {
     local name=$1 port=$2 stats=$3
     local common=(--cores 1 --listen "127.0.0.1:$port" --wire "$WIRE")
+    local floor="$BIN/floor-echo ${common[*]} ${FLOOR_ARGS:-} $stats"
+    local node="$BIN/echo-node ${common[*]} ${NODE_ARGS:-} $stats"
     case "$name" in
-        floor) echo "$BIN/floor-echo ${common[*]} $stats" ;;
-        floor-copy) echo "$BIN/floor-echo ${common[*]} --gather copy $stats" ;;
-        floor-nobatch) echo "$BIN/floor-echo ${common[*]} --wait-batch off $stats" ;;
-        echo-node) echo "$BIN/echo-node ${common[*]} --idle park $stats" ;;
-        echo-node-poll) echo "$BIN/echo-node ${common[*]} --idle poll $stats" ;;
-        echo-node-nobatch) echo "$BIN/echo-node ${common[*]} --idle park --wait-batch off $stats" ;;
+        floor) echo "$floor" ;;
+        floor-copy) echo "$floor --gather copy" ;;
+        floor-nobatch) echo "$floor --wait-batch off" ;;
+        floor-spin) echo "$floor --spin 20" ;;
+        echo-node) echo "$node --idle park" ;;
+        echo-node-poll) echo "$node --idle poll" ;;
+        echo-node-spin) echo "$node --idle spin:20" ;;
+        echo-node-nobatch) echo "$node --idle park --wait-batch off" ;;
         tokio) echo "$BIN/tokio-echo ${common[*]}" ;;
     esac
 }
@@ -134,6 +140,11 @@ stats_flag() {
     esac
 }
 
+# listening PORT: whether something listens on PORT.
+listening() {
+    ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+}
+
 # wait_port PORT LOG SECONDS: waits until something listens on PORT.
 wait_port() {
     local port=$1 log=$2 secs=$3
@@ -142,13 +153,38 @@ wait_port() {
             cat "$log" >&2
             die "server exited before listening on port $port"
         }
-        if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
-            return 0
-        fi
+        listening "$port" && return 0
         sleep 0.1
     done
     cat "$log" >&2
     die "nothing listens on port $port after $secs s"
+}
+
+# start_callgrind NAME PORT DUMP LOG: starts NAME under callgrind and waits for
+# its port. valgrind 3.19 keeps its big lock while a thread blocks in
+# io_uring_enter, so a runtime whose core parks before its main thread has
+# handed it the listener never opens the port; such a start is retried.
+start_callgrind() {
+    local name=$1 port=$2 dump=$3 log=$4 try
+    for try in 1 2 3; do
+        # shellcheck disable=SC2046 # word splitting of the command is intended
+        taskset -c "$SERVER_CORE" valgrind --tool=callgrind --callgrind-out-file="$dump" \
+            $(server_cmd "$name" "$port" "") >"$log" 2>&1 &
+        SERVER_PID=$!
+        for _ in $(seq 600); do
+            kill -0 "$SERVER_PID" 2>/dev/null || {
+                cat "$log" >&2
+                die "$name exited under valgrind before listening on port $port"
+            }
+            listening "$port" && return 0
+            sleep 0.1
+        done
+        echo "   $name did not open its port under valgrind in 60 s (attempt $try); restarting it" >&2
+        stop_pid "$SERVER_PID" "costs.sh: $name under valgrind" 2>/dev/null
+        SERVER_PID=""
+        rm -f "$dump" "$dump".*
+    done
+    die "$name never opened its port under valgrind (see $log)"
 }
 
 # loadgen PORT SECONDS OUTFILE: one throughput run without warm-up.
@@ -217,11 +253,7 @@ for name in "${LIST[@]}"; do
         cg="$OUT/callgrind.$name.out"
         rm -f "$cg" "$cg".*
         echo "== callgrind: $name on core $SERVER_CORE, ${CONNS}x${DEPTH}x${SIZE} B for ${CG_DURATION} s"
-        # shellcheck disable=SC2046 # word splitting of the command is intended
-        taskset -c "$SERVER_CORE" valgrind --tool=callgrind --callgrind-out-file="$cg" \
-            $(server_cmd "$name" "$port" "") >"$log" 2>&1 &
-        SERVER_PID=$!
-        wait_port "$port" "$log" 120
+        start_callgrind "$name" "$port" "$cg" "$log"
         callgrind_control -z "$SERVER_PID" >/dev/null
         msgs=$(loadgen "$port" "$CG_DURATION" "$WORK/$name.cg.loadgen")
         callgrind_control -d "$SERVER_PID" >/dev/null

@@ -17,7 +17,9 @@
 //!   completion, or for a batch of them within a bound when many connections
 //!   receive, as `echo-node --wait-batch` does); then every completion is
 //!   reaped; then each connection with complete messages gets one send
-//!   carrying all of them, in order.
+//!   carrying all of them, in order. With `--spin MICROS` (off by default),
+//!   non-blocking enters poll for the batch first and the loop blocks only
+//!   if nothing arrived within the budget, for the idle-strategy A/B.
 //!
 //! Received bytes stay in the buffer the kernel put them in: a connection
 //! keeps the buffers it received, in order, and sends straight from them up
@@ -37,7 +39,7 @@
 //! prints the loop's counters at exit, in Prometheus text format.
 //!
 //! Usage: `floor-echo [--cores 0,1|N] [--listen ADDR] [--wire raw|lenprefix]
-//! [--gather sendmsg|copy] [--wait-batch N:MICROS|off] [--recv-buffers N]
+//! [--gather sendmsg|copy] [--wait-batch N:MICROS|off] [--spin MICROS] [--recv-buffers N]
 //! [--recv-buffer-size BYTES] [--max-message BYTES] [--stats]`.
 
 use std::alloc::{self, Layout};
@@ -80,6 +82,9 @@ Hand-written io_uring echo server with no runtime: the floor reference.
                            min(C/4, N) completions or MICROS, whichever comes
                            first (default 16:50, as echo-node); off: wake on
                            the first completion
+  --spin MICROS            before blocking, poll the ring without sleeping for
+                           up to MICROS while fewer completions than the batch
+                           are ready (default 0: block at once)
   --recv-buffers N         provided receive buffers per core, a power of two
                            (default 256, as echo-node)
   --recv-buffer-size B     bytes per receive buffer (default 65536, as echo-node)
@@ -110,6 +115,25 @@ const OP_STOP: u64 = 4 << 32;
 const OP_ACCEPT_RETRY: u64 = 5 << 32;
 const OP_IGNORE: u64 = 6 << 32;
 const OP_KIND_MASK: u64 = !0xFFFF_FFFF;
+/// `IORING_ENTER_GETEVENTS`: run deferred completion work and reap.
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
+/// An `io_uring_enter` result, with interruptions, time-outs and a full
+/// completion queue (reaping makes room) counted as success.
+fn transient_ok(res: io::Result<usize>) -> io::Result<()> {
+    match res {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
 
 /// How a send that spans several receive buffers is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +151,7 @@ struct Config {
     wire: Wire,
     gather: Gather,
     wait_batch: Option<(u32, Duration)>,
+    spin: Option<Duration>,
     recv_buffers: u16,
     recv_buffer_size: u32,
     max_message: usize,
@@ -143,6 +168,7 @@ where
         wire: Wire::LenPrefix,
         gather: Gather::SendMsg,
         wait_batch: Some((16, Duration::from_micros(50))),
+        spin: None,
         recv_buffers: 256,
         recv_buffer_size: 64 * 1024,
         max_message: MAX_PAYLOAD,
@@ -190,6 +216,10 @@ where
                     let us: u64 = parse_value(&name, us)?;
                     Some((n, Duration::from_micros(us)))
                 }
+            }
+            "spin" => {
+                let us: u64 = parse_value(&name, &value)?;
+                cfg.spin = (us > 0).then(|| Duration::from_micros(us));
             }
             "recv-buffers" => {
                 let n: u16 = parse_value(&name, &value)?;
@@ -241,8 +271,8 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "{NAME}: listening on {}, wire {}, gather {:?}, wait batch {:?}, CPUs {cores:?}",
-        cfg.listen, cfg.wire, cfg.gather, cfg.wait_batch
+        "{NAME}: listening on {}, wire {}, gather {:?}, wait batch {:?}, spin {:?}, CPUs {cores:?}",
+        cfg.listen, cfg.wire, cfg.gather, cfg.wait_batch, cfg.spin
     );
     let counters: Arc<Mutex<Vec<(usize, Counters)>>> = Arc::default();
     let (cfg2, stop2, counters2) = (cfg.clone(), stop.clone(), Arc::clone(&counters));
@@ -943,6 +973,7 @@ struct Floor {
     wire: Wire,
     gather: Gather,
     wait_batch: Option<(u32, Timespec)>,
+    spin: Option<Duration>,
     max_message: usize,
     counters: Counters,
 }
@@ -990,6 +1021,7 @@ impl Floor {
             wire: cfg.wire,
             gather: cfg.gather,
             wait_batch: cfg.wait_batch.map(|(n, d)| (n, Timespec::from(d))),
+            spin: cfg.spin,
             max_message: cfg.max_message,
             counters: Counters::default(),
         })
@@ -1058,9 +1090,25 @@ impl Floor {
     /// `io_uring_enter`.
     fn enter(&mut self) -> io::Result<()> {
         let want = match self.wait_batch {
-            Some((max, _)) => (self.receiving / 4).min(max as usize),
+            Some((max, _)) => (self.receiving / 4).min(max as usize).max(1),
             None => 1,
         };
+        if let Some(budget) = self.spin {
+            // Poll without sleeping until the batch is there or the budget
+            // is spent; only an empty completion queue then blocks.
+            let start = Instant::now();
+            loop {
+                self.enter_nowait()?;
+                let ready = self.ring.completion().len();
+                if ready >= want || (ready > 0 && start.elapsed() >= budget) {
+                    return Ok(());
+                }
+                if start.elapsed() >= budget {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
         let res = match &self.wait_batch {
             Some((_, ts)) if want > 1 => {
                 let args = SubmitArgs::new().timespec(ts);
@@ -1069,18 +1117,25 @@ impl Floor {
             _ => self.ring.submitter().submit_and_wait(1),
         };
         self.counters.enters += 1;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        transient_ok(res)
+    }
+
+    /// Submits and runs the kernel's deferred completion work, without
+    /// waiting.
+    fn enter_nowait(&mut self) -> io::Result<()> {
+        let to_submit = self.ring.submission().len() as u32;
+        // SAFETY: no argument is passed; the queued SQEs obey `push`'s
+        // contract.
+        let res = unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                to_submit,
+                0,
+                IORING_ENTER_GETEVENTS,
+                None,
+            )
+        };
+        self.counters.enters += 1;
+        transient_ok(res)
     }
 
     /// Handles every completion in the completion queue.
