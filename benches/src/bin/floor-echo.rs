@@ -39,8 +39,9 @@
 //! prints the loop's counters at exit, in Prometheus text format.
 //!
 //! Usage: `floor-echo [--cores 0,1|N] [--listen ADDR] [--wire raw|lenprefix]
-//! [--gather sendmsg|copy] [--wait-batch N:MICROS|off] [--spin MICROS] [--recv-buffers N]
-//! [--recv-buffer-size BYTES] [--max-message BYTES] [--stats]`.
+//! [--gather sendmsg|copy] [--wait-batch N:MICROS|off] [--spin MICROS]
+//! [--recv-buffers N] [--recv-buffer-size BYTES] [--max-message BYTES]
+//! [--stats]`.
 
 use std::alloc::{self, Layout};
 use std::collections::VecDeque;
@@ -271,7 +272,7 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "{NAME}: listening on {}, wire {}, gather {:?}, wait batch {:?}, spin {:?}, CPUs {cores:?}",
+        "{NAME}: starting on {}, wire {}, gather {:?}, wait batch {:?}, spin {:?}, CPUs {cores:?}",
         cfg.listen, cfg.wire, cfg.gather, cfg.wait_batch, cfg.spin
     );
     let counters: Arc<Mutex<Vec<(usize, Counters)>>> = Arc::default();
