@@ -27,6 +27,7 @@ mod handle;
 pub mod listener;
 mod mem;
 pub mod peers;
+pub mod pool;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod stats;
@@ -42,6 +43,7 @@ pub use error::Error;
 pub use handle::{ConnHandle, Owned, OwnedAny, Reply};
 pub use listener::Listener;
 pub use peers::Peers;
+pub use pool::{Pool, PoolEvent};
 pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
 pub use ringwire_runtime::{AlignedBuf, IoBufMut};
 
@@ -60,7 +62,7 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
             let l = stream::bind(endpoint, config)?;
             let endpoint = l.local.clone();
             Ok(Listener {
-                kind: listener::Kind::Stream(l),
+                kind: listener::Kind::Stream(Box::new(l)),
                 endpoint,
             })
         }

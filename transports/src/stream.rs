@@ -209,21 +209,19 @@ pub(crate) async fn connect(endpoints: &[Endpoint], config: &Config) -> Result<C
 /// exponential backoff and jitter until one answers (then the session
 /// resumes on it) or the policy gives up.
 async fn reconnect(conn: Rc<Conn>, endpoints: Rc<Vec<Endpoint>>, policy: Reconnect) {
-    let started = std::time::Instant::now();
     let mut attempt = 0u32;
     let mut last: Option<Error> = None;
     loop {
         if conn.is_closed() {
             return;
         }
-        if policy
-            .give_up_after
-            .is_some_and(|limit| started.elapsed() >= limit)
-        {
+        // Counted from the cut, not from this loop: links that connect and
+        // then fail their handshake do not restart the clock.
+        let down = conn.down_for();
+        if policy.give_up_after.is_some_and(|limit| down >= limit) {
             let why = last.map_or_else(String::new, |e| format!(": {e}"));
             conn.fail(Error::closed(format!(
-                "gave up reconnecting after {:?}{why}",
-                started.elapsed()
+                "gave up reconnecting after {down:?} without a working link{why}"
             )));
             return;
         }

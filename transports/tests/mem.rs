@@ -80,8 +80,8 @@ fn broadcast_reaches_every_peer_on_both_cores_from_one_buffer() {
     let names = [unique("bcast-a"), unique("bcast-b")];
     let (accepted_tx, accepted_rx) = mpsc::channel::<usize>();
     // A listener on each core, both registering into `peers`.
-    for core in 0..2 {
-        let ep: Endpoint = format!("mem://{}", names[core]).parse().unwrap();
+    for (core, name) in names.iter().enumerate() {
+        let ep: Endpoint = format!("mem://{name}").parse().unwrap();
         let cfg = config().peers(&peers);
         let accepted_tx = accepted_tx.clone();
         let (bound_tx, bound_rx) = mpsc::channel();

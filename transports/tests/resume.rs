@@ -7,129 +7,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use common::relay::Relay;
 use common::*;
 use ringwire_transports::{connect, connect_any, listen, ConnEvent, Endpoint, Error, Reconnect};
-
-/// A TCP relay that forwards between clients and `upstream`, and cuts,
-/// stalls or resets every connection through it on request.
-struct Relay {
-    port: u16,
-    conns: Arc<Mutex<Vec<(TcpStream, TcpStream)>>>,
-    stalled: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    forwarded: Arc<AtomicU64>,
-}
-
-impl Relay {
-    fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let conns: Arc<Mutex<Vec<(TcpStream, TcpStream)>>> = Arc::default();
-        let stalled = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let forwarded = Arc::new(AtomicU64::new(0));
-        let (c, s, st, f) = (
-            conns.clone(),
-            stalled.clone(),
-            stop.clone(),
-            forwarded.clone(),
-        );
-        listener.set_nonblocking(true).unwrap();
-        thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                let client = match listener.accept() {
-                    Ok((c, _)) => c,
-                    Err(_) => {
-                        thread::sleep(Duration::from_millis(1));
-                        continue;
-                    }
-                };
-                client.set_nonblocking(false).unwrap();
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                c.lock()
-                    .unwrap()
-                    .push((client.try_clone().unwrap(), server.try_clone().unwrap()));
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let (s, f) = (s.clone(), f.clone());
-                    thread::spawn(move || {
-                        let mut buf = [0u8; 16 * 1024];
-                        loop {
-                            let n = match from.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            while s.load(Ordering::Relaxed) {
-                                thread::sleep(Duration::from_millis(1));
-                            }
-                            if to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                            f.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        let _ = to.shutdown(Shutdown::Both);
-                        let _ = from.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Relay {
-            port,
-            conns,
-            stalled,
-            stop,
-            forwarded,
-        }
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        format!("tcp://127.0.0.1:{}", self.port).parse().unwrap()
-    }
-
-    /// Cuts every connection through the relay: FIN on both sides.
-    fn cut(&self) {
-        for (a, b) in self.conns.lock().unwrap().drain(..) {
-            let _ = a.shutdown(Shutdown::Both);
-            let _ = b.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// Resets every connection through the relay: RST on both sides.
-    fn reset(&self) {
-        for (a, b) in self.conns.lock().unwrap().drain(..) {
-            for s in [a, b] {
-                let sock = socket2::SockRef::from(&s);
-                let _ = sock.set_linger(Some(Duration::ZERO));
-                let _ = s.shutdown(Shutdown::Both);
-                drop(s);
-            }
-        }
-    }
-
-    fn stall(&self, d: Duration) {
-        self.stalled.store(true, Ordering::Relaxed);
-        thread::sleep(d);
-        self.stalled.store(false, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.cut();
-    }
-}
 
 fn reconnecting() -> ringwire_transports::Config {
     config().reconnect(

@@ -243,6 +243,10 @@ pub(crate) struct State {
     /// A fresh session (after a reset) waits for the old batches before its
     /// data flows.
     pub(super) pending_fresh: bool,
+    /// Since when the connection has had no working link (a cut, until a
+    /// new link's handshake answered): what a reconnect policy's give-up
+    /// time counts, however many new links fail on the way.
+    pub(super) down_since: Option<std::time::Instant>,
 }
 
 /// One connection's engine.
@@ -323,6 +327,7 @@ impl Conn {
                 old_batches: 0,
                 reset_unacked: None,
                 pending_fresh: false,
+                down_since: None,
                 phase_waiters: Vec::new(),
                 pool_buf_size,
             }),
@@ -375,6 +380,7 @@ impl Conn {
                 stats::connection_error(self.scheme);
             }
             st.phase = Phase::Closed(err.clone());
+            super::resume::hand_back_on_failure(&mut st, &err);
             st.out.clear();
             let mut w = take_all_waiters(&mut st);
             for slot in st.calls.values_mut() {
@@ -1085,6 +1091,59 @@ impl Conn {
         })
     }
 
+    /// Sends again, on this connection's session, a message handed back by
+    /// another session ([`Unacked`]): a one-way message without bulk
+    /// segments, whose type this connection's schema has. Its payload is
+    /// copied into a send buffer as archived (not validated again: this
+    /// process archived it).
+    pub(crate) async fn send_again(
+        self: &Rc<Self>,
+        msg: &super::resume::Unacked,
+    ) -> Result<Receipt, Error> {
+        if !msg.is_plain_message() {
+            return Err(Error::Usage(
+                "only one-way messages without bulk segments can be sent again",
+            ));
+        }
+        if !self.admit().await? {
+            return Ok(Receipt {
+                seq: 0,
+                dropped: true,
+                conn: self.clone(),
+            });
+        }
+        let payload = msg.payload();
+        let (stream, type_id) = (StreamId(msg.stream()), msg.type_id());
+        let need = ringwire_proto::frame_len(payload.len());
+        let sent = {
+            let mut st = self.st.borrow_mut();
+            self.queue_frame(&mut st, |s, now, buf| {
+                let available = buf.len();
+                let Some(frame) = buf.get_mut(..need) else {
+                    return Err(ProtoError::BufferTooSmall {
+                        needed: need,
+                        available,
+                    });
+                };
+                let sent = s.send_header_of(now, stream, type_id, payload.len() as u32, frame)?;
+                let (body, pad) = frame[ringwire_proto::HEADER_LEN..].split_at_mut(payload.len());
+                body.copy_from_slice(payload);
+                pad.fill(0);
+                Ok(Sent {
+                    seq: sent.seq,
+                    len: need,
+                })
+            })?
+        };
+        stats::message_out(self.scheme, sent.len);
+        self.wake_flusher();
+        Ok(Receipt {
+            seq: sent.seq,
+            dropped: false,
+            conn: self.clone(),
+        })
+    }
+
     /// Sends a request on `stream` and waits for its reply.
     pub(crate) async fn call<Req: Message>(
         self: &Rc<Self>,
@@ -1293,7 +1352,7 @@ impl Conn {
                 segments,
             ));
         }
-        let back: Rc<RefCell<Vec<Option<Box<dyn Any>>>>> =
+        let back: super::out::SegmentSlots =
             Rc::new(RefCell::new((0..segments.len()).map(|_| None).collect()));
         let seq = {
             let mut st = self.st.borrow_mut();
@@ -1414,9 +1473,12 @@ impl Conn {
             st.out.in_flight_messages = st.out.in_flight_messages.saturating_sub(messages);
             st.out.in_flight_bytes = st.out.in_flight_bytes.saturating_sub(bytes);
             st.batches_out = st.batches_out.saturating_sub(1);
+            let mut w = Vec::new();
             if st.old_batches > 0 {
-                // A batch of the session the peer no longer holds.
+                // A batch of a session that is over (the peer no longer
+                // holds it, or the connection ended).
                 super::resume::old_batch_back(&mut st, sent);
+                w.append(&mut st.event_waiters);
             } else if st.retain && !matches!(st.phase, Phase::Closed(_)) {
                 let acked = st.acked;
                 for t in sent {
@@ -1426,7 +1488,7 @@ impl Conn {
                     }
                 }
             }
-            let mut w = std::mem::take(&mut st.send_waiters);
+            w.append(&mut st.send_waiters);
             super::resume::try_resend(&mut st, &mut w);
             w
         };
@@ -1461,6 +1523,19 @@ impl Conn {
     }
 
     /// Whether the connection is over.
+    /// How long the connection has been without a working link (zero while
+    /// it has one).
+    pub(crate) fn down_for(&self) -> std::time::Duration {
+        self.st
+            .borrow()
+            .down_since
+            .map_or(std::time::Duration::ZERO, |t| t.elapsed())
+    }
+
+    pub(crate) fn is_linked(&self) -> bool {
+        matches!(self.st.borrow().phase, Phase::Open)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.st.borrow().phase, Phase::Closed(_))
     }
@@ -1563,12 +1638,12 @@ fn append_bytes(st: &mut State, bytes: &[u8]) {
     st.out.control.extend_from_slice(bytes);
 }
 
+/// A session call writing one frame into the buffer it is given.
+type Encoder<'a> = dyn FnMut(&mut Session, Instant, &mut [u8]) -> Result<Sent, ProtoError> + 'a;
+
 /// Runs `encode` on the current pool buffer's free space, moving to a fresh
 /// pool buffer, or a heap buffer of the frame's size, when it does not fit.
-fn encode_queued(
-    st: &mut State,
-    encode: &mut dyn FnMut(&mut Session, Instant, &mut [u8]) -> Result<Sent, ProtoError>,
-) -> Result<Sent, ProtoError> {
+fn encode_queued(st: &mut State, encode: &mut Encoder<'_>) -> Result<Sent, ProtoError> {
     let now = clock::now();
     let mut needed = 0;
     if let Some(cur) = st.out.cur.as_mut() {

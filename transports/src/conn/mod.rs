@@ -127,6 +127,12 @@ impl Connection {
         self.conn.closed_error()
     }
 
+    /// Whether messages flow now: the connection is open and not waiting for
+    /// a new link after a cut (sends then queue until it resumes).
+    pub fn is_linked(&self) -> bool {
+        self.conn.is_linked()
+    }
+
     /// The next event of the connection's transport (cut, resumed, session
     /// reset with the messages never acknowledged), waiting for one; `None`
     /// once the connection is over. Only connections that survive cuts
@@ -152,6 +158,16 @@ impl Connection {
     /// message, under the other policies.
     pub async fn send<T: Message>(&self, value: &T) -> Result<Receipt, Error> {
         self.conn.send(StreamId(0), value).await
+    }
+
+    /// Sends again, on this connection, a message another session handed
+    /// back ([`ConnEvent::SessionReset`], [`ConnEvent::Failed`]): its archived
+    /// bytes are copied into a send buffer as they are. Only one-way messages
+    /// without bulk segments ([`Unacked::is_plain_message`]) whose type this
+    /// connection's schema has; anything else is an [`Error::Usage`] or
+    /// [`Error::Protocol`].
+    pub async fn send_again(&self, msg: &Unacked) -> Result<Receipt, Error> {
+        self.conn.send_again(msg).await
     }
 
     /// Sends `value` and waits until the peer's session acknowledged it.

@@ -56,6 +56,15 @@ pub enum ConnEvent {
         /// Every message never acknowledged, in order.
         unacked: Vec<Unacked>,
     },
+    /// The connection ended for good (reconnecting gave up, or the peer
+    /// refused it) while messages were unacknowledged: they are handed
+    /// back, in order. The last event of the connection.
+    Failed {
+        /// Why the connection ended.
+        error: Error,
+        /// Every message never acknowledged, in order.
+        unacked: Vec<Unacked>,
+    },
 }
 
 /// A message the peer never acknowledged, handed back after a session reset.
@@ -94,6 +103,14 @@ impl Unacked {
             Err(e) => return Err(Error::Rejected(std::sync::Arc::new(e))),
         };
         ringwire_proto::access::<T>(archive).map_err(|e| Error::Rejected(std::sync::Arc::new(e)))
+    }
+
+    /// Whether this is a one-way message without bulk segments: what
+    /// [`Pool`](crate::Pool) and
+    /// [`Connection::send_again`](crate::Connection::send_again) can send
+    /// again on another session.
+    pub fn is_plain_message(&self) -> bool {
+        self.header.kind == FrameKind::Message && !self.header.has_bulk()
     }
 
     /// The payload's bytes (a bulk segment's data, or a message's bulk
@@ -159,6 +176,7 @@ impl Conn {
                 // Drop the session's events about the old link.
                 st.link += 1;
                 st.phase = Phase::Suspended;
+                st.down_since.get_or_insert_with(std::time::Instant::now);
                 st.out.hold_data = true;
                 st.reattaching = false;
                 // Control frames of the old link are meaningless on the next.
@@ -300,7 +318,7 @@ impl Conn {
             if let Some(e) = st.events.pop_front() {
                 return Poll::Ready(Some(e));
             }
-            if matches!(st.phase, Phase::Closed(_)) {
+            if matches!(st.phase, Phase::Closed(_)) && st.old_batches == 0 {
                 return Poll::Ready(None);
             }
             st.event_waiters.push(cx.waker().clone());
@@ -313,6 +331,7 @@ impl Conn {
 /// The session on a new link answered: resume or start afresh.
 pub(super) fn relinked(st: &mut State, resumed: bool, resend_after: u64, wakers: &mut Vec<Waker>) {
     st.reattaching = false;
+    st.down_since = None;
     if resumed {
         st.pending_resend = Some(resend_after);
         push_event(st, ConnEvent::Resumed);
@@ -373,7 +392,41 @@ pub(super) fn old_batch_back(st: &mut State, sent: Vec<Tagged>) {
     }
     if st.old_batches == 0 {
         let unacked = st.reset_unacked.take().unwrap_or_default();
-        push_event(st, ConnEvent::SessionReset { unacked });
+        match &st.phase {
+            Phase::Closed(error) => {
+                let error = error.clone();
+                push_event(st, ConnEvent::Failed { error, unacked });
+            }
+            _ => push_event(st, ConnEvent::SessionReset { unacked }),
+        }
+    }
+}
+
+/// The connection ended for good: a connection that retains data hands back
+/// what was never acknowledged ([`ConnEvent::Failed`]), now or once the
+/// batches still out come back.
+pub(super) fn hand_back_on_failure(st: &mut State, error: &Error) {
+    if !st.retain {
+        return;
+    }
+    let mut unacked = take_unacked(st);
+    if let Some(earlier) = st.reset_unacked.take() {
+        // A reset's hand-back was still waiting for old batches.
+        let mut all = earlier;
+        all.append(&mut unacked);
+        unacked = all;
+    }
+    if st.batches_out > 0 {
+        st.old_batches = st.batches_out;
+        st.reset_unacked = Some(unacked);
+    } else if !unacked.is_empty() {
+        push_event(
+            st,
+            ConnEvent::Failed {
+                error: error.clone(),
+                unacked,
+            },
+        );
     }
 }
 
@@ -384,7 +437,7 @@ fn push_event(st: &mut State, ev: ConnEvent) {
         if let Some(i) = st
             .events
             .iter()
-            .position(|e| !matches!(e, ConnEvent::SessionReset { .. }))
+            .position(|e| matches!(e, ConnEvent::Disconnected { .. } | ConnEvent::Resumed))
         {
             st.events.remove(i);
         }
