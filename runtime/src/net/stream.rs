@@ -13,7 +13,7 @@
 //! socket so that other tasks can send while one receives.
 
 use std::any::Any;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -284,40 +284,144 @@ impl Stream {
     }
 }
 
-/// Sends bytes from `buf` starting at `offset` on `sock`; returns how many
-/// went out. Registered [`SendBuf`]s take the fixed-buffer path when the core
-/// is set up for it; sends at or above the core's zero-copy threshold use
-/// `SEND_ZC`.
+/// Sends bytes from `buf` starting at `offset` on `sock`; resolves to how
+/// many went out, and the buffer. Registered [`SendBuf`]s take the
+/// fixed-buffer path when the core is set up for it; sends at or above the
+/// core's zero-copy threshold use `SEND_ZC`.
 ///
 /// The operation holds a reference to the socket: its descriptor cannot be
 /// closed, and its number reused by another connection, before the SQE
 /// naming it has completed, even if the stream is dropped meanwhile.
-pub(crate) async fn send_at<B: IoBuf>(
-    sock: &Rc<OwnedFd>,
-    buf: B,
-    offset: usize,
-) -> (io::Result<usize>, B) {
+pub(crate) fn send_at<B: IoBuf>(sock: &Rc<OwnedFd>, buf: B, offset: usize) -> Op<SendOp<B>> {
     let registered = (&buf as &dyn Any)
         .downcast_ref::<SendBuf>()
         .map(SendBuf::index);
-    Op::new(SendOp::new(sock.clone(), buf, offset, registered)).await
+    Op::new(SendOp::new(sock.clone(), buf, offset, registered))
 }
 
-/// Sends all of `buf` on `sock`.
-pub(crate) async fn send_all<B: IoBuf>(sock: &Rc<OwnedFd>, mut buf: B) -> (io::Result<()>, B) {
-    let total = buf.bytes_init();
-    let mut done = 0;
-    while done < total {
-        let (res, b) = send_at(sock, buf, done).await;
-        buf = b;
-        match res {
-            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (Err(e), buf),
+/// Like [`send_at`] from offset 0, but submitted when first polled (as an
+/// `async fn` would be).
+pub(crate) fn send<B: IoBuf>(sock: &Rc<OwnedFd>, buf: B) -> SendOnce<'_, B> {
+    SendOnce {
+        sock,
+        state: SendOnceState::Start(buf),
+    }
+}
+
+/// The future of [`send`].
+pub(crate) struct SendOnce<'a, B: IoBuf> {
+    sock: &'a Rc<OwnedFd>,
+    state: SendOnceState<B>,
+}
+
+enum SendOnceState<B: IoBuf> {
+    Start(B),
+    Sending(Op<SendOp<B>>),
+    Finished,
+}
+
+impl<B: IoBuf> Future for SendOnce<'_, B> {
+    type Output = (io::Result<usize>, B);
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let SendOnceState::Start(_) = this.state {
+            let SendOnceState::Start(buf) =
+                std::mem::replace(&mut this.state, SendOnceState::Finished)
+            else {
+                unreachable!("matched just above")
+            };
+            this.state = SendOnceState::Sending(send_at(this.sock, buf, 0));
+        }
+        match &mut this.state {
+            SendOnceState::Sending(op) => {
+                let out = std::task::ready!(std::pin::Pin::new(op).poll(cx));
+                this.state = SendOnceState::Finished;
+                Poll::Ready(out)
+            }
+            _ => panic!("SendOnce polled after it completed"),
         }
     }
-    (Ok(()), buf)
+}
+
+/// Sends all of `buf` on `sock` (one send, more only if the kernel takes
+/// less), then gives it back.
+///
+/// A hand-written future rather than an `async fn` loop over [`send_at`]:
+/// it stays small (the per-message path moves it into the caller's state).
+pub(crate) fn send_all<B: IoBuf>(sock: &Rc<OwnedFd>, buf: B) -> SendAll<'_, B> {
+    SendAll {
+        sock,
+        state: SendAllState::Start(buf),
+    }
+}
+
+/// The future of [`send_all`].
+pub(crate) struct SendAll<'a, B: IoBuf> {
+    sock: &'a Rc<OwnedFd>,
+    state: SendAllState<B>,
+}
+
+enum SendAllState<B: IoBuf> {
+    Start(B),
+    Sending {
+        op: Op<SendOp<B>>,
+        done: usize,
+        total: usize,
+    },
+    Finished,
+}
+
+impl<B: IoBuf> Future for SendAll<'_, B> {
+    type Output = (io::Result<()>, B);
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // `SendAll` is `Unpin`: `Op` is, and `B: IoBuf` is.
+        let this = &mut *self;
+        loop {
+            match std::mem::replace(&mut this.state, SendAllState::Finished) {
+                SendAllState::Start(buf) => {
+                    let total = buf.bytes_init();
+                    if total == 0 {
+                        return Poll::Ready((Ok(()), buf));
+                    }
+                    this.state = SendAllState::Sending {
+                        op: send_at(this.sock, buf, 0),
+                        done: 0,
+                        total,
+                    };
+                }
+                SendAllState::Sending {
+                    mut op,
+                    mut done,
+                    total,
+                } => {
+                    let (res, buf) = match std::pin::Pin::new(&mut op).poll(cx) {
+                        Poll::Pending => {
+                            this.state = SendAllState::Sending { op, done, total };
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(out) => out,
+                    };
+                    match res {
+                        Ok(0) => return Poll::Ready((Err(io::ErrorKind::WriteZero.into()), buf)),
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Poll::Ready((Err(e), buf)),
+                    }
+                    if done >= total {
+                        return Poll::Ready((Ok(()), buf));
+                    }
+                    this.state = SendAllState::Sending {
+                        op: send_at(this.sock, buf, done),
+                        done,
+                        total,
+                    };
+                }
+                SendAllState::Finished => panic!("SendAll polled after it completed"),
+            }
+        }
+    }
 }
 
 /// Sends every byte of `bufs`, in order, gathered into `SENDMSG`s (one,
@@ -366,15 +470,15 @@ impl WriteHalf {
         WriteHalf { fd }
     }
 
-    /// Sends what the kernel takes of `buf` in one go; returns the count and
-    /// the buffer.
-    pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        send_at(&self.fd, buf, 0).await
+    /// Sends what the kernel takes of `buf` in one go; resolves to the count
+    /// and the buffer.
+    pub fn send<B: IoBuf>(&self, buf: B) -> impl Future<Output = (io::Result<usize>, B)> + '_ {
+        send(&self.fd, buf)
     }
 
     /// Sends all of `buf`, then gives it back.
-    pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        send_all(&self.fd, buf).await
+    pub fn send_all<B: IoBuf>(&self, buf: B) -> impl Future<Output = (io::Result<()>, B)> + '_ {
+        send_all(&self.fd, buf)
     }
 
     /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
@@ -444,15 +548,21 @@ macro_rules! stream_methods {
             self.inner.recv_exact_into(buf, range).await
         }
 
-        /// Sends what the kernel takes of `buf` in one go; returns the count and
-        /// the buffer.
-        pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-            crate::net::stream::send_at(self.inner.sock(), buf, 0).await
+        /// Sends what the kernel takes of `buf` in one go; resolves to the count
+        /// and the buffer.
+        pub fn send<B: IoBuf>(
+            &self,
+            buf: B,
+        ) -> impl std::future::Future<Output = (io::Result<usize>, B)> + '_ {
+            crate::net::stream::send(self.inner.sock(), buf)
         }
 
         /// Sends all of `buf`, then gives it back.
-        pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-            crate::net::stream::send_all(self.inner.sock(), buf).await
+        pub fn send_all<B: IoBuf>(
+            &self,
+            buf: B,
+        ) -> impl std::future::Future<Output = (io::Result<()>, B)> + '_ {
+            crate::net::stream::send_all(self.inner.sock(), buf)
         }
 
         /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
