@@ -538,7 +538,9 @@ macro_rules! stream_methods {
             "(bulk segments, frames larger than a receive buffer).\n\n",
             "Fails with `InvalidInput` when `range` starts past the buffer's initialised ",
             "bytes or ends past its capacity. The counters `recv_direct_bytes` and ",
-            "`recv_direct_copied_bytes` say how the bytes arrived."
+            "`recv_direct_copied_bytes` say how the bytes arrived. Dropping the future ",
+            "before it completes drops the buffer (once the kernel is done with it) and ",
+            "the bytes already taken from the stream with it."
         )]
         pub async fn recv_exact_into<B: IoBufMut>(
             &mut self,
