@@ -82,7 +82,7 @@ fn runtime_spawn_on_a_stopped_core_reports_cancellation() {
     assert_eq!(sent.join().unwrap(), Some(MailboxError::Closed(0)));
     // Joining work the core dropped reports cancellation, not a hang.
     let rt = runtime(1);
-    let h = rt.spawn_on(0, || std::future::pending::<()>());
+    let h = rt.spawn_on(0, std::future::pending::<()>);
     rt.shutdown(Duration::from_millis(50));
     assert!(matches!(h.join(), Err(JoinError::Cancelled)));
 }
