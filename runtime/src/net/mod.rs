@@ -6,11 +6,12 @@
 
 mod batch;
 pub(crate) mod listener;
+pub(crate) mod send;
 pub(crate) mod stream;
 mod tcp;
 mod unix;
 
 pub use batch::BatchWriter;
-pub use stream::WriteHalf;
+pub use send::WriteHalf;
 pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};

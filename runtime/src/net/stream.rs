@@ -8,12 +8,10 @@
 //! what the multishot already took, pauses it, and lets one plain `RECV`
 //! (`MSG_WAITALL`) put the rest straight where the caller wants it.
 //!
-//! Sending takes any [`IoBuf`] (or a vector of them, gathered into one
-//! `SENDMSG`) and gives it back with the result. A [`WriteHalf`] shares the
-//! socket so that other tasks can send while one receives.
+//! Sending lives in [`super::send`]; the stream types get both sides through
+//! [`stream_methods!`](stream_methods).
 
-use std::any::Any;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -21,12 +19,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use crate::buf::{IoBuf, IoBufMut, RecvBuf, SendBuf};
+use crate::buf::{IoBufMut, RecvBuf};
 use crate::driver::op::recv::Recv;
 use crate::driver::op::recv_multi::{Receiver, RecvEvent};
-use crate::driver::op::send::Send as SendOp;
-use crate::driver::op::sendmsg::SendMsg;
-use crate::driver::op::shutdown::Shutdown;
 use crate::driver::op::Op;
 use crate::stats::{self, Stats};
 
@@ -284,230 +279,6 @@ impl Stream {
     }
 }
 
-/// Sends bytes from `buf` starting at `offset` on `sock`; resolves to how
-/// many went out, and the buffer. Registered [`SendBuf`]s take the
-/// fixed-buffer path when the core is set up for it; sends at or above the
-/// core's zero-copy threshold use `SEND_ZC`.
-///
-/// The operation holds a reference to the socket: its descriptor cannot be
-/// closed, and its number reused by another connection, before the SQE
-/// naming it has completed, even if the stream is dropped meanwhile.
-pub(crate) fn send_at<B: IoBuf>(sock: &Rc<OwnedFd>, buf: B, offset: usize) -> Op<SendOp<B>> {
-    let registered = (&buf as &dyn Any)
-        .downcast_ref::<SendBuf>()
-        .map(SendBuf::index);
-    Op::new(SendOp::new(sock.clone(), buf, offset, registered))
-}
-
-/// Like [`send_at`] from offset 0, but submitted when first polled (as an
-/// `async fn` would be).
-pub(crate) fn send<B: IoBuf>(sock: &Rc<OwnedFd>, buf: B) -> SendOnce<'_, B> {
-    SendOnce {
-        sock,
-        state: SendOnceState::Start(buf),
-    }
-}
-
-/// The future of [`send`].
-pub(crate) struct SendOnce<'a, B: IoBuf> {
-    sock: &'a Rc<OwnedFd>,
-    state: SendOnceState<B>,
-}
-
-enum SendOnceState<B: IoBuf> {
-    Start(B),
-    Sending(Op<SendOp<B>>),
-    Finished,
-}
-
-impl<B: IoBuf> Future for SendOnce<'_, B> {
-    type Output = (io::Result<usize>, B);
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if let SendOnceState::Start(_) = this.state {
-            let SendOnceState::Start(buf) =
-                std::mem::replace(&mut this.state, SendOnceState::Finished)
-            else {
-                unreachable!("matched just above")
-            };
-            this.state = SendOnceState::Sending(send_at(this.sock, buf, 0));
-        }
-        match &mut this.state {
-            SendOnceState::Sending(op) => {
-                let out = std::task::ready!(std::pin::Pin::new(op).poll(cx));
-                this.state = SendOnceState::Finished;
-                Poll::Ready(out)
-            }
-            _ => panic!("SendOnce polled after it completed"),
-        }
-    }
-}
-
-/// Sends all of `buf` on `sock` (one send, more only if the kernel takes
-/// less), then gives it back.
-///
-/// A hand-written future rather than an `async fn` loop over [`send_at`]:
-/// it stays small (the per-message path moves it into the caller's state).
-pub(crate) fn send_all<B: IoBuf>(sock: &Rc<OwnedFd>, buf: B) -> SendAll<'_, B> {
-    SendAll {
-        sock,
-        state: SendAllState::Start(buf),
-    }
-}
-
-/// The future of [`send_all`].
-pub(crate) struct SendAll<'a, B: IoBuf> {
-    sock: &'a Rc<OwnedFd>,
-    state: SendAllState<B>,
-}
-
-enum SendAllState<B: IoBuf> {
-    Start(B),
-    Sending {
-        op: Op<SendOp<B>>,
-        done: usize,
-        total: usize,
-    },
-    Finished,
-}
-
-impl<B: IoBuf> Future for SendAll<'_, B> {
-    type Output = (io::Result<()>, B);
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // `SendAll` is `Unpin`: `Op` is, and `B: IoBuf` is.
-        let this = &mut *self;
-        loop {
-            match std::mem::replace(&mut this.state, SendAllState::Finished) {
-                SendAllState::Start(buf) => {
-                    let total = buf.bytes_init();
-                    if total == 0 {
-                        return Poll::Ready((Ok(()), buf));
-                    }
-                    this.state = SendAllState::Sending {
-                        op: send_at(this.sock, buf, 0),
-                        done: 0,
-                        total,
-                    };
-                }
-                SendAllState::Sending {
-                    mut op,
-                    mut done,
-                    total,
-                } => {
-                    let (res, buf) = match std::pin::Pin::new(&mut op).poll(cx) {
-                        Poll::Pending => {
-                            this.state = SendAllState::Sending { op, done, total };
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(out) => out,
-                    };
-                    match res {
-                        Ok(0) => return Poll::Ready((Err(io::ErrorKind::WriteZero.into()), buf)),
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Poll::Ready((Err(e), buf)),
-                    }
-                    if done >= total {
-                        return Poll::Ready((Ok(()), buf));
-                    }
-                    this.state = SendAllState::Sending {
-                        op: send_at(this.sock, buf, done),
-                        done,
-                        total,
-                    };
-                }
-                SendAllState::Finished => panic!("SendAll polled after it completed"),
-            }
-        }
-    }
-}
-
-/// Sends every byte of `bufs`, in order, gathered into `SENDMSG`s (one,
-/// unless the kernel takes less or there are more than 1024 buffers).
-pub(crate) async fn send_vectored<B: IoBuf>(
-    sock: &Rc<OwnedFd>,
-    mut bufs: Vec<B>,
-) -> (io::Result<()>, Vec<B>) {
-    let total: usize = bufs.iter().map(IoBuf::bytes_init).sum();
-    let mut done = 0;
-    while done < total {
-        let (res, b) = Op::new(SendMsg::new(sock.clone(), bufs, done)).await;
-        bufs = b;
-        match res {
-            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), bufs),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (Err(e), bufs),
-        }
-    }
-    (Ok(()), bufs)
-}
-
-/// Shuts down one or both directions of `sock`.
-pub(crate) async fn shutdown(sock: &Rc<OwnedFd>, how: std::net::Shutdown) -> io::Result<()> {
-    Op::new(Shutdown::new(sock.clone(), how)).await
-}
-
-/// The sending side of a stream socket, shared by any number of tasks on the
-/// socket's core (see `TcpStream::write_half`).
-///
-/// Cloning is cheap (it shares the socket). Sends from different tasks are
-/// each submitted whole, but a send the kernel takes in part is finished by
-/// further sends, so give each message to one `send_all` (or
-/// [`send_vectored`](WriteHalf::send_vectored)) and do not interleave
-/// messages of one logical stream from several tasks without ordering them.
-/// The socket stays open while any half, the stream or a pending send holds
-/// it. Not `Send`: it belongs to the socket's core.
-#[derive(Clone)]
-pub struct WriteHalf {
-    fd: Rc<OwnedFd>,
-}
-
-impl WriteHalf {
-    pub(crate) fn new(fd: Rc<OwnedFd>) -> WriteHalf {
-        WriteHalf { fd }
-    }
-
-    /// Sends what the kernel takes of `buf` in one go; resolves to the count
-    /// and the buffer.
-    pub fn send<B: IoBuf>(&self, buf: B) -> impl Future<Output = (io::Result<usize>, B)> + '_ {
-        send(&self.fd, buf)
-    }
-
-    /// Sends all of `buf`, then gives it back.
-    pub fn send_all<B: IoBuf>(&self, buf: B) -> impl Future<Output = (io::Result<()>, B)> + '_ {
-        send_all(&self.fd, buf)
-    }
-
-    /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
-    /// rest follows in further ones if the kernel takes less), then gives
-    /// the buffers back.
-    pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> (io::Result<()>, Vec<B>) {
-        send_vectored(&self.fd, bufs).await
-    }
-
-    /// Shuts down one or both directions of the connection.
-    pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-        shutdown(&self.fd, how).await
-    }
-}
-
-impl AsRawFd for WriteHalf {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl std::fmt::Debug for WriteHalf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteHalf")
-            .field("fd", &self.fd.as_raw_fd())
-            .finish()
-    }
-}
-
 /// The methods every stream socket type has, over the shared [`Stream`].
 /// `$kind` names the socket type in the docs ("TCP", "Unix stream").
 macro_rules! stream_methods {
@@ -556,7 +327,7 @@ macro_rules! stream_methods {
             &self,
             buf: B,
         ) -> impl std::future::Future<Output = (io::Result<usize>, B)> + '_ {
-            crate::net::stream::send(self.inner.sock(), buf)
+            crate::net::send::send(self.inner.sock(), buf)
         }
 
         /// Sends all of `buf`, then gives it back.
@@ -564,14 +335,14 @@ macro_rules! stream_methods {
             &self,
             buf: B,
         ) -> impl std::future::Future<Output = (io::Result<()>, B)> + '_ {
-            crate::net::stream::send_all(self.inner.sock(), buf)
+            crate::net::send::send_all(self.inner.sock(), buf)
         }
 
         /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
         /// rest follows in further ones if the kernel takes less), then gives
         /// the buffers back.
         pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> (io::Result<()>, Vec<B>) {
-            crate::net::stream::send_vectored(self.inner.sock(), bufs).await
+            crate::net::send::send_vectored(self.inner.sock(), bufs).await
         }
 
         #[doc = concat!(
@@ -623,7 +394,7 @@ macro_rules! stream_methods {
 
         /// Shuts down one or both halves of the connection.
         pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-            crate::net::stream::shutdown(self.inner.sock(), how).await
+            crate::net::send::shutdown(self.inner.sock(), how).await
         }
     };
 }
