@@ -31,6 +31,7 @@ pub mod peers;
 pub mod rdma;
 pub mod stats;
 mod stream;
+pub mod udp;
 
 #[doc = include_str!("../../docs/TRANSPORTS.md")]
 pub mod guide {}
@@ -56,6 +57,7 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
             kind: listener::Kind::Mem(mem::MemListener::bind(endpoint, name, config)?),
             endpoint: endpoint.clone(),
         }),
+        (Scheme::Udp, _) => Err(udp_has_no_connections()),
         (Scheme::Tcp | Scheme::Unix, _) => {
             let l = stream::bind(endpoint, config)?;
             let endpoint = l.local.clone();
@@ -78,8 +80,17 @@ pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection,
     match (endpoint.scheme(), endpoint.address()) {
         (Scheme::Mem, Address::Mem(name)) => mem::connect(endpoint, name, config).await,
         (Scheme::Tcp | Scheme::Unix, _) => stream::connect(endpoint, config).await,
+        (Scheme::Udp, _) => Err(udp_has_no_connections()),
         (scheme, _) => Err(not_enabled(scheme)),
     }
+}
+
+/// `udp://` carries datagrams, not connections.
+fn udp_has_no_connections() -> Error {
+    Error::Usage(
+        "udp:// carries datagrams, not connections: use udp::bind to receive and \
+         udp::connect to send (a Datagrams socket with the same typed send/recv)",
+    )
 }
 
 fn not_enabled(scheme: Scheme) -> Error {
