@@ -120,7 +120,10 @@ pub enum SendMode {
     /// with a `UDP_SEGMENT` control message; the kernel cuts it into the
     /// datagrams. Where the kernel refuses GSO for a run (an MTU smaller
     /// than the datagrams, a device without checksum offload), that run is
-    /// sent again one `SENDMSG` per datagram.
+    /// sent again one `SENDMSG` per datagram. The default: for runs of
+    /// small datagrams it costs the sender about a third of one `SENDMSG`
+    /// per datagram (measured with 64-byte datagrams on loopback, 32 per
+    /// batch: 2.7x less sender CPU per datagram; `benches/udp.sh`).
     #[default]
     Gso,
     /// One `SENDMSG` per datagram, all submitted together.
