@@ -668,7 +668,8 @@ fn gaps_duplicates_and_reordering_behind_a_lossy_relay_are_counted_exactly() {
 // Multicast, inside a network namespace of the test's own
 
 /// A network namespace with `lo` up, multicast on, and a route for
-/// 224.0.0.0/4 on `lo`; deleted when dropped. Nothing in it reaches the
+/// 224.0.0.0/4 on `lo`, and a veth pair `rwv0`/`rwv1` (`fd00::1/64` on
+/// `rwv0`) for IPv6 groups; deleted when dropped. Nothing in it reaches the
 /// host's interfaces.
 struct NetNs {
     name: String,
@@ -684,6 +685,13 @@ impl NetNs {
         ip(&["-n", n, "link", "set", "lo", "up"])?;
         ip(&["-n", n, "link", "set", "lo", "multicast", "on"])?;
         ip(&["-n", n, "route", "add", "224.0.0.0/4", "dev", "lo"])?;
+        // IPv6 multicast does not loop back over `lo`: a veth pair.
+        ip(&[
+            "-n", n, "link", "add", "rwv0", "type", "veth", "peer", "name", "rwv1",
+        ])?;
+        ip(&["-n", n, "addr", "add", "fd00::1/64", "dev", "rwv0", "nodad"])?;
+        ip(&["-n", n, "link", "set", "rwv0", "up"])?;
+        ip(&["-n", n, "link", "set", "rwv1", "up"])?;
         Ok(ns)
     }
 
@@ -798,6 +806,43 @@ fn multicast_reaches_two_receivers_on_two_cores() {
         // The interface by address, then by name.
         multicast_to_two_receivers("udp://239.1.2.3:9500?iface=127.0.0.1&ttl=1&loop=1");
         multicast_to_two_receivers("udp://239.1.2.4:9501?iface=lo");
+    });
+}
+
+#[test]
+fn ipv6_multicast_by_interface_name_including_a_link_local_group() {
+    let ns = match NetNs::create("mc6") {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED: no network namespace for the multicast test: {why}");
+            return;
+        }
+    };
+    ns.run(|| {
+        let rt = runtime(1);
+        rt.block_on(0, || async {
+            for e in [
+                "udp://[ff02::1:5]:9503?iface=rwv0&loop=1",
+                "udp://[ff05::1:5]:9504?iface=rwv0&ttl=2",
+            ] {
+                let e = ep(e);
+                let rx = udp::bind(&e, &config()).unwrap();
+                let tx = udp::connect(&e, &config()).unwrap();
+                for n in 1..=3 {
+                    tx.send(&Ask { n }).await.unwrap();
+                }
+                for n in 1..=3 {
+                    let m = rx.recv::<Ask>().await.unwrap();
+                    assert_eq!(
+                        (m.n.to_native(), m.seq(), m.sender()),
+                        (n, n, tx.sender_id())
+                    );
+                    assert!(m.source().is_ipv6());
+                }
+            }
+        })
+        .unwrap();
+        shutdown(rt);
     });
 }
 

@@ -318,15 +318,16 @@ pub fn bind_with(
     udp: &UdpConfig,
 ) -> Result<Datagrams, Error> {
     let context = || format!("bind {endpoint}");
-    let addr = resolve(endpoint).map_err(|e| Error::io(context(), e))?;
+    let mut addr = resolve(endpoint).map_err(|e| Error::io(context(), e))?;
     let opts = endpoint.options();
     let multicast = addr.ip().is_multicast();
+    let iface = interface(opts.iface()).map_err(|e| Error::io(context(), e))?;
+    scope(&mut addr, &iface);
     let uopts = UdpOptions::default()
         .reuse_port(opts.reuseport().unwrap_or(multicast))
         .send_buffer(opts.sndbuf().map(|n| n as usize))
         .recv_buffer(opts.rcvbuf().map(|n| n as usize));
     let sock = UdpSocket::bind_with(addr, &uopts).map_err(|e| Error::io(context(), e))?;
-    let iface = interface(opts.iface()).map_err(|e| Error::io(context(), e))?;
     let group = if multicast {
         sock.join_multicast(addr.ip(), &iface)
             .map_err(|e| Error::io(context(), e))?;
@@ -364,7 +365,7 @@ pub fn connect_with(
     udp: &UdpConfig,
 ) -> Result<Datagrams, Error> {
     let context = || format!("connect to {endpoint}");
-    let addr = resolve(endpoint).map_err(|e| Error::io(context(), e))?;
+    let mut addr = resolve(endpoint).map_err(|e| Error::io(context(), e))?;
     let opts = endpoint.options();
     let local = match addr {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
@@ -375,6 +376,7 @@ pub fn connect_with(
         .recv_buffer(opts.rcvbuf().map(|n| n as usize));
     let sock = UdpSocket::bind_with(local, &uopts).map_err(|e| Error::io(context(), e))?;
     let iface = interface(opts.iface()).map_err(|e| Error::io(context(), e))?;
+    scope(&mut addr, &iface);
     if addr.ip().is_multicast() {
         let set = || -> io::Result<()> {
             if opts.iface().is_some() {
@@ -411,6 +413,17 @@ fn resolve(endpoint: &Endpoint) -> io::Result<SocketAddr> {
         .into_iter()
         .next()
         .ok_or_else(|| io::Error::other("no address"))
+}
+
+/// Gives an interface- or link-local IPv6 multicast group (ff01::/16,
+/// ff02::/16) its interface as the scope, which binding and connecting to
+/// it need.
+fn scope(addr: &mut SocketAddr, iface: &MulticastInterface) {
+    if let (SocketAddr::V6(a), MulticastInterface::Index(i)) = (addr, iface) {
+        if matches!(a.ip().segments()[0] & 0xff0f, 0xff01 | 0xff02) {
+            a.set_scope_id(*i);
+        }
+    }
 }
 
 /// The endpoint's `iface` option as the runtime names interfaces.

@@ -380,4 +380,21 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn any_header_decodes_back(
+            sender in 1u64.., seq in 1u64.., type_id in proptest::prelude::any::<u32>(), len in 0usize..100
+        ) {
+            let h = DatagramHeader { sender, seq, type_id, payload_len: len as u32 };
+            let mut d = vec![0u8; datagram_len(len)];
+            write_header(&mut d, &h);
+            proptest::prop_assert_eq!(decode(&d), Ok((h, HEADER_LEN..HEADER_LEN + len)));
+        }
+    }
 }
