@@ -269,11 +269,7 @@ async fn send(endpoint: Endpoint, o: Opts, warm_end: u64, end: u64) -> Result<Se
     let (mut sent, mut measured) = (0u64, 0u64);
     let mut cpu0 = None;
     let mut cpu1 = None;
-    let interval = if o.rate > 0 {
-        1_000_000_000 / o.rate
-    } else {
-        0
-    };
+    let interval = 1_000_000_000u64.checked_div(o.rate).unwrap_or(0);
     let mut due = now_ns();
     loop {
         let now = now_ns();
