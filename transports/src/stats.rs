@@ -58,6 +58,7 @@ struct UdpCounters {
     gso_fallbacks: Counter,
     send_failed: Counter,
     events_dropped: Counter,
+    destinations_forgotten: Counter,
 }
 
 const BAD_KINDS: usize = crate::udp::BadDatagram::KINDS.len();
@@ -178,6 +179,11 @@ fn counters() -> &'static Counters {
                 "datagram socket events dropped because the event queue was full",
                 &[],
             ),
+            destinations_forgotten: Counter::register(
+                "transport_udp_destinations_forgotten_total",
+                "send_to destinations whose sequence was forgotten to bound memory",
+                &[],
+            ),
         },
     })
 }
@@ -271,6 +277,11 @@ pub(crate) fn udp_sent(report: &ringwire_runtime::net::BatchReport) {
     c.send_failed.add(report.failed as u64);
 }
 
+/// `n` destinations' sequences were forgotten.
+pub(crate) fn udp_destinations_forgotten(n: u64) {
+    counters().udp.destinations_forgotten.add(n);
+}
+
 /// An event did not fit a socket's event queue.
 pub(crate) fn udp_event_dropped() {
     counters().udp.events_dropped.add(1);
@@ -351,6 +362,9 @@ pub struct UdpStats {
     pub send_failed: u64,
     /// Events dropped for a full event queue.
     pub events_dropped: u64,
+    /// `send_to` destinations whose sequence was forgotten (see
+    /// [`UdpConfig::max_destinations`](crate::udp::UdpConfig::max_destinations)).
+    pub destinations_forgotten: u64,
 }
 
 impl UdpStats {
@@ -413,6 +427,7 @@ pub fn snapshot() -> TransportStats {
         gso_fallbacks: u.gso_fallbacks.get(),
         send_failed: u.send_failed.get(),
         events_dropped: u.events_dropped.get(),
+        destinations_forgotten: u.destinations_forgotten.get(),
     };
     out
 }

@@ -206,6 +206,75 @@ fn a_message_larger_than_a_datagram_is_refused_and_costs_no_sequence_number() {
 }
 
 #[test]
+fn a_sender_bounds_the_destinations_it_numbers() {
+    let rt = runtime(1);
+    rt.block_on(0, || async {
+        let rx: Vec<_> = (0..5)
+            .map(|_| udp::bind(&ep("udp://127.0.0.1:0"), &config()).unwrap())
+            .collect();
+        let tx = udp::bind_with(
+            &ep("udp://127.0.0.1:0"),
+            &config(),
+            &UdpConfig::new().max_destinations(4),
+        )
+        .unwrap();
+        // Destinations 0 to 3, then 0 and 1 again, then a fifth: the two
+        // least recently used (2 and 3) are forgotten.
+        for r in &rx[..4] {
+            assert_eq!(
+                tx.send_to(&Ask { n: 1 }, r.local_addr())
+                    .await
+                    .unwrap()
+                    .seq(),
+                1
+            );
+        }
+        for r in &rx[..2] {
+            assert_eq!(
+                tx.send_to(&Ask { n: 2 }, r.local_addr())
+                    .await
+                    .unwrap()
+                    .seq(),
+                2
+            );
+        }
+        assert_eq!(
+            tx.send_to(&Ask { n: 1 }, rx[4].local_addr())
+                .await
+                .unwrap()
+                .seq(),
+            1
+        );
+        // 0 and 1 go on; 2 and 3 start over.
+        assert_eq!(
+            tx.send_to(&Ask { n: 3 }, rx[0].local_addr())
+                .await
+                .unwrap()
+                .seq(),
+            3
+        );
+        assert_eq!(
+            tx.send_to(&Ask { n: 3 }, rx[1].local_addr())
+                .await
+                .unwrap()
+                .seq(),
+            3
+        );
+        assert_eq!(
+            tx.send_to(&Ask { n: 3 }, rx[2].local_addr())
+                .await
+                .unwrap()
+                .seq(),
+            1
+        );
+        tx.flush().await.unwrap();
+        assert_eq!(stats::snapshot().udp.destinations_forgotten, 2);
+    })
+    .unwrap();
+    shutdown(rt);
+}
+
+#[test]
 fn udp_is_not_a_connection_scheme() {
     let rt = runtime(1);
     rt.block_on(0, || async {

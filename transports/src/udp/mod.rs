@@ -105,6 +105,7 @@ pub struct UdpConfig {
     window: u32,
     max_senders: usize,
     events: usize,
+    max_destinations: usize,
 }
 
 impl Default for UdpConfig {
@@ -116,6 +117,7 @@ impl Default for UdpConfig {
             window: 1024,
             max_senders: 1024,
             events: 4096,
+            max_destinations: 65_536,
         }
     }
 }
@@ -167,6 +169,18 @@ impl UdpConfig {
     /// heard from least recently ([`Event::SenderEvicted`]). Default: 1024.
     pub fn max_senders(mut self, n: usize) -> Self {
         self.max_senders = n.max(1);
+        self
+    }
+
+    /// Most destinations whose sequence numbers a socket keeps (each of
+    /// `send_to`'s addresses has its own sequence; about 50 bytes each).
+    /// A new destination beyond that makes the least recently used half be
+    /// forgotten (`transport_udp_destinations_forgotten_total`): such a
+    /// destination starts over at 1 if sent to again, which its receivers
+    /// see as a restart (or, within their reorder window, as duplicates).
+    /// Default: 65,536.
+    pub fn max_destinations(mut self, n: usize) -> Self {
+        self.max_destinations = n.max(1);
         self
     }
 
@@ -472,6 +486,7 @@ impl Datagrams {
                     high_bytes: config.send_queue_bytes,
                     policy: config.back_pressure,
                     mode: udp.send_mode,
+                    max_destinations: udp.max_destinations,
                 },
                 event_capacity: udp.events,
             }),

@@ -123,8 +123,10 @@ pub(crate) struct SendState {
     bufs: Vec<Out>,
     list: Vec<OutDatagram>,
     queued_bytes: usize,
-    /// Next sequence number per destination.
-    seqs: HashMap<SocketAddr, u64>,
+    /// Per destination: the next sequence number and the tick of its last
+    /// use (bounded by `SendConfig::max_destinations`).
+    seqs: HashMap<SocketAddr, (u64, u64)>,
+    tick: u64,
     /// A batch is with the kernel.
     sending: bool,
     flusher: Option<Waker>,
@@ -149,6 +151,7 @@ pub(crate) struct SendConfig {
     pub(crate) high_bytes: usize,
     pub(crate) policy: crate::BackPressure,
     pub(crate) mode: SendMode,
+    pub(crate) max_destinations: usize,
 }
 
 impl SendState {
@@ -158,6 +161,7 @@ impl SendState {
             list: Vec::new(),
             queued_bytes: 0,
             seqs: HashMap::new(),
+            tick: 0,
             sending: false,
             flusher: None,
             waiters: Vec::new(),
@@ -187,7 +191,7 @@ impl SendState {
         to: Option<SocketAddr>,
         value: &T,
     ) -> Result<Sent, Error> {
-        let seq = self.seqs.get(&key).copied().unwrap_or(1);
+        let seq = self.seqs.get(&key).map_or(1, |&(next, _)| next);
         let mut fresh = false;
         loop {
             if self.bufs.is_empty() {
@@ -210,7 +214,7 @@ impl SendState {
                         to,
                     });
                     self.queued_bytes += n;
-                    self.seqs.insert(key, seq + 1);
+                    self.count_destination(cfg, key, seq + 1);
                     self.wake_flusher();
                     return Ok(Sent {
                         seq,
@@ -237,6 +241,25 @@ impl SendState {
                 }
             }
         }
+    }
+
+    /// Records `next` as `key`'s next sequence number. A new destination
+    /// beyond the limit first makes room: the least recently used half of
+    /// the destinations is forgotten (each starts over at 1 if sent to
+    /// again).
+    fn count_destination(&mut self, cfg: &SendConfig, key: SocketAddr, next: u64) {
+        self.tick += 1;
+        if self.seqs.len() >= cfg.max_destinations && !self.seqs.contains_key(&key) {
+            // Ticks are unique: keeping those above the half-th smallest
+            // forgets exactly half (at least one).
+            let mut ticks: Vec<u64> = self.seqs.values().map(|&(_, t)| t).collect();
+            let last_forgotten = (ticks.len() / 2).max(1) - 1;
+            let (_, &mut cut, _) = ticks.select_nth_unstable(last_forgotten);
+            let before = self.seqs.len();
+            self.seqs.retain(|_, &mut (_, t)| t > cut);
+            stats::udp_destinations_forgotten((before - self.seqs.len()) as u64);
+        }
+        self.seqs.insert(key, (next, self.tick));
     }
 
     /// The first send error since the last call.
