@@ -249,7 +249,7 @@ pub(crate) fn udp_observed(obs: &crate::udp::seq::Observation) {
     c.duplicates.add(u64::from(obs.duplicate));
     c.stale.add(u64::from(obs.stale));
     c.restarts.add(u64::from(obs.restarted.is_some()));
-    c.senders_evicted.add(u64::from(obs.evicted.is_some()));
+    c.senders_evicted.add(obs.evicted.len() as u64);
 }
 
 /// A bad datagram was dropped.

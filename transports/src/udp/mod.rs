@@ -165,8 +165,9 @@ impl UdpConfig {
         self
     }
 
-    /// Most senders tracked at once; a new one beyond that replaces the one
-    /// heard from least recently ([`Event::SenderEvicted`]). Default: 1024.
+    /// Most senders tracked at once (about `window / 8 + 100` bytes each);
+    /// a new one beyond that makes the half heard from least recently be
+    /// forgotten ([`Event::SenderEvicted`] for each). Default: 1024.
     pub fn max_senders(mut self, n: usize) -> Self {
         self.max_senders = n.max(1);
         self
@@ -693,7 +694,7 @@ impl Datagrams {
     /// Counts what one arrival did and queues its events.
     fn account(&self, sender: u64, seq: u64, source: SocketAddr, obs: &seq::Observation) {
         stats::udp_observed(obs);
-        if let Some(evicted) = obs.evicted {
+        for &evicted in &obs.evicted {
             self.event(Event::SenderEvicted { sender: evicted });
         }
         if let Some(previous_highest) = obs.restarted {

@@ -22,7 +22,7 @@
 //! its state starts over (counted in `restarts`).
 //!
 //! At most `max_senders` senders are tracked; a new one beyond that evicts
-//! the one heard from least recently (its counts are forgotten).
+//! the half heard from least recently (their counts are forgotten).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,7 +60,7 @@ impl SenderStats {
 }
 
 /// What one arrival did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Observation {
     /// Hand the datagram to the application.
     pub(crate) deliver: bool,
@@ -77,8 +77,8 @@ pub(crate) struct Observation {
     /// The sender restarted its sequence; the highest number of the run
     /// before.
     pub(crate) restarted: Option<u64>,
-    /// A sender forgotten to make room for this one.
-    pub(crate) evicted: Option<u64>,
+    /// Senders forgotten to make room for this one.
+    pub(crate) evicted: Vec<u64>,
 }
 
 struct SenderState {
@@ -237,15 +237,19 @@ impl Tracker {
             return obs;
         }
         if self.senders.len() >= self.max_senders {
-            let oldest = self
-                .senders
-                .iter()
-                .min_by_key(|(_, s)| s.last_heard)
-                .map(|(&id, _)| id);
-            if let Some(id) = oldest {
-                self.senders.remove(&id);
-                obs.evicted = Some(id);
-            }
+            // Forget the least recently heard half (at least one) in one
+            // pass, so that a stream of new senders costs O(1) each on
+            // average. Clock values are unique.
+            let mut heard: Vec<u64> = self.senders.values().map(|s| s.last_heard).collect();
+            let last_forgotten = (heard.len() / 2).max(1) - 1;
+            let (_, &mut cut, _) = heard.select_nth_unstable(last_forgotten);
+            self.senders.retain(|&id, s| {
+                let keep = s.last_heard > cut;
+                if !keep {
+                    obs.evicted.push(id);
+                }
+                keep
+            });
         }
         let mut s = SenderState::new(sender, source, self.words);
         s.last_heard = self.clock;
@@ -396,10 +400,28 @@ mod tests {
         t.observe(2, 1, src());
         t.observe(1, 3, src());
         let obs = t.observe(3, 1, src());
-        assert_eq!(obs.evicted, Some(2));
+        assert_eq!(obs.evicted, [2]);
         assert_eq!(t.get(1).unwrap().gaps, 1);
         assert!(t.get(2).is_none());
         assert_eq!(t.all().len(), 2);
+    }
+
+    #[test]
+    fn a_full_table_forgets_its_quietest_half_at_once() {
+        let mut t = Tracker::new(64, 8);
+        for id in 1..=8 {
+            t.observe(id, 1, src());
+        }
+        // Senders 1 to 4 speak again: 5 to 8 are now the quietest.
+        for id in 1..=4 {
+            t.observe(id, 2, src());
+        }
+        let mut evicted = t.observe(9, 1, src()).evicted;
+        evicted.sort();
+        assert_eq!(evicted, [5, 6, 7, 8]);
+        assert_eq!(t.all().len(), 5);
+        // Room again: the next new sender evicts nobody.
+        assert!(t.observe(10, 1, src()).evicted.is_empty());
     }
 
     #[test]
