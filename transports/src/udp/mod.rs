@@ -151,7 +151,8 @@ impl UdpConfig {
     /// bytes. Default: 1472, which fits an Ethernet MTU without IP
     /// fragmentation. Receivers must have receive buffers of at least this
     /// plus 64 bytes (the runtime's default is 16 KiB), or larger datagrams
-    /// arrive cut and are dropped as truncated.
+    /// arrive cut and are dropped as truncated; their size must be a
+    /// multiple of 16, or archives are misaligned and dropped as invalid.
     pub fn max_datagram(mut self, bytes: usize) -> Self {
         self.max_datagram = bytes.clamp(wire::HEADER_LEN + 16, rnet::MAX_UDP_PAYLOAD);
         self
