@@ -33,6 +33,8 @@ struct Counters {
     bytes_out: PerScheme,
     rejected: PerScheme,
     connection_errors: PerScheme,
+    connections_opened: PerScheme,
+    connections_freed: PerScheme,
     back_pressure_waits: PerScheme,
     dropped: PerScheme,
     bulk_bytes_direct: PerScheme,
@@ -81,6 +83,14 @@ fn counters() -> &'static Counters {
         connection_errors: per_scheme(
             "transport_connection_errors_total",
             "connections that ended with an error",
+        ),
+        connections_opened: per_scheme(
+            "transport_connections_opened_total",
+            "connections made (accepted or connected, before their handshake)",
+        ),
+        connections_freed: per_scheme(
+            "transport_connections_freed_total",
+            "connections whose state and buffers were freed (opened minus freed: live)",
         ),
         back_pressure_waits: per_scheme(
             "transport_back_pressure_waits_total",
@@ -208,6 +218,14 @@ pub(crate) fn connection_error(s: Scheme) {
     counters().connection_errors[idx(s)].add(1);
 }
 
+pub(crate) fn connection_opened(s: Scheme) {
+    counters().connections_opened[idx(s)].add(1);
+}
+
+pub(crate) fn connection_freed(s: Scheme) {
+    counters().connections_freed[idx(s)].add(1);
+}
+
 pub(crate) fn back_pressure_wait(s: Scheme) {
     counters().back_pressure_waits[idx(s)].add(1);
 }
@@ -303,6 +321,10 @@ pub struct SchemeStats {
     pub rejected: u64,
     /// Connections that ended with an error.
     pub connection_errors: u64,
+    /// Connections made on this core (accepted or connected).
+    pub connections_opened: u64,
+    /// Connections whose state and buffers were freed on this core.
+    pub connections_freed: u64,
     /// Sends that waited for room in a full send queue.
     pub back_pressure_waits: u64,
     /// Messages dropped by the drop-newest policy or a full queue.
@@ -382,6 +404,14 @@ impl UdpStats {
     }
 }
 
+impl SchemeStats {
+    /// Connections made on this core and not yet freed.
+    pub fn connections_live(&self) -> u64 {
+        self.connections_opened
+            .saturating_sub(self.connections_freed)
+    }
+}
+
 impl TransportStats {
     /// The counters of one scheme.
     pub fn scheme(&self, s: Scheme) -> SchemeStats {
@@ -403,6 +433,8 @@ pub fn snapshot() -> TransportStats {
             bytes_out: c.bytes_out[i].get(),
             rejected: c.rejected[i].get(),
             connection_errors: c.connection_errors[i].get(),
+            connections_opened: c.connections_opened[i].get(),
+            connections_freed: c.connections_freed[i].get(),
             back_pressure_waits: c.back_pressure_waits[i].get(),
             dropped: c.dropped[i].get(),
             bulk_bytes_direct: c.bulk_bytes_direct[i].get(),
