@@ -7,14 +7,17 @@
 //!    reaching a shard (unknown command, wrong arity, syntax, bad numbers)
 //!    are answered at once into the output; anything else becomes a
 //!    [`Plan`]: one [`ShardOp`] for one shard, or several and a [`Merge`].
-//! 2. [`execute`] runs a [`ShardOp`] against the shard's [`Store`] (on the
-//!    core that owns it; a `ShardOp` and its [`ShardReply`] are owned and
-//!    `Send`, to travel through the mailboxes).
-//! 3. [`write_reply`] (one shard) or [`Merge::write`] (several) turns the
-//!    answers into reply bytes, keys in the order the client gave them.
+//! 2. [`execute_into`] runs a [`ShardOp`] against the shard's [`Store`] (on
+//!    the core that owns it) and writes the reply; [`execute`] gives the
+//!    answer as a [`ShardReply`] instead, for a [`Merge`]. A planned op
+//!    borrows keys and values from the request; [`ShardOp::into_owned`]
+//!    makes one that travels through the mailboxes (`ShardOp<'static>` and
+//!    `ShardReply` are `Send`).
+//! 3. [`Merge::write`] (several shards) turns the answers into one reply,
+//!    keys in the order the client gave them.
 //!
 //! A connection must write replies in request order: with pipelining and
-//! forwarding, the node keeps a reply slot per request.
+//! forwarding, [`super::pipeline::Turn`] keeps the place of each reply.
 //!
 //! Multi-key writes (`MSET`, `DEL`) spanning several shards are atomic per
 //! shard, not across shards; keys sharing a hash tag share a shard.
@@ -39,58 +42,109 @@
 //! );
 //! ```
 
+use std::borrow::Cow;
+
 use super::resp::{self, parse_i64, Request};
 use super::shard::{shard_of, Split};
 use super::store::{Condition, Expiry, SetOptions, Store, StoreError};
 
-/// What one shard runs.
+/// A key or value in a [`ShardOp`]: borrowed from the request while the op
+/// runs on the core that parsed it, owned once it travels to another.
+pub type Bytes<'a> = Cow<'a, [u8]>;
+
+/// What one shard runs. Planned ops borrow from the request
+/// ([`Dispatcher::plan`]); [`ShardOp::into_owned`] makes one that can be
+/// sent to another core (`ShardOp<'static>` is `Send`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ShardOp {
+pub enum ShardOp<'a> {
     /// `GET key`.
     Get {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes<'a>,
     },
     /// `SET key value ...`.
     Set {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes<'a>,
         /// The value.
-        value: Vec<u8>,
+        value: Bytes<'a>,
         /// `NX`/`XX`, expiry, `GET`.
         options: SetOptions,
     },
     /// `INCRBY key delta` (also INCR, DECR, DECRBY).
     IncrBy {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes<'a>,
         /// The amount added.
         delta: i64,
     },
     /// `DEL key...`: the count of keys removed.
     Del {
         /// The keys, in command order.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Bytes<'a>>,
     },
     /// `EXISTS key...`: the count of keys present (repeats count again).
     Exists {
         /// The keys, in command order.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Bytes<'a>>,
     },
     /// `MGET key...`: values in key order.
     MGet {
         /// The keys, in command order.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Bytes<'a>>,
     },
     /// `MSET key value...`.
     MSet {
         /// The pairs, in command order (a later pair for the same key wins).
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        pairs: Vec<(Bytes<'a>, Bytes<'a>)>,
     },
     /// `DBSIZE`: the shard's key count.
     DbSize,
     /// `FLUSHALL`.
     FlushAll,
+}
+
+impl ShardOp<'_> {
+    /// The same op owning its keys and values (copied where borrowed), to
+    /// send to the core that owns the shard.
+    pub fn into_owned(self) -> ShardOp<'static> {
+        fn own(b: Bytes<'_>) -> Bytes<'static> {
+            Cow::Owned(b.into_owned())
+        }
+        fn own_all(keys: Vec<Bytes<'_>>) -> Vec<Bytes<'static>> {
+            keys.into_iter().map(own).collect()
+        }
+        match self {
+            ShardOp::Get { key } => ShardOp::Get { key: own(key) },
+            ShardOp::Set {
+                key,
+                value,
+                options,
+            } => ShardOp::Set {
+                key: own(key),
+                value: own(value),
+                options,
+            },
+            ShardOp::IncrBy { key, delta } => ShardOp::IncrBy {
+                key: own(key),
+                delta,
+            },
+            ShardOp::Del { keys } => ShardOp::Del {
+                keys: own_all(keys),
+            },
+            ShardOp::Exists { keys } => ShardOp::Exists {
+                keys: own_all(keys),
+            },
+            ShardOp::MGet { keys } => ShardOp::MGet {
+                keys: own_all(keys),
+            },
+            ShardOp::MSet { pairs } => ShardOp::MSet {
+                pairs: pairs.into_iter().map(|(k, v)| (own(k), own(v))).collect(),
+            },
+            ShardOp::DbSize => ShardOp::DbSize,
+            ShardOp::FlushAll => ShardOp::FlushAll,
+        }
+    }
 }
 
 /// One shard's answer to a [`ShardOp`].
@@ -110,8 +164,11 @@ pub enum ShardReply {
     Error(StoreError),
 }
 
-/// Runs `op` on the shard's store at time `now` (milliseconds).
-pub fn execute(store: &mut Store, op: ShardOp, now: u64) -> ShardReply {
+/// Runs `op` on the shard's store at time `now` (milliseconds); the answer
+/// as a value, for a [`Merge`] with other shards' answers. To reply from a
+/// single shard, [`execute_into`] writes the reply without copying values
+/// out of the store first.
+pub fn execute(store: &mut Store, op: ShardOp<'_>, now: u64) -> ShardReply {
     match op {
         ShardOp::Get { key } => ShardReply::Value(store.get(&key, now).map(<[u8]>::to_vec)),
         ShardOp::Set {
@@ -154,6 +211,22 @@ pub fn execute(store: &mut Store, op: ShardOp, now: u64) -> ShardReply {
             store.clear();
             ShardReply::Ok
         }
+    }
+}
+
+/// Runs `op` on the shard's store at time `now` and appends its reply to
+/// `out`: the same bytes as [`write_reply`] of [`execute`], with values
+/// copied once, from the store into `out`.
+pub fn execute_into(store: &mut Store, op: ShardOp<'_>, now: u64, out: &mut Vec<u8>) {
+    match op {
+        ShardOp::Get { key } => resp::write_optional_bulk(out, store.get(&key, now)),
+        ShardOp::MGet { keys } => {
+            resp::write_array(out, keys.len());
+            for key in keys {
+                resp::write_optional_bulk(out, store.get(&key, now));
+            }
+        }
+        op => write_reply(execute(store, op, now), out),
     }
 }
 
@@ -236,9 +309,10 @@ fn mismatch(reply: ShardReply, out: &mut Vec<u8>) {
     }
 }
 
-/// What a request needs after [`Dispatcher::plan`].
+/// What a request needs after [`Dispatcher::plan`]; its ops borrow from the
+/// request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Plan {
+pub enum Plan<'a> {
     /// The reply has been written.
     Done,
     /// One shard runs `op`; its answer, through [`write_reply`], is the
@@ -247,13 +321,13 @@ pub enum Plan {
         /// The shard.
         shard: usize,
         /// What it runs.
-        op: ShardOp,
+        op: ShardOp<'a>,
     },
     /// Each listed shard runs its op; `merge` combines their answers (in
     /// this order).
     Many {
         /// Shard and op, at most one op per shard, in shard order.
-        ops: Vec<(usize, ShardOp)>,
+        ops: Vec<(usize, ShardOp<'a>)>,
         /// How the answers combine.
         merge: Merge,
     },
@@ -282,7 +356,7 @@ impl Dispatcher {
     /// Plans `request` at time `now` (milliseconds, the stores' clock:
     /// relative expiry times are made absolute here). Writes the reply
     /// into `out` and returns [`Plan::Done`] when no shard is needed.
-    pub fn plan(&self, request: &Request<'_>, now: u64, out: &mut Vec<u8>) -> Plan {
+    pub fn plan<'a>(&self, request: &Request<'a>, now: u64, out: &mut Vec<u8>) -> Plan<'a> {
         let Some(command) = lookup(request.name()) else {
             unknown_command(request, out);
             return Plan::Done;
@@ -294,7 +368,7 @@ impl Dispatcher {
             return Plan::Done;
         }
         let arg = |i: usize| request.arg(i).unwrap_or_default();
-        let one = |op: ShardOp, key: &[u8]| Plan::One {
+        let one = |op: ShardOp<'a>, key: &[u8]| Plan::One {
             shard: shard_of(key, self.shards),
             op,
         };
@@ -317,17 +391,12 @@ impl Dispatcher {
                 command_command(request, out);
                 Plan::Done
             }
-            Cmd::Get => one(
-                ShardOp::Get {
-                    key: arg(1).to_vec(),
-                },
-                arg(1),
-            ),
+            Cmd::Get => one(ShardOp::Get { key: arg(1).into() }, arg(1)),
             Cmd::Set => match set_options(request, now) {
                 Ok(options) => one(
                     ShardOp::Set {
-                        key: arg(1).to_vec(),
-                        value: arg(2).to_vec(),
+                        key: arg(1).into(),
+                        value: arg(2).into(),
                         options,
                     },
                     arg(1),
@@ -351,7 +420,7 @@ impl Dispatcher {
                 match delta {
                     Ok(delta) => one(
                         ShardOp::IncrBy {
-                            key: arg(1).to_vec(),
+                            key: arg(1).into(),
                             delta,
                         },
                         arg(1),
@@ -363,10 +432,10 @@ impl Dispatcher {
                 }
             }
             Cmd::Del | Cmd::Exists | Cmd::MGet => {
-                let keys: Vec<&[u8]> = request.args().skip(1).collect();
+                let keys: Vec<&'a [u8]> = request.args().skip(1).collect();
                 let split = Split::new(keys.iter().copied(), self.shards);
                 let op = |positions: &[usize]| {
-                    let keys = positions.iter().map(|&p| keys[p].to_vec()).collect();
+                    let keys = positions.iter().map(|&p| Cow::from(keys[p])).collect();
                     match command {
                         Cmd::Del => ShardOp::Del { keys },
                         Cmd::Exists => ShardOp::Exists { keys },
@@ -383,7 +452,7 @@ impl Dispatcher {
                     arity_error(info.name, out);
                     return Plan::Done;
                 }
-                let pairs: Vec<(&[u8], &[u8])> = request
+                let pairs: Vec<(&'a [u8], &'a [u8])> = request
                     .args()
                     .skip(1)
                     .step_by(2)
@@ -393,7 +462,7 @@ impl Dispatcher {
                 let op = |positions: &[usize]| ShardOp::MSet {
                     pairs: positions
                         .iter()
-                        .map(|&p| (pairs[p].0.to_vec(), pairs[p].1.to_vec()))
+                        .map(|&p| (Cow::from(pairs[p].0), Cow::from(pairs[p].1)))
                         .collect(),
                 };
                 self.fan_out(split, op, |_| Merge::AllOk)
@@ -414,12 +483,12 @@ impl Dispatcher {
     }
 
     /// One op per shard of `split`; a single shard answers alone.
-    fn fan_out(
+    fn fan_out<'a>(
         &self,
         split: Split,
-        op: impl Fn(&[usize]) -> ShardOp,
+        op: impl Fn(&[usize]) -> ShardOp<'a>,
         merge: impl FnOnce(Split) -> Merge,
-    ) -> Plan {
+    ) -> Plan<'a> {
         if let [part] = split.parts() {
             // All keys on one shard: its answer is in key order already.
             return Plan::One {
@@ -439,7 +508,7 @@ impl Dispatcher {
     }
 
     /// The same op on every shard.
-    fn all(&self, op: ShardOp, merge: Merge) -> Plan {
+    fn all(&self, op: ShardOp<'static>, merge: Merge) -> Plan<'static> {
         Plan::Many {
             ops: (0..self.shards).map(|shard| (shard, op.clone())).collect(),
             merge,
@@ -464,7 +533,7 @@ impl Dispatcher {
         assert_eq!(stores.len(), self.shards, "one store per shard");
         match self.plan(request, now, out) {
             Plan::Done => {}
-            Plan::One { shard, op } => write_reply(execute(&mut stores[shard], op, now), out),
+            Plan::One { shard, op } => execute_into(&mut stores[shard], op, now, out),
             Plan::Many { ops, merge } => {
                 let replies = ops
                     .into_iter()
@@ -1382,7 +1451,7 @@ mod tests {
             Plan::One {
                 shard: shard_of(b"somekey", 4),
                 op: ShardOp::Get {
-                    key: b"somekey".to_vec()
+                    key: Cow::from(&b"somekey"[..])
                 }
             }
         );

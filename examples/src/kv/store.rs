@@ -11,6 +11,10 @@
 //! Like Redis's `DBSIZE`, [`Store::len`] counts expired keys that have not
 //! been reclaimed yet.
 //!
+//! Values are taken as `impl Into<Cow<[u8]>>`: an owned `Vec<u8>` moves
+//! into the store, a borrowed slice (straight from a request buffer) is
+//! copied once, into the old value's memory when it fits.
+//!
 //! Two families of operations:
 //! - the typed ones kv-node's native protocol exposes: [`Store::get`],
 //!   [`Store::put`], [`Store::compare_and_set`], [`Store::increment`],
@@ -32,6 +36,7 @@
 //! assert_eq!(store.get(b"k", 1_000), None); // expired
 //! ```
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
@@ -169,6 +174,16 @@ impl Store {
         self.map.get_mut(key)
     }
 
+    /// The live value of `key` (read-only: one lookup unless it expired).
+    fn live_ref(&mut self, key: &[u8], now: u64) -> Option<&Entry> {
+        let expired = self.map.get(key)?.deadline.is_some_and(|d| now >= d);
+        if expired {
+            self.remove(key);
+            return None;
+        }
+        self.map.get(key)
+    }
+
     /// Removes `key` and its deadline; returns the entry.
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let entry = self.map.remove(key)?;
@@ -193,12 +208,12 @@ impl Store {
 
     /// The value of `key`, if it exists and has not expired.
     pub fn get(&mut self, key: &[u8], now: u64) -> Option<&[u8]> {
-        self.live(key, now).map(|e| &e.value[..])
+        self.live_ref(key, now).map(|e| &e.value[..])
     }
 
     /// Whether `key` exists and has not expired.
     pub fn exists(&mut self, key: &[u8], now: u64) -> bool {
-        self.live(key, now).is_some()
+        self.live_ref(key, now).is_some()
     }
 
     /// Milliseconds left before `key` expires: `None` if there is no such
@@ -211,18 +226,25 @@ impl Store {
     /// Sets `key` to `value` with the deadline `deadline` (`None`: never
     /// expires), replacing any value and deadline it had. A deadline not
     /// after `now` deletes the key.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, deadline: Option<u64>, now: u64) {
+    pub fn put<'v>(
+        &mut self,
+        key: &[u8],
+        value: impl Into<Cow<'v, [u8]>>,
+        deadline: Option<u64>,
+        now: u64,
+    ) {
         if deadline.is_some_and(|d| d <= now) {
             self.remove(key);
             return;
         }
         match self.map.get_mut(key) {
             Some(entry) => {
-                entry.value = value;
+                assign(&mut entry.value, value.into());
                 let old = std::mem::replace(&mut entry.deadline, deadline);
                 self.move_deadline(key, old, deadline);
             }
             None => {
+                let value = value.into().into_owned();
                 self.map.insert(key.to_vec(), Entry { value, deadline });
                 if let Some(deadline) = deadline {
                     self.deadlines.insert((deadline, key.to_vec()));
@@ -234,7 +256,13 @@ impl Store {
     /// Redis's `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]`: the
     /// condition is checked against the live key, the old value returned if
     /// asked for, whether or not the write happened.
-    pub fn set(&mut self, key: &[u8], value: Vec<u8>, options: SetOptions, now: u64) -> SetOutcome {
+    pub fn set<'v>(
+        &mut self,
+        key: &[u8],
+        value: impl Into<Cow<'v, [u8]>>,
+        options: SetOptions,
+        now: u64,
+    ) -> SetOutcome {
         let current = self.live(key, now);
         let old = if options.get {
             current.as_ref().map(|e| e.value.clone())
@@ -279,11 +307,17 @@ impl Store {
             None => 0,
         };
         let sum = current.checked_add(delta).ok_or(StoreError::Overflow)?;
-        let mut text = Vec::with_capacity(20);
-        super::resp::write_decimal(&mut text, sum);
         match self.map.get_mut(key) {
-            Some(entry) => entry.value = text,
-            None => self.put(key, text, None, now),
+            Some(entry) => {
+                // In place: the digits fit the old value's memory most times.
+                entry.value.clear();
+                super::resp::write_decimal(&mut entry.value, sum);
+            }
+            None => {
+                let mut text = Vec::with_capacity(20);
+                super::resp::write_decimal(&mut text, sum);
+                self.put(key, text, None, now);
+            }
         }
         Ok(sum)
     }
@@ -291,16 +325,16 @@ impl Store {
     /// Replaces the value of `key` with `new` if it is `expected` now
     /// (`None`: the key must be absent). A replaced value keeps its
     /// deadline; a created key has none.
-    pub fn compare_and_set(
+    pub fn compare_and_set<'v>(
         &mut self,
         key: &[u8],
         expected: Option<&[u8]>,
-        new: Vec<u8>,
+        new: impl Into<Cow<'v, [u8]>>,
         now: u64,
     ) -> Cas {
         match (self.live(key, now), expected) {
             (Some(entry), Some(expected)) if entry.value == expected => {
-                entry.value = new;
+                assign(&mut entry.value, new.into());
                 Cas::Swapped
             }
             (None, None) => {
@@ -338,6 +372,25 @@ impl Store {
             removed += 1;
         }
         removed
+    }
+}
+
+/// Stores `value` in `slot`: an owned value moves in; a borrowed one is
+/// copied into the slot's memory when it fits without holding on to much
+/// more than it needs, else into a fresh allocation.
+fn assign(slot: &mut Vec<u8>, value: Cow<'_, [u8]>) {
+    match value {
+        Cow::Owned(value) => *slot = value,
+        Cow::Borrowed(value) => {
+            let fits = slot.capacity() >= value.len();
+            let snug = slot.capacity() <= value.len().saturating_mul(2).max(64);
+            if fits && snug {
+                slot.clear();
+                slot.extend_from_slice(value);
+            } else {
+                *slot = value.to_vec();
+            }
+        }
     }
 }
 
@@ -473,6 +526,30 @@ mod tests {
             outcome(true, Some(b"2"))
         );
         assert_eq!(s.get(b"e", 60), None);
+        check(&s);
+    }
+
+    #[test]
+    fn borrowed_values_reuse_memory_that_fits() {
+        let mut s = Store::new();
+        s.put(b"k", &b"0123456789"[..], None, 0);
+        let before = s.map[&b"k"[..]].value.as_ptr();
+        s.set(b"k", &b"abcdefgh"[..], SetOptions::default(), 0);
+        assert_eq!(s.get(b"k", 0), Some(&b"abcdefgh"[..]));
+        assert_eq!(s.map[&b"k"[..]].value.as_ptr(), before);
+        // An owned value moves in.
+        let owned = b"moved".to_vec();
+        let at = owned.as_ptr();
+        s.put(b"k", owned, None, 0);
+        assert_eq!(s.map[&b"k"[..]].value.as_ptr(), at);
+        // A much smaller value does not keep a large allocation alive.
+        s.put(b"k", vec![b'x'; 4096], None, 0);
+        s.put(b"k", &b"y"[..], None, 0);
+        assert!(s.map[&b"k"[..]].value.capacity() < 4096);
+        assert_eq!(s.get(b"k", 0), Some(&b"y"[..]));
+        // A larger one gets its own memory.
+        s.compare_and_set(b"k", Some(b"y"), &[b'z'; 100][..], 0);
+        assert_eq!(s.get(b"k", 0), Some(&[b'z'; 100][..]));
         check(&s);
     }
 
