@@ -1,8 +1,210 @@
-//! Minimal command-line parsing shared by the example nodes.
+//! Command-line pieces shared by the example nodes.
+//!
+//! The nodes parse their arguments with clap (derive); the argument groups
+//! every node has live here, so that they read and fail the same way:
+//!
+//! - [`CoreArgs`]: `--cpus LIST` or `--cores N`, turned into a
+//!   [`Placement`] by [`CoreArgs::placement`];
+//! - [`IdleArgs`]: `--idle park|spin[:MICROS]|poll`;
+//! - [`parse_tcp_listen`]: the value parser of a node's `--listen`, which
+//!   takes an endpoint (`tcp://127.0.0.1:6380`, or plain `HOST:PORT`) and
+//!   gives a [`TcpListen`] ready to bind. Each node declares its own
+//!   `--listen` with its own default port.
+//!
+//! ```
+//! use clap::Parser;
+//! use ringwire::runtime::{IdleStrategy, Placement};
+//! use ringwire_examples::cli::{parse_tcp_listen, CoreArgs, IdleArgs, TcpListen};
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     #[command(flatten)]
+//!     cores: CoreArgs,
+//!     #[command(flatten)]
+//!     idle: IdleArgs,
+//!     #[arg(long, default_value = "tcp://127.0.0.1:7000", value_parser = parse_tcp_listen)]
+//!     listen: TcpListen,
+//! }
+//!
+//! let args = Args::try_parse_from(["node", "--cpus", "0-2,5", "--idle", "spin:20"]).unwrap();
+//! assert_eq!(args.cores.placement(), Placement::Cpus(vec![0, 1, 2, 5]));
+//! assert_eq!(args.idle.idle, IdleStrategy::Spin(std::time::Duration::from_micros(20)));
+//! assert_eq!(args.listen.addr.port(), 7000);
+//! assert!(Args::try_parse_from(["node", "--cpus", "0", "--cores", "2"]).is_err());
+//! ```
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use ringwire::runtime::net::TcpListenOptions;
 use ringwire::runtime::{IdleStrategy, Placement};
+use ringwire::transports::{Endpoint, Scheme};
+
+/// `--cpus LIST` / `--cores N`: where a node's cores run.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreArgs {
+    /// Run one core on each listed CPU, in this order (taskset syntax:
+    /// `0`, `0,2`, `0-3`).
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
+    /// Run N cores, pinned to the first CPUs this process may use (see
+    /// `taskset`). A CPU list here (`0,1`, or `3,` for CPU 3 alone) is read
+    /// as --cpus. Without --cpus or --cores: one core per CPU this process
+    /// may use.
+    #[arg(long, value_name = "N", value_parser = parse_cores_value, conflicts_with = "cpus")]
+    pub cores: Option<Cores>,
+}
+
+impl CoreArgs {
+    /// The runtime placement these arguments ask for.
+    pub fn placement(&self) -> Placement {
+        match (&self.cpus, &self.cores) {
+            (Some(CpuList(cpus)), _) | (None, Some(Cores::List(CpuList(cpus)))) => {
+                Placement::Cpus(cpus.clone())
+            }
+            (None, Some(Cores::Count(n))) => Placement::Count(*n),
+            (None, None) => Placement::AllOnline,
+        }
+    }
+}
+
+/// A list of CPU ids, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// The value of `--cores`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cores {
+    /// That many cores.
+    Count(usize),
+    /// Explicit CPUs (the older spelling of `--cpus`).
+    List(CpuList),
+}
+
+/// Parses a CPU list in taskset syntax: ids and inclusive ranges separated
+/// by commas (`0`, `0,2`, `0-3,8`). Empty items are ignored (`3,` is CPU
+/// 3); an id listed twice is refused.
+pub fn parse_cpu_list(v: &str) -> Result<CpuList, String> {
+    let mut cpus: Vec<usize> = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let num = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("{s:?} is not a CPU id: {e}"))
+        };
+        let range = match item.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("range {item} runs backwards"));
+                }
+                a..=b
+            }
+            None => {
+                let a = num(item)?;
+                a..=a
+            }
+        };
+        for cpu in range {
+            if cpus.contains(&cpu) {
+                return Err(format!("CPU {cpu} is listed twice"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    if cpus.is_empty() {
+        return Err("no CPU listed".to_string());
+    }
+    Ok(CpuList(cpus))
+}
+
+/// Parses `--cores`: a count of at least 1, or a CPU list (anything with a
+/// `,` or `-`).
+pub fn parse_cores_value(v: &str) -> Result<Cores, String> {
+    if v.contains(',') || v.contains('-') {
+        return parse_cpu_list(v).map(Cores::List);
+    }
+    let n: usize = v
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e} (expected a count, or a CPU list like 0,1 or 3,)"))?;
+    if n == 0 {
+        return Err("at least 1 core (for CPU 0 alone: --cpus 0)".to_string());
+    }
+    Ok(Cores::Count(n))
+}
+
+/// `--idle`: what a core does when it has nothing to run.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct IdleArgs {
+    /// What an idle core does: park (block in the kernel until work comes),
+    /// spin[:MICROS] (poll that long, default 50, then park) or poll (never
+    /// block: lowest latency, one busy CPU per core).
+    #[arg(long, value_name = "MODE", default_value = "park", value_parser = parse_idle)]
+    pub idle: IdleStrategy,
+}
+
+/// A TCP listening address parsed from an endpoint: what to bind and how.
+#[derive(Clone, Debug)]
+pub struct TcpListen {
+    /// The endpoint as given (canonical form when printed).
+    pub endpoint: Endpoint,
+    /// The address to bind (a host name resolved to its first address).
+    pub addr: SocketAddr,
+    /// Socket options from the endpoint (`nodelay`, `backlog`,
+    /// `reuseport`), the runtime's defaults otherwise.
+    pub options: TcpListenOptions,
+}
+
+/// Parses a `--listen` value for a TCP listener: an endpoint
+/// `tcp://HOST:PORT[?options]`, or `HOST:PORT` alone, read as `tcp://`.
+/// Other schemes, and options this listener cannot apply, are refused.
+pub fn parse_tcp_listen(v: &str) -> Result<TcpListen, String> {
+    let text = if v.contains("://") {
+        v.to_string()
+    } else {
+        format!("tcp://{v}")
+    };
+    let endpoint: Endpoint = text.parse().map_err(|e| format!("{e}"))?;
+    if endpoint.scheme() != Scheme::Tcp {
+        return Err(format!(
+            "{endpoint}: this listener speaks tcp:// only (e.g. tcp://127.0.0.1:6380)"
+        ));
+    }
+    let opts = endpoint.options();
+    let unsupported = [
+        ("keepalive", opts.keepalive().is_some()),
+        ("linger", opts.linger().is_some()),
+        ("sndbuf", opts.sndbuf().is_some()),
+        ("rcvbuf", opts.rcvbuf().is_some()),
+    ];
+    if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(format!(
+            "{endpoint}: option {name:?} is not applied by this listener; it takes nodelay, backlog, reuseport"
+        ));
+    }
+    let mut options = TcpListenOptions::default();
+    if let Some(on) = opts.nodelay() {
+        options.nodelay = on;
+    }
+    if let Some(backlog) = opts.backlog() {
+        options.backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    }
+    if let Some(on) = opts.reuseport() {
+        options.reuse_port = on;
+    }
+    let addr = endpoint
+        .socket_addrs()
+        .map_err(|e| format!("{endpoint}: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{endpoint}: no address"))?;
+    Ok(TcpListen {
+        endpoint,
+        addr,
+        options,
+    })
+}
 
 /// Iterates over `--flag value` pairs.
 pub struct Args {
