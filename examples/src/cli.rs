@@ -144,6 +144,27 @@ pub struct IdleArgs {
     pub idle: IdleStrategy,
 }
 
+/// The value of `--wait-batch`: how many completions a parked core waits
+/// for, and for how long at most (`None`: it wakes at the first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitBatch(pub Option<(u32, Duration)>);
+
+/// Parses `--wait-batch N:MICROS` or `--wait-batch off`.
+pub fn parse_wait_batch(v: &str) -> Result<WaitBatch, String> {
+    if v == "off" {
+        return Ok(WaitBatch(None));
+    }
+    let (n, us) = v
+        .split_once(':')
+        .ok_or_else(|| "expected N:MICROS or off".to_string())?;
+    let n: u32 = n.parse().map_err(|e| format!("{n:?}: {e}"))?;
+    let us: u64 = us.parse().map_err(|e| format!("{us:?}: {e}"))?;
+    if n == 0 {
+        return Err("N must be at least 1 (or say off)".to_string());
+    }
+    Ok(WaitBatch(Some((n, Duration::from_micros(us)))))
+}
+
 /// A TCP listening address parsed from an endpoint: what to bind and how.
 #[derive(Clone, Debug)]
 pub struct TcpListen {

@@ -37,8 +37,11 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::hash_table::{self, HashTable};
 
 use super::resp::parse_i64;
 
@@ -120,21 +123,91 @@ pub enum Cas {
     },
 }
 
+/// Keys up to this many bytes are held in their table slot.
+const INLINE_KEY: usize = 22;
+
+/// A key as the table holds it: in the slot itself when short (most keys
+/// are), so that comparing it costs no memory access beyond the slot, else
+/// on the heap. 24 bytes either way.
+#[derive(Clone, Debug)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..key.len()].copy_from_slice(key);
+                Key::Inline { len, bytes }
+            }
+            _ => Key::Heap(key.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            // `len` is at most INLINE_KEY by construction.
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
+    key: Key,
     value: Vec<u8>,
     /// Deadline in milliseconds; the key is gone once `now >= deadline`.
     deadline: Option<u64>,
 }
 
+impl Entry {
+    fn expired(&self, now: u64) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
 /// One shard's keys. See the [module docs](self).
+///
+/// Each operation hashes its key once (SipHash with per-process random
+/// keys, as std's `HashMap`: clients cannot choose keys that pile up in one
+/// bucket) and probes the table once.
 #[derive(Debug, Default)]
 pub struct Store {
-    map: HashMap<Vec<u8>, Entry>,
+    table: HashTable<Entry>,
+    hasher: RandomState,
     /// The keys that have a deadline, in deadline order: what
-    /// [`Store::sweep`] walks. Holds exactly the map's `(deadline, key)`
+    /// [`Store::sweep`] walks. Holds exactly the table's `(deadline, key)`
     /// pairs.
     deadlines: BTreeSet<(u64, Vec<u8>)>,
+}
+
+/// Drops `entry`'s deadline from the index.
+fn forget_deadline(deadlines: &mut BTreeSet<(u64, Vec<u8>)>, entry: &Entry) {
+    if let Some(deadline) = entry.deadline {
+        deadlines.remove(&(deadline, entry.key.as_slice().to_vec()));
+    }
+}
+
+/// Moves `key`'s deadline in the index from `old` to `new`.
+fn move_deadline(
+    deadlines: &mut BTreeSet<(u64, Vec<u8>)>,
+    key: &[u8],
+    old: Option<u64>,
+    new: Option<u64>,
+) {
+    if old == new {
+        return;
+    }
+    if let Some(old) = old {
+        deadlines.remove(&(old, key.to_vec()));
+    }
+    if let Some(new) = new {
+        deadlines.insert((new, key.to_vec()));
+    }
 }
 
 impl Store {
@@ -146,12 +219,12 @@ impl Store {
     /// Number of keys, including expired keys not reclaimed yet (Redis's
     /// `DBSIZE` counts the same way).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// Whether the store holds no key at all.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 
     /// Number of keys that have a deadline.
@@ -164,56 +237,55 @@ impl Store {
         self.deadlines.first().map(|(deadline, _)| *deadline)
     }
 
-    /// The live entry for `key`, reclaiming it if it has expired.
-    fn live(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
-        let expired = self.map.get(key)?.deadline.is_some_and(|d| now >= d);
-        if expired {
-            self.remove(key);
-            return None;
-        }
-        self.map.get_mut(key)
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    /// The live value of `key` (read-only: one lookup unless it expired).
-    fn live_ref(&mut self, key: &[u8], now: u64) -> Option<&Entry> {
-        let expired = self.map.get(key)?.deadline.is_some_and(|d| now >= d);
-        if expired {
-            self.remove(key);
-            return None;
+    /// The table slot for `key`, occupied or vacant, for one probe.
+    fn slot(&mut self, key: &[u8]) -> hash_table::Entry<'_, Entry> {
+        let hash = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        self.table.entry(
+            hash,
+            |e| e.key.as_slice() == key,
+            |e| hasher.hash_one(e.key.as_slice()),
+        )
+    }
+
+    /// The live entry for `key`, reclaiming it if it has expired.
+    fn live(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
+        let hash = self.hash(key);
+        match self.table.find_entry(hash, |e| e.key.as_slice() == key) {
+            Ok(found) if found.get().expired(now) => {
+                let (entry, _) = found.remove();
+                forget_deadline(&mut self.deadlines, &entry);
+                None
+            }
+            Ok(found) => Some(found.into_mut()),
+            Err(_) => None,
         }
-        self.map.get(key)
     }
 
     /// Removes `key` and its deadline; returns the entry.
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let entry = self.map.remove(key)?;
-        if let Some(deadline) = entry.deadline {
-            self.deadlines.remove(&(deadline, key.to_vec()));
-        }
+        let hash = self.hash(key);
+        let (entry, _) = self
+            .table
+            .find_entry(hash, |e| e.key.as_slice() == key)
+            .ok()?
+            .remove();
+        forget_deadline(&mut self.deadlines, &entry);
         Some(entry)
-    }
-
-    /// Changes the deadline of the entry for `key` from `old` to `new`.
-    fn move_deadline(&mut self, key: &[u8], old: Option<u64>, new: Option<u64>) {
-        if old == new {
-            return;
-        }
-        if let Some(old) = old {
-            self.deadlines.remove(&(old, key.to_vec()));
-        }
-        if let Some(new) = new {
-            self.deadlines.insert((new, key.to_vec()));
-        }
     }
 
     /// The value of `key`, if it exists and has not expired.
     pub fn get(&mut self, key: &[u8], now: u64) -> Option<&[u8]> {
-        self.live_ref(key, now).map(|e| &e.value[..])
+        self.live(key, now).map(|e| &e.value[..])
     }
 
     /// Whether `key` exists and has not expired.
     pub fn exists(&mut self, key: &[u8], now: u64) -> bool {
-        self.live_ref(key, now).is_some()
+        self.live(key, now).is_some()
     }
 
     /// Milliseconds left before `key` expires: `None` if there is no such
@@ -233,24 +305,11 @@ impl Store {
         deadline: Option<u64>,
         now: u64,
     ) {
-        if deadline.is_some_and(|d| d <= now) {
-            self.remove(key);
-            return;
-        }
-        match self.map.get_mut(key) {
-            Some(entry) => {
-                assign(&mut entry.value, value.into());
-                let old = std::mem::replace(&mut entry.deadline, deadline);
-                self.move_deadline(key, old, deadline);
-            }
-            None => {
-                let value = value.into().into_owned();
-                self.map.insert(key.to_vec(), Entry { value, deadline });
-                if let Some(deadline) = deadline {
-                    self.deadlines.insert((deadline, key.to_vec()));
-                }
-            }
-        }
+        let options = SetOptions {
+            expiry: deadline.map_or(Expiry::Clear, Expiry::At),
+            ..SetOptions::default()
+        };
+        self.set(key, value, options, now);
     }
 
     /// Redis's `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]`: the
@@ -263,9 +322,20 @@ impl Store {
         options: SetOptions,
         now: u64,
     ) -> SetOutcome {
-        let current = self.live(key, now);
+        let hash = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        let slot = self.table.entry(
+            hash,
+            |e| e.key.as_slice() == key,
+            |e| hasher.hash_one(e.key.as_slice()),
+        );
+        // An expired entry counts as absent.
+        let current = match &slot {
+            hash_table::Entry::Occupied(o) if !o.get().expired(now) => Some(o.get()),
+            _ => None,
+        };
         let old = if options.get {
-            current.as_ref().map(|e| e.value.clone())
+            current.map(|e| e.value.clone())
         } else {
             None
         };
@@ -276,13 +346,38 @@ impl Store {
             Condition::IfAbsent => !exists,
             Condition::IfPresent => exists,
         };
-        if allowed {
-            let deadline = match options.expiry {
-                Expiry::Clear => None,
-                Expiry::Keep => current_deadline,
-                Expiry::At(at) => Some(at),
-            };
-            self.put(key, value, deadline, now);
+        let deadline = match options.expiry {
+            Expiry::Clear => None,
+            Expiry::Keep => current_deadline,
+            Expiry::At(at) => Some(at),
+        };
+        match slot {
+            hash_table::Entry::Occupied(o)
+                if !allowed && o.get().expired(now)
+                    || allowed && deadline.is_some_and(|d| d <= now) =>
+            {
+                // Not written and expired: reclaimed, as a read would. Or
+                // written with a deadline already past: deleted.
+                let (entry, _) = o.remove();
+                forget_deadline(&mut self.deadlines, &entry);
+            }
+            hash_table::Entry::Occupied(mut o) if allowed => {
+                let entry = o.get_mut();
+                assign(&mut entry.value, value.into());
+                let before = std::mem::replace(&mut entry.deadline, deadline);
+                move_deadline(&mut self.deadlines, key, before, deadline);
+            }
+            hash_table::Entry::Vacant(v) if allowed && deadline.is_none_or(|d| d > now) => {
+                v.insert(Entry {
+                    key: Key::new(key),
+                    value: value.into().into_owned(),
+                    deadline,
+                });
+                if let Some(deadline) = deadline {
+                    self.deadlines.insert((deadline, key.to_vec()));
+                }
+            }
+            _ => {}
         }
         SetOutcome {
             written: allowed,
@@ -293,7 +388,7 @@ impl Store {
     /// Deletes `key`; whether it existed (and had not expired).
     pub fn delete(&mut self, key: &[u8], now: u64) -> bool {
         match self.remove(key) {
-            Some(entry) => entry.deadline.is_none_or(|d| now < d),
+            Some(entry) => !entry.expired(now),
             None => false,
         }
     }
@@ -302,24 +397,44 @@ impl Store {
     /// 0) and returns the sum; the key keeps its deadline, as with Redis's
     /// `INCRBY`. The value must be a decimal integer as Redis writes them.
     pub fn increment(&mut self, key: &[u8], delta: i64, now: u64) -> Result<i64, StoreError> {
-        let current = match self.live(key, now) {
-            Some(entry) => parse_i64(&entry.value).ok_or(StoreError::NotInteger)?,
-            None => 0,
-        };
-        let sum = current.checked_add(delta).ok_or(StoreError::Overflow)?;
-        match self.map.get_mut(key) {
-            Some(entry) => {
+        let hash = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        let slot = self.table.entry(
+            hash,
+            |e| e.key.as_slice() == key,
+            |e| hasher.hash_one(e.key.as_slice()),
+        );
+        match slot {
+            hash_table::Entry::Occupied(mut o) => {
+                let entry = o.get_mut();
+                let expired = entry.expired(now);
+                let current = if expired {
+                    0
+                } else {
+                    parse_i64(&entry.value).ok_or(StoreError::NotInteger)?
+                };
+                let sum = current.checked_add(delta).ok_or(StoreError::Overflow)?;
+                if expired {
+                    // A fresh key: no deadline.
+                    let before = entry.deadline.take();
+                    move_deadline(&mut self.deadlines, key, before, None);
+                }
                 // In place: the digits fit the old value's memory most times.
                 entry.value.clear();
                 super::resp::write_decimal(&mut entry.value, sum);
+                Ok(sum)
             }
-            None => {
-                let mut text = Vec::with_capacity(20);
-                super::resp::write_decimal(&mut text, sum);
-                self.put(key, text, None, now);
+            hash_table::Entry::Vacant(v) => {
+                let mut value = Vec::with_capacity(20);
+                super::resp::write_decimal(&mut value, delta);
+                v.insert(Entry {
+                    key: Key::new(key),
+                    value,
+                    deadline: None,
+                });
+                Ok(delta)
             }
         }
-        Ok(sum)
     }
 
     /// Replaces the value of `key` with `new` if it is `expected` now
@@ -338,7 +453,13 @@ impl Store {
                 Cas::Swapped
             }
             (None, None) => {
-                self.put(key, new, None, now);
+                if let hash_table::Entry::Vacant(v) = self.slot(key) {
+                    v.insert(Entry {
+                        key: Key::new(key),
+                        value: new.into().into_owned(),
+                        deadline: None,
+                    });
+                }
                 Cas::Swapped
             }
             (current, _) => Cas::Mismatch {
@@ -349,7 +470,7 @@ impl Store {
 
     /// Removes every key (`FLUSHALL`).
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.table.clear();
         self.deadlines.clear();
     }
 
@@ -368,7 +489,10 @@ impl Store {
             let Some((_, key)) = self.deadlines.pop_first() else {
                 break;
             };
-            self.map.remove(&key);
+            let hash = self.hash(&key);
+            if let Ok(found) = self.table.find_entry(hash, |e| e.key.as_slice() == key) {
+                found.remove();
+            }
             removed += 1;
         }
         removed
@@ -398,14 +522,48 @@ fn assign(slot: &mut Vec<u8>, value: Cow<'_, [u8]>) {
 mod tests {
     use super::*;
 
-    /// Checks the invariant tying `deadlines` to the map.
+    /// Checks the invariant tying `deadlines` to the table, and that every
+    /// entry is where its hash says.
     fn check(store: &Store) {
-        let from_map: BTreeSet<(u64, Vec<u8>)> = store
-            .map
+        let from_table: BTreeSet<(u64, Vec<u8>)> = store
+            .table
             .iter()
-            .filter_map(|(k, e)| e.deadline.map(|d| (d, k.clone())))
+            .filter_map(|e| e.deadline.map(|d| (d, e.key.as_slice().to_vec())))
             .collect();
-        assert_eq!(from_map, store.deadlines);
+        assert_eq!(from_table, store.deadlines);
+        for e in store.table.iter() {
+            assert!(entry(store, e.key.as_slice()).is_some());
+        }
+    }
+
+    /// The table's entry for `key`, expired or not.
+    fn entry<'s>(store: &'s Store, key: &[u8]) -> Option<&'s Entry> {
+        store
+            .table
+            .find(store.hash(key), |e| e.key.as_slice() == key)
+    }
+
+    #[test]
+    fn keys_short_and_long() {
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        let mut s = Store::new();
+        let long = vec![b'L'; 200];
+        for key in [&b""[..], b"a", &[b's'; 22], &[b'h'; 23], &long] {
+            assert!(matches!(
+                (Key::new(key), key.len() <= INLINE_KEY),
+                (Key::Inline { .. }, true) | (Key::Heap(_), false)
+            ));
+            assert_eq!(Key::new(key).as_slice(), key);
+            s.put(key, key, None, 0);
+        }
+        for key in [&b""[..], b"a", &[b's'; 22], &[b'h'; 23], &long] {
+            assert_eq!(s.get(key, 0), Some(key));
+        }
+        // Prefixes and extensions of stored keys are other keys.
+        assert_eq!(s.get(&[b's'; 21], 0), None);
+        assert_eq!(s.get(&[b'h'; 24], 0), None);
+        assert_eq!(s.len(), 5);
+        check(&s);
     }
 
     #[test]
@@ -533,19 +691,19 @@ mod tests {
     fn borrowed_values_reuse_memory_that_fits() {
         let mut s = Store::new();
         s.put(b"k", &b"0123456789"[..], None, 0);
-        let before = s.map[&b"k"[..]].value.as_ptr();
+        let before = entry(&s, b"k").unwrap().value.as_ptr();
         s.set(b"k", &b"abcdefgh"[..], SetOptions::default(), 0);
         assert_eq!(s.get(b"k", 0), Some(&b"abcdefgh"[..]));
-        assert_eq!(s.map[&b"k"[..]].value.as_ptr(), before);
+        assert_eq!(entry(&s, b"k").unwrap().value.as_ptr(), before);
         // An owned value moves in.
         let owned = b"moved".to_vec();
         let at = owned.as_ptr();
         s.put(b"k", owned, None, 0);
-        assert_eq!(s.map[&b"k"[..]].value.as_ptr(), at);
+        assert_eq!(entry(&s, b"k").unwrap().value.as_ptr(), at);
         // A much smaller value does not keep a large allocation alive.
         s.put(b"k", vec![b'x'; 4096], None, 0);
         s.put(b"k", &b"y"[..], None, 0);
-        assert!(s.map[&b"k"[..]].value.capacity() < 4096);
+        assert!(entry(&s, b"k").unwrap().value.capacity() < 4096);
         assert_eq!(s.get(b"k", 0), Some(&b"y"[..]));
         // A larger one gets its own memory.
         s.compare_and_set(b"k", Some(b"y"), &[b'z'; 100][..], 0);
