@@ -10,9 +10,9 @@
 //! 2. [`execute_into`] runs a [`ShardOp`] against the shard's [`Store`] (on
 //!    the core that owns it) and writes the reply; [`execute`] gives the
 //!    answer as a [`ShardReply`] instead, for a [`Merge`]. A planned op
-//!    borrows keys and values from the request; [`ShardOp::into_owned`]
-//!    makes one that travels through the mailboxes (`ShardOp<'static>` and
-//!    `ShardReply` are `Send`).
+//!    borrows keys and values from the request; `kv::pipeline` packs the
+//!    ops for other cores into one batch per core (`ShardReply` is `Send`,
+//!    to travel back).
 //! 3. [`Merge::write`] (several shards) turns the answers into one reply,
 //!    keys in the order the client gave them.
 //!
@@ -48,13 +48,13 @@ use super::resp::{self, parse_i64, Request};
 use super::shard::{shard_of, Split};
 use super::store::{Condition, Expiry, SetOptions, Store, StoreError};
 
-/// A key or value in a [`ShardOp`]: borrowed from the request while the op
-/// runs on the core that parsed it, owned once it travels to another.
+/// A key or value in a [`ShardOp`]: borrowed (from the request, or from a
+/// batch that came from another core), or owned.
 pub type Bytes<'a> = Cow<'a, [u8]>;
 
 /// What one shard runs. Planned ops borrow from the request
-/// ([`Dispatcher::plan`]); [`ShardOp::into_owned`] makes one that can be
-/// sent to another core (`ShardOp<'static>` is `Send`).
+/// ([`Dispatcher::plan`]); `kv::pipeline` packs those for other cores'
+/// shards into a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShardOp<'a> {
     /// `GET key`.
@@ -102,49 +102,6 @@ pub enum ShardOp<'a> {
     DbSize,
     /// `FLUSHALL`.
     FlushAll,
-}
-
-impl ShardOp<'_> {
-    /// The same op owning its keys and values (copied where borrowed), to
-    /// send to the core that owns the shard.
-    pub fn into_owned(self) -> ShardOp<'static> {
-        fn own(b: Bytes<'_>) -> Bytes<'static> {
-            Cow::Owned(b.into_owned())
-        }
-        fn own_all(keys: Vec<Bytes<'_>>) -> Vec<Bytes<'static>> {
-            keys.into_iter().map(own).collect()
-        }
-        match self {
-            ShardOp::Get { key } => ShardOp::Get { key: own(key) },
-            ShardOp::Set {
-                key,
-                value,
-                options,
-            } => ShardOp::Set {
-                key: own(key),
-                value: own(value),
-                options,
-            },
-            ShardOp::IncrBy { key, delta } => ShardOp::IncrBy {
-                key: own(key),
-                delta,
-            },
-            ShardOp::Del { keys } => ShardOp::Del {
-                keys: own_all(keys),
-            },
-            ShardOp::Exists { keys } => ShardOp::Exists {
-                keys: own_all(keys),
-            },
-            ShardOp::MGet { keys } => ShardOp::MGet {
-                keys: own_all(keys),
-            },
-            ShardOp::MSet { pairs } => ShardOp::MSet {
-                pairs: pairs.into_iter().map(|(k, v)| (own(k), own(v))).collect(),
-            },
-            ShardOp::DbSize => ShardOp::DbSize,
-            ShardOp::FlushAll => ShardOp::FlushAll,
-        }
-    }
 }
 
 /// One shard's answer to a [`ShardOp`].

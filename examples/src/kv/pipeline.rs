@@ -53,16 +53,37 @@
 //! );
 //! ```
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use super::dispatch::{execute, execute_into, Dispatcher, Merge, Plan, ShardOp, ShardReply};
 use super::resp::{self, ProtocolError, Request};
-use super::store::Store;
+use super::store::{SetOptions, Store};
+
+/// Buffers larger than this are not kept for the next turn (one huge
+/// request must not pin its memory for the life of the connection).
+const RETAIN: usize = 1 << 20;
+
+/// A [`ShardOp`] packed into a batch: keys and values are spans of the
+/// batch's arena; multi-key ops list their spans in `Batch::spans`.
+#[derive(Clone, Debug)]
+enum Packed {
+    Get(Range<usize>),
+    Set(Range<usize>, Range<usize>, SetOptions),
+    IncrBy(Range<usize>, i64),
+    Del(Range<usize>),
+    Exists(Range<usize>),
+    MGet(Range<usize>),
+    /// Key and value spans alternate.
+    MSet(Range<usize>),
+    DbSize,
+    FlushAll,
+}
 
 /// One op sent to another shard.
 #[derive(Debug)]
 struct Forwarded {
-    op: ShardOp<'static>,
+    op: Packed,
     /// `None`: the op's reply is the whole request's reply, written as
     /// bytes. `Some(i)`: its answer is part `i` of a merge.
     part: Option<usize>,
@@ -70,10 +91,20 @@ struct Forwarded {
 
 /// The ops one turn sends to one shard, in request order. `Send`: it
 /// travels to the core that owns the shard, which runs it with
-/// [`run_batch`].
+/// [`run_batch`], and comes back inside the [`BatchReply`] so that the
+/// sender reuses its memory: in a steady state, forwarding allocates
+/// nothing per op, and no core frees memory another core allocated.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The ops' keys and values, back to back.
+    arena: Vec<u8>,
+    /// Key (and value) spans of multi-key ops.
+    spans: Vec<Range<usize>>,
     ops: Vec<Forwarded>,
+    /// Room for the replies, lent by the sender: the whole-request replies
+    /// back to back, and where each ends.
+    out: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl Batch {
@@ -86,37 +117,131 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        start..self.arena.len()
+    }
+
+    fn span_list<'k>(&mut self, items: impl IntoIterator<Item = &'k [u8]>) -> Range<usize> {
+        let first = self.spans.len();
+        for item in items {
+            let span = self.bytes(item);
+            self.spans.push(span);
+        }
+        first..self.spans.len()
+    }
+
+    /// Appends `op`, copying its keys and values into the arena.
+    fn push(&mut self, op: ShardOp<'_>, part: Option<usize>) {
+        let op = match op {
+            ShardOp::Get { key } => Packed::Get(self.bytes(&key)),
+            ShardOp::Set {
+                key,
+                value,
+                options,
+            } => Packed::Set(self.bytes(&key), self.bytes(&value), options),
+            ShardOp::IncrBy { key, delta } => Packed::IncrBy(self.bytes(&key), delta),
+            ShardOp::Del { keys } => Packed::Del(self.span_list(keys.iter().map(|k| &k[..]))),
+            ShardOp::Exists { keys } => Packed::Exists(self.span_list(keys.iter().map(|k| &k[..]))),
+            ShardOp::MGet { keys } => Packed::MGet(self.span_list(keys.iter().map(|k| &k[..]))),
+            ShardOp::MSet { pairs } => {
+                Packed::MSet(self.span_list(pairs.iter().flat_map(|(k, v)| [&k[..], &v[..]])))
+            }
+            ShardOp::DbSize => Packed::DbSize,
+            ShardOp::FlushAll => Packed::FlushAll,
+        };
+        self.ops.push(Forwarded { op, part });
+    }
+
+    /// The op `packed` as a [`ShardOp`] borrowing from the arena. Spans
+    /// are the batch's own, so they are in range; should one not be, the
+    /// op sees an empty key rather than panicking.
+    fn unpack<'b>(arena: &'b [u8], spans: &[Range<usize>], packed: &Packed) -> ShardOp<'b> {
+        let bytes =
+            |span: &Range<usize>| Cow::Borrowed(arena.get(span.clone()).unwrap_or_default());
+        let list = |range: &Range<usize>| -> Vec<Cow<'b, [u8]>> {
+            spans
+                .get(range.clone())
+                .unwrap_or_default()
+                .iter()
+                .map(bytes)
+                .collect()
+        };
+        match packed {
+            Packed::Get(key) => ShardOp::Get { key: bytes(key) },
+            Packed::Set(key, value, options) => ShardOp::Set {
+                key: bytes(key),
+                value: bytes(value),
+                options: *options,
+            },
+            Packed::IncrBy(key, delta) => ShardOp::IncrBy {
+                key: bytes(key),
+                delta: *delta,
+            },
+            Packed::Del(keys) => ShardOp::Del { keys: list(keys) },
+            Packed::Exists(keys) => ShardOp::Exists { keys: list(keys) },
+            Packed::MGet(keys) => ShardOp::MGet { keys: list(keys) },
+            Packed::MSet(items) => {
+                let items = list(items);
+                let mut pairs = Vec::with_capacity(items.len() / 2);
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((k, v));
+                }
+                ShardOp::MSet { pairs }
+            }
+            Packed::DbSize => ShardOp::DbSize,
+            Packed::FlushAll => ShardOp::FlushAll,
+        }
+    }
+
+    /// Empties the batch for reuse, dropping buffers grown too large.
+    fn recycle(&mut self) {
+        fn reset<T>(v: &mut Vec<T>, limit: usize) {
+            if v.capacity() > limit {
+                *v = Vec::new();
+            } else {
+                v.clear();
+            }
+        }
+        reset(&mut self.arena, RETAIN);
+        reset(&mut self.spans, RETAIN / 16);
+        reset(&mut self.ops, RETAIN / 64);
+        reset(&mut self.out, RETAIN);
+        reset(&mut self.ends, RETAIN / 8);
+    }
 }
 
-/// A shard's answers to a [`Batch`], to hand back to the turn that sent it.
+/// A shard's answers to a [`Batch`], to hand back to the turn that sent it
+/// (with the batch's memory).
 #[derive(Debug, Default)]
 pub struct BatchReply {
-    /// Replies of the ops that answer a whole request, back to back.
-    bytes: Vec<u8>,
-    /// End of each such reply in `bytes`, in batch order.
-    ends: Vec<usize>,
+    /// The batch, its ops run, its `out` and `ends` holding the replies.
+    batch: Batch,
     /// Answers of the ops that are part of a merge: (part index, answer).
     parts: Vec<(usize, ShardReply)>,
 }
 
 /// Runs `batch` on the shard's store at time `now` (milliseconds), in
-/// order. Values are copied once, from the store into the reply.
-pub fn run_batch(store: &mut Store, batch: Batch, now: u64) -> BatchReply {
-    let mut reply = BatchReply {
-        bytes: Vec::new(),
-        ends: Vec::with_capacity(batch.ops.len()),
-        parts: Vec::new(),
-    };
-    for Forwarded { op, part } in batch.ops {
+/// order. Values are copied once: from the store into the reply, or from
+/// the batch into the store.
+pub fn run_batch(store: &mut Store, mut batch: Batch, now: u64) -> BatchReply {
+    let mut parts = Vec::new();
+    let ops = std::mem::take(&mut batch.ops);
+    for Forwarded { op, part } in &ops {
+        let op = Batch::unpack(&batch.arena, &batch.spans, op);
         match part {
             None => {
-                execute_into(store, op, now, &mut reply.bytes);
-                reply.ends.push(reply.bytes.len());
+                execute_into(store, op, now, &mut batch.out);
+                batch.ends.push(batch.out.len());
             }
-            Some(index) => reply.parts.push((index, execute(store, op, now))),
+            Some(index) => parts.push((*index, execute(store, op, now))),
         }
     }
-    reply
+    batch.ops = ops;
+    BatchReply { batch, parts }
 }
 
 /// Where a forwarded reply goes in the output.
@@ -139,7 +264,8 @@ enum Fill {
 #[derive(Debug)]
 enum Answer {
     Waiting,
-    Replied(BatchReply),
+    /// The batch, with its replies in `out` / `ends`.
+    Replied(Batch),
     Failed(Vec<u8>),
 }
 
@@ -147,7 +273,7 @@ enum Answer {
 ///
 /// Memory: the turn's replies, the ops waiting for other shards (their keys
 /// and values copied) and their answers; every buffer is kept for the next
-/// turn.
+/// turn, unless it grew past 1 MiB.
 #[derive(Debug)]
 pub struct Turn {
     /// The shard this core owns.
@@ -218,10 +344,7 @@ impl Turn {
                 let Some(batch) = self.batches.get_mut(shard) else {
                     return resp::write_error(&mut self.out, NO_SUCH_SHARD);
                 };
-                batch.ops.push(Forwarded {
-                    op: op.into_owned(),
-                    part: None,
-                });
+                batch.push(op, None);
                 let index = self.remote_replies[shard];
                 self.remote_replies[shard] += 1;
                 self.holes.push(Hole {
@@ -242,10 +365,7 @@ impl Turn {
                     } else {
                         all_local = false;
                         self.parts.push(None);
-                        self.batches[shard].ops.push(Forwarded {
-                            op: op.into_owned(),
-                            part: Some(index),
-                        });
+                        self.batches[shard].push(op, Some(index));
                     }
                 }
                 if all_local {
@@ -284,14 +404,14 @@ impl Turn {
     }
 
     /// Takes in `shard`'s answers to its batch.
-    pub fn complete(&mut self, shard: usize, mut reply: BatchReply) {
-        for (index, answer) in reply.parts.drain(..) {
+    pub fn complete(&mut self, shard: usize, reply: BatchReply) {
+        for (index, answer) in reply.parts {
             if let Some(slot) = self.parts.get_mut(index) {
                 *slot = Some(answer);
             }
         }
         if let Some(slot) = self.answers.get_mut(shard) {
-            *slot = Answer::Replied(reply);
+            *slot = Answer::Replied(reply.batch);
         }
     }
 
@@ -310,6 +430,9 @@ impl Turn {
     pub fn take_output(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
         spare.clear();
         self.requests = 0;
+        if spare.capacity() > RETAIN {
+            spare = Vec::new();
+        }
         if self.holes.is_empty() {
             self.parts.clear();
             return std::mem::replace(&mut self.out, spare);
@@ -326,9 +449,18 @@ impl Turn {
         }
         spare.extend_from_slice(self.out.get(from..).unwrap_or_default());
         self.out.clear();
+        if self.out.capacity() > RETAIN {
+            self.out = Vec::new();
+        }
         self.parts.clear();
-        for answer in &mut self.answers {
-            *answer = Answer::Waiting;
+        // The batches that came back are reused for the next turn.
+        for (shard, answer) in self.answers.iter_mut().enumerate() {
+            if let Answer::Replied(mut batch) = std::mem::replace(answer, Answer::Waiting) {
+                batch.recycle();
+                if let Some(slot) = self.batches.get_mut(shard) {
+                    *slot = batch;
+                }
+            }
         }
         for count in &mut self.remote_replies {
             *count = 0;
@@ -338,13 +470,13 @@ impl Turn {
 
     fn write_remote(&self, shard: usize, index: usize, dst: &mut Vec<u8>) {
         match self.answers.get(shard) {
-            Some(Answer::Replied(reply)) => {
+            Some(Answer::Replied(batch)) => {
                 let start = match index {
                     0 => Some(0),
-                    i => reply.ends.get(i - 1).copied(),
+                    i => batch.ends.get(i - 1).copied(),
                 };
-                let end = reply.ends.get(index).copied();
-                match start.zip(end).and_then(|(s, e)| reply.bytes.get(s..e)) {
+                let end = batch.ends.get(index).copied();
+                match start.zip(end).and_then(|(s, e)| batch.out.get(s..e)) {
                     Some(bytes) => dst.extend_from_slice(bytes),
                     None => resp::write_error(dst, MISSING),
                 }
@@ -568,6 +700,108 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "+OK\r\n$1\r\nv\r\n-ERR Protocol error: invalid bulk length\r\n"
         );
+    }
+
+    #[test]
+    fn every_op_survives_packing() {
+        let key = |k: &'static str| Cow::Borrowed(k.as_bytes());
+        let options = SetOptions {
+            get: true,
+            ..SetOptions::default()
+        };
+        let ops = vec![
+            ShardOp::Get { key: key("g") },
+            ShardOp::Get { key: key("") },
+            ShardOp::Set {
+                key: key("s"),
+                value: key("value"),
+                options,
+            },
+            ShardOp::IncrBy {
+                key: key("n"),
+                delta: -3,
+            },
+            ShardOp::Del {
+                keys: vec![key("a"), key("b")],
+            },
+            ShardOp::Exists {
+                keys: vec![key("a"), key("a")],
+            },
+            ShardOp::MGet { keys: vec![] },
+            ShardOp::MSet {
+                pairs: vec![(key("k1"), key("v1")), (key("k2"), key(""))],
+            },
+            ShardOp::DbSize,
+            ShardOp::FlushAll,
+        ];
+        let mut batch = Batch::default();
+        for op in ops.clone() {
+            batch.push(op, None);
+        }
+        assert_eq!(batch.len(), ops.len());
+        for (packed, op) in batch.ops.iter().zip(&ops) {
+            assert_eq!(&Batch::unpack(&batch.arena, &batch.spans, &packed.op), op);
+        }
+    }
+
+    #[test]
+    fn batches_come_back_and_are_reused() {
+        let dispatcher = Dispatcher::new(2);
+        let (mut here, mut there) = (Store::new(), Store::new());
+        let remote = keys_on(1, 2, "r", 1).remove(0);
+        let mut turn = Turn::new(0, 2);
+        let mut arena_at = None;
+        let mut out_at = None;
+        for round in 0..3 {
+            let input = format!("SET {remote} v{round}\r\nGET {remote}\r\n");
+            let mut parser = RequestParser::new(Limits::default());
+            parser.feed(input.as_bytes());
+            while let Some(request) = parser.next().unwrap() {
+                turn.push(&dispatcher, &mut here, &request, 0);
+            }
+            let mut batches = turn.take_batches();
+            assert_eq!(batches.len(), 1);
+            let (shard, batch) = batches.remove(0);
+            // The second and third turns reuse the first one's memory.
+            match arena_at {
+                None => arena_at = Some(batch.arena.as_ptr()),
+                Some(at) => assert_eq!(batch.arena.as_ptr(), at),
+            }
+            let reply = run_batch(&mut there, batch, 0);
+            match out_at {
+                None => out_at = Some(reply.batch.out.as_ptr()),
+                Some(at) => assert_eq!(reply.batch.out.as_ptr(), at),
+            }
+            turn.complete(shard, reply);
+            let out = turn.take_output(Vec::new());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("+OK\r\n$2\r\nv{round}\r\n")
+            );
+        }
+        // A huge value is not kept once it has been forwarded.
+        let big = "x".repeat(2 * RETAIN);
+        let input = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{remote}\r\n${}\r\n{big}\r\nGET {remote}\r\n",
+            remote.len(),
+            big.len()
+        );
+        let mut parser = RequestParser::new(Limits::default());
+        parser.feed(input.as_bytes());
+        while let Some(request) = parser.next().unwrap() {
+            turn.push(&dispatcher, &mut here, &request, 0);
+        }
+        for (shard, batch) in turn.take_batches() {
+            let reply = run_batch(&mut there, batch, 0);
+            turn.complete(shard, reply);
+        }
+        let out = turn.take_output(Vec::new());
+        assert!(out.len() > 2 * RETAIN);
+        assert!(turn.batches[1].arena.capacity() <= RETAIN);
+        assert!(turn.batches[1].out.capacity() <= RETAIN);
+        let kept = turn.take_output(out);
+        assert!(kept.is_empty());
+        assert!(turn.out.capacity() <= RETAIN);
     }
 
     /// A deterministic mix of commands over keys of every shard.
