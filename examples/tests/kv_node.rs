@@ -257,9 +257,9 @@ fn every_command_through_a_redis_client() {
     assert_eq!(ok(c, &["DBSIZE"]), Value::Int(0));
 
     // COMMAND, as clients ask at start.
-    assert_eq!(ok(c, &["COMMAND", "COUNT"]), Value::Int(15));
+    assert_eq!(ok(c, &["COMMAND", "COUNT"]), Value::Int(16));
     match ok(c, &["COMMAND"]) {
-        Value::Array(commands) => assert_eq!(commands.len(), 15),
+        Value::Array(commands) => assert_eq!(commands.len(), 16),
         other => panic!("COMMAND: {other:?}"),
     }
     match ok(c, &["COMMAND", "INFO", "get"]) {
@@ -503,6 +503,11 @@ fn redis_cli_and_redis_benchmark_work_unmodified() {
     assert!(
         !stdout.contains("ERR") && !stderr.contains("ERR"),
         "errors during the benchmark:\n{stdout}\n{stderr}"
+    );
+    // It found the configuration it asks for at start.
+    assert!(
+        !stderr.contains("Could not fetch server CONFIG"),
+        "{stderr}"
     );
     // The benchmark's key holds one of its values (3 bytes by default).
     assert_eq!(cli(&["GET", "key:__rand_int__"]).len(), 3);

@@ -51,8 +51,8 @@ use ringwire_examples::kv::store::Store;
 /// Each core owns the keys that hash to it; a request that arrives on
 /// another core is forwarded to the owner through the mailboxes. Serves
 /// PING, ECHO, GET, SET (EX/PX/EXAT/PXAT/KEEPTTL, NX/XX, GET), DEL, EXISTS,
-/// INCR/INCRBY/DECR/DECRBY, MGET, MSET, DBSIZE, FLUSHALL and COMMAND, with
-/// pipelining. Logs go to stderr, filtered by RUST_LOG (default: info).
+/// INCR/INCRBY/DECR/DECRBY, MGET, MSET, DBSIZE, FLUSHALL, COMMAND and
+/// CONFIG GET, with pipelining. Logs go to stderr, filtered by RUST_LOG (default: info).
 #[derive(Parser, Debug)]
 #[command(name = "kv-node", version)]
 struct Args {

@@ -348,6 +348,10 @@ impl Dispatcher {
                 command_command(request, out);
                 Plan::Done
             }
+            Cmd::Config => {
+                config_command(request, out);
+                Plan::Done
+            }
             Cmd::Get => one(ShardOp::Get { key: arg(1).into() }, arg(1)),
             Cmd::Set => match set_options(request, now) {
                 Ok(options) => one(
@@ -594,10 +598,11 @@ enum Cmd {
     Ping,
     Echo,
     Command,
+    Config,
 }
 
 impl Cmd {
-    const ALL: [Cmd; 15] = [
+    const ALL: [Cmd; 16] = [
         Cmd::Get,
         Cmd::Set,
         Cmd::Del,
@@ -613,6 +618,7 @@ impl Cmd {
         Cmd::Ping,
         Cmd::Echo,
         Cmd::Command,
+        Cmd::Config,
     ];
 
     fn info(self) -> &'static Info {
@@ -681,6 +687,7 @@ struct Info {
     group: &'static str,
     complexity: &'static str,
     args: &'static [Arg],
+    subcommands: &'static [Info],
 }
 
 /// An argument as COMMAND DOCS describes it.
@@ -717,9 +724,10 @@ const KEYS: Arg = Arg {
     ..arg("key", "key")
 };
 
-const TABLE: [Info; 15] = [
+const TABLE: [Info; 16] = [
     Info {
         name: "get",
+        subcommands: &[],
         arity: 2,
         flags: &["readonly", "fast"],
         first_key: 1,
@@ -734,6 +742,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "set",
+        subcommands: &[],
         arity: -3,
         flags: &["write", "denyoom"],
         first_key: 1,
@@ -775,6 +784,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "del",
+        subcommands: &[],
         arity: -2,
         flags: &["write"],
         first_key: 1,
@@ -789,6 +799,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "exists",
+        subcommands: &[],
         arity: -2,
         flags: &["readonly", "fast"],
         first_key: 1,
@@ -803,6 +814,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "incr",
+        subcommands: &[],
         arity: 2,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -817,6 +829,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "incrby",
+        subcommands: &[],
         arity: 3,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -831,6 +844,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "decr",
+        subcommands: &[],
         arity: 2,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -845,6 +859,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "decrby",
+        subcommands: &[],
         arity: 3,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -859,6 +874,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "mget",
+        subcommands: &[],
         arity: -2,
         flags: &["readonly", "fast"],
         first_key: 1,
@@ -873,6 +889,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "mset",
+        subcommands: &[],
         arity: -3,
         flags: &["write", "denyoom"],
         first_key: 1,
@@ -891,6 +908,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "dbsize",
+        subcommands: &[],
         arity: 1,
         flags: &["readonly", "fast"],
         first_key: 0,
@@ -905,6 +923,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "flushall",
+        subcommands: &[],
         arity: -1,
         flags: &["write"],
         first_key: 0,
@@ -926,6 +945,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "ping",
+        subcommands: &[],
         arity: -1,
         flags: &["fast"],
         first_key: 0,
@@ -943,6 +963,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "echo",
+        subcommands: &[],
         arity: 2,
         flags: &["fast"],
         first_key: 0,
@@ -957,6 +978,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "command",
+        subcommands: &COMMAND_SUBCOMMANDS,
         arity: -1,
         flags: &["loading", "stale"],
         first_key: 0,
@@ -969,6 +991,21 @@ const TABLE: [Info; 15] = [
         complexity: "O(N) where N is the number of commands",
         args: &[],
     },
+    Info {
+        name: "config",
+        subcommands: &CONFIG_SUBCOMMANDS,
+        arity: -2,
+        flags: &[],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        categories: &["@slow"],
+        summary: "A container for server configuration commands (GET: what kv-node can tell).",
+        since: "2.0.0",
+        group: "server",
+        complexity: "Depends on subcommand.",
+        args: &[],
+    },
 ];
 
 const COMMAND_NAMES: Arg = Arg {
@@ -978,7 +1015,7 @@ const COMMAND_NAMES: Arg = Arg {
 };
 
 /// COMMAND's subcommands.
-const SUBCOMMANDS: [Info; 5] = [
+const COMMAND_SUBCOMMANDS: [Info; 5] = [
     sub("command|count", 2, "Returns a count of commands.", &[]),
     sub(
         "command|docs",
@@ -1015,7 +1052,170 @@ const fn sub(name: &'static str, arity: i64, summary: &'static str, args: &'stat
         group: "server",
         complexity: "O(N) where N is the number of commands",
         args,
+        subcommands: &[],
     }
+}
+
+/// CONFIG's subcommands.
+const CONFIG_SUBCOMMANDS: [Info; 2] = [
+    Info {
+        name: "config|get",
+        arity: -3,
+        flags: &["admin", "noscript", "loading", "stale"],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        categories: &["@admin", "@slow", "@dangerous"],
+        summary: "Returns the effective values of configuration parameters (those kv-node has).",
+        since: "2.0.0",
+        group: "server",
+        complexity: "O(N) when N is the number of configuration parameters provided",
+        args: &[Arg {
+            multiple: true,
+            ..arg("parameter", "string")
+        }],
+        subcommands: &[],
+    },
+    Info {
+        name: "config|help",
+        arity: 2,
+        flags: &["loading", "stale"],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        categories: &["@slow"],
+        summary: "Returns helpful text about the different subcommands.",
+        since: "5.0.0",
+        group: "server",
+        complexity: "O(1)",
+        args: &[],
+        subcommands: &[],
+    },
+];
+
+/// The configuration parameters `CONFIG GET` reports, with kv-node's
+/// values: it keeps nothing on disk. (redis-benchmark asks for these two.)
+const CONFIG_PARAMETERS: [(&str, &str); 2] = [("save", ""), ("appendonly", "no")];
+
+const CONFIG_HELP: [&str; 5] = [
+    "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GET <pattern>",
+    "    Return parameters matching the glob-like <pattern> and their values.",
+    "HELP",
+    "    Print this help.",
+];
+
+/// CONFIG GET and CONFIG HELP.
+fn config_command(request: &Request<'_>, out: &mut Vec<u8>) {
+    let subcommand = request.arg(1).unwrap_or_default();
+    let Some(info) = find_subcommand(&CONFIG_SUBCOMMANDS, subcommand) else {
+        return unknown_subcommand(subcommand, "CONFIG", out);
+    };
+    if !arity_ok(info.arity, request.len()) {
+        return arity_error(info.name, out);
+    }
+    if info.name == "config|help" {
+        return write_statuses(&CONFIG_HELP, out);
+    }
+    let patterns: Vec<&[u8]> = request.args().skip(2).collect();
+    let matching: Vec<&(&str, &str)> = CONFIG_PARAMETERS
+        .iter()
+        .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name.as_bytes())))
+        .collect();
+    resp::write_array(out, matching.len() * 2);
+    for (name, value) in matching {
+        resp::write_bulk(out, name.as_bytes());
+        resp::write_bulk(out, value.as_bytes());
+    }
+}
+
+/// Whether `text` matches the glob `pattern`, ignoring ASCII case, as
+/// Redis matches configuration names: `*` any run, `?` any byte, `[abc]`,
+/// `[a-z]` and `[^...]` classes, `\x` a literal `x`. Linear in the product
+/// of the lengths (no exponential backtracking).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where to resume after the last `*`: (pattern after it, text position).
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        let c = text[t].to_ascii_lowercase();
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, t));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => match_class(pattern, p + 1, c),
+            Some(b'\\') if p + 1 < pattern.len() => {
+                (pattern[p + 1].to_ascii_lowercase() == c).then_some(p + 2)
+            }
+            Some(&b) => (b.to_ascii_lowercase() == c).then_some(p + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
+            }
+            (None, Some((after, from))) => {
+                // Let the last `*` take one more byte.
+                p = after;
+                t = from + 1;
+                star = Some((after, from + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&b| b == b'*')
+}
+
+/// Matches `c` against the class starting at `pattern[from]` (after its
+/// `[`): the pattern position after the class if it matches. An unclosed
+/// class runs to the end of the pattern, as in Redis.
+fn match_class(pattern: &[u8], from: usize, c: u8) -> Option<usize> {
+    let mut i = from;
+    let negate = pattern.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    while i < pattern.len() && pattern[i] != b']' {
+        if pattern[i] == b'\\' && i + 1 < pattern.len() {
+            i += 1;
+            matched |= pattern[i].to_ascii_lowercase() == c;
+        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
+            let (mut lo, mut hi) = (
+                pattern[i].to_ascii_lowercase(),
+                pattern[i + 2].to_ascii_lowercase(),
+            );
+            if lo > hi {
+                std::mem::swap(&mut lo, &mut hi);
+            }
+            matched |= (lo..=hi).contains(&c);
+            i += 2;
+        } else {
+            matched |= pattern[i].to_ascii_lowercase() == c;
+        }
+        i += 1;
+    }
+    (matched != negate).then_some((i + 1).min(pattern.len()))
+}
+
+fn find_subcommand(table: &'static [Info], name: &[u8]) -> Option<&'static Info> {
+    table.iter().find(|s| {
+        s.name
+            .split_once('|')
+            .is_some_and(|(_, sub)| sub.as_bytes().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Redis's reply to an unknown subcommand of `command`.
+fn unknown_subcommand(subcommand: &[u8], command: &str, out: &mut Vec<u8>) {
+    let mut message = b"ERR unknown subcommand '".to_vec();
+    message.extend_from_slice(c_str(subcommand, 128));
+    message.extend_from_slice(format!("'. Try {command} HELP.").as_bytes());
+    resp::write_error(out, &message);
 }
 
 const COMMAND_HELP: [&str; 13] = [
@@ -1043,16 +1243,8 @@ fn command_command(request: &Request<'_>, out: &mut Vec<u8>) {
         }
         return;
     };
-    let Some(info) = SUBCOMMANDS.iter().find(|s| {
-        s.name
-            .split_once('|')
-            .is_some_and(|(_, name)| name.as_bytes().eq_ignore_ascii_case(subcommand))
-    }) else {
-        let mut message = b"ERR unknown subcommand '".to_vec();
-        message.extend_from_slice(c_str(subcommand, 128));
-        message.extend_from_slice(b"'. Try COMMAND HELP.");
-        resp::write_error(out, &message);
-        return;
+    let Some(info) = find_subcommand(&COMMAND_SUBCOMMANDS, subcommand) else {
+        return unknown_subcommand(subcommand, "COMMAND", out);
     };
     if !arity_ok(info.arity, request.len()) {
         return arity_error(info.name, out);
@@ -1115,12 +1307,8 @@ fn write_info(info: &Info, out: &mut Vec<u8>) {
     write_statuses(info.categories, out);
     resp::write_array(out, 0); // tips
     resp::write_array(out, 0); // key specifications
-    if info.name == "command" {
-        resp::write_array(out, SUBCOMMANDS.len());
-        SUBCOMMANDS.iter().for_each(|s| write_info(s, out));
-    } else {
-        resp::write_array(out, 0);
-    }
+    resp::write_array(out, info.subcommands.len());
+    info.subcommands.iter().for_each(|s| write_info(s, out));
 }
 
 fn write_statuses(items: &[&str], out: &mut Vec<u8>) {
@@ -1132,8 +1320,8 @@ fn write_statuses(items: &[&str], out: &mut Vec<u8>) {
 
 /// COMMAND DOCS's map for one command (a flat array in RESP2).
 fn write_docs(info: &Info, out: &mut Vec<u8>) {
-    let is_command = info.name == "command";
-    let fields = 4 + usize::from(!info.args.is_empty()) + usize::from(is_command);
+    let has_subcommands = !info.subcommands.is_empty();
+    let fields = 4 + usize::from(!info.args.is_empty()) + usize::from(has_subcommands);
     resp::write_array(out, fields * 2);
     for (key, value) in [
         ("summary", info.summary),
@@ -1148,10 +1336,10 @@ fn write_docs(info: &Info, out: &mut Vec<u8>) {
         resp::write_bulk(out, b"arguments");
         write_args(info.args, out);
     }
-    if is_command {
+    if has_subcommands {
         resp::write_bulk(out, b"subcommands");
-        resp::write_array(out, SUBCOMMANDS.len() * 2);
-        for sub in &SUBCOMMANDS {
+        resp::write_array(out, info.subcommands.len() * 2);
+        for sub in info.subcommands {
             resp::write_bulk(out, sub.name.as_bytes());
             write_docs(sub, out);
         }
@@ -1598,7 +1786,7 @@ mod tests {
                 "arguments" => items(&pair[1]).iter().for_each(check_arg),
                 "subcommands" => {
                     for sub in items(&pair[1]).chunks(2) {
-                        assert!(bulk(&sub[0]).starts_with("command|"));
+                        assert!(bulk(&sub[0]).contains('|'));
                         check_docs(&sub[1]);
                     }
                 }
@@ -1633,7 +1821,7 @@ mod tests {
         let fields = items(info);
         assert_eq!(fields.len(), 10);
         let name = bulk(&fields[0]);
-        assert!(lookup(name.as_bytes()).is_some() || name.starts_with("command|"));
+        assert!(lookup(name.as_bytes()).is_some() || name.contains('|'));
         assert!(matches!(fields[1], Value::Int(_)));
         for i in [2, 6] {
             assert!(items(&fields[i])
@@ -1650,7 +1838,7 @@ mod tests {
     fn command_and_its_subcommands() {
         let mut n = Node::new(1);
         let all = decode_all(&n.cmd("COMMAND", 0));
-        assert_eq!(items(&all).len(), 15);
+        assert_eq!(items(&all).len(), 16);
         items(&all).iter().for_each(check_info);
         let get = &items(&all)[0];
         assert_eq!(bulk(&items(get)[0]), "get");
@@ -1665,9 +1853,9 @@ mod tests {
             let command = lookup(name.as_bytes()).expect("listed commands exist");
             assert_eq!(command.info().arity, arity);
         }
-        assert_eq!(n.cmd("command count", 0), ":15\r\n");
+        assert_eq!(n.cmd("command count", 0), ":16\r\n");
         let docs = decode_all(&n.cmd("COMMAND DOCS", 0));
-        assert_eq!(items(&docs).len(), 30);
+        assert_eq!(items(&docs).len(), 32);
         for pair in items(&docs).chunks(2) {
             lookup(bulk(&pair[0]).as_bytes()).expect("documented commands exist");
             check_docs(&pair[1]);
@@ -1680,7 +1868,7 @@ mod tests {
         check_info(&items(&info)[0]);
         assert_eq!(items(&info)[1], Value::Bulk(None));
         let list = decode_all(&n.cmd("COMMAND LIST", 0));
-        assert_eq!(items(&list).len(), 15);
+        assert_eq!(items(&list).len(), 16);
         let help = decode_all(&n.cmd("COMMAND HELP", 0));
         assert!(items(&help).iter().all(|l| matches!(l, Value::Status(_))));
         assert_eq!(
@@ -1689,6 +1877,72 @@ mod tests {
         );
         assert_eq!(n.cmd("COMMAND COUNT x", 0), arity("command|count"));
         assert_eq!(n.cmd("COMMAND LIST FILTERBY x", 0), SYNTAX_ERR);
+    }
+
+    #[test]
+    fn config_get_reports_what_the_node_has() {
+        let mut n = Node::new(2);
+        // What redis-benchmark asks at start.
+        assert_eq!(
+            n.cmd("CONFIG GET save", 0),
+            "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+        );
+        assert_eq!(
+            n.cmd("config get APPENDONLY", 0),
+            "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n"
+        );
+        // Patterns; each parameter once however many patterns match it.
+        assert_eq!(
+            n.cmd("CONFIG GET * s*", 0),
+            "*4\r\n$4\r\nsave\r\n$0\r\n\r\n$10\r\nappendonly\r\n$2\r\nno\r\n"
+        );
+        assert_eq!(n.cmd("CONFIG GET maxmemory", 0), "*0\r\n");
+        assert_eq!(n.cmd("CONFIG GET", 0), arity("config|get"));
+        assert_eq!(n.cmd("CONFIG", 0), arity("config"));
+        assert_eq!(
+            n.cmd("CONFIG SET save x", 0),
+            "-ERR unknown subcommand 'SET'. Try CONFIG HELP.\r\n"
+        );
+        let help = decode_all(&n.cmd("CONFIG HELP", 0));
+        assert!(items(&help).iter().all(|l| matches!(l, Value::Status(_))));
+        // CONFIG is documented with its subcommands.
+        let docs = decode_all(&n.cmd("COMMAND DOCS config", 0));
+        assert_eq!(bulk(&items(&docs)[0]), "config");
+        check_docs(&items(&docs)[1]);
+    }
+
+    #[test]
+    fn glob_patterns_match_as_redis_does() {
+        for (pattern, text, matches) in [
+            ("*", "save", true),
+            ("", "", true),
+            ("", "a", false),
+            ("save", "SAVE", true),
+            ("sa?e", "save", true),
+            ("sa?e", "sae", false),
+            ("*only", "appendonly", true),
+            ("*only*", "appendonly", true),
+            ("a*d*y", "appendonly", true),
+            ("a*d*x", "appendonly", false),
+            ("[ab]ppendonly", "appendonly", true),
+            ("[^a]ppendonly", "appendonly", false),
+            ("[b-z]ave", "save", true),
+            ("[z-b]ave", "save", true),
+            ("[a-c]ave", "save", false),
+            ("\\*", "*", true),
+            ("\\*", "a", false),
+            ("s[a", "sa", true),
+            ("**a**", "a", true),
+        ] {
+            assert_eq!(
+                glob_match(pattern.as_bytes(), text.as_bytes()),
+                matches,
+                "{pattern:?} against {text:?}"
+            );
+        }
+        // Many stars against a long text stay fast (no backtracking blow-up).
+        let pattern = "*a".repeat(30) + "b";
+        assert!(!glob_match(pattern.as_bytes(), "a".repeat(2000).as_bytes()));
     }
 
     /// A deterministic mix of commands over a few keys.
