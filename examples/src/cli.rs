@@ -6,6 +6,7 @@
 //! - [`CoreArgs`]: `--cpus LIST` or `--cores N`, turned into a
 //!   [`Placement`] by [`CoreArgs::placement`];
 //! - [`IdleArgs`]: `--idle park|spin[:MICROS]|poll`;
+//! - [`parse_wait_batch`]: the value parser of `--wait-batch N:MICROS|off`;
 //! - [`parse_tcp_listen`]: the value parser of a node's `--listen`, which
 //!   takes an endpoint (`tcp://127.0.0.1:6380`, or plain `HOST:PORT`) and
 //!   gives a [`TcpListen`] ready to bind. Each node declares its own
@@ -138,8 +139,8 @@ pub fn parse_cores_value(v: &str) -> Result<Cores, String> {
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct IdleArgs {
     /// What an idle core does: park (block in the kernel until work comes),
-    /// spin[:MICROS] (poll that long, default 50, then park) or poll (never
-    /// block: lowest latency, one busy CPU per core).
+    /// spin or spin:MICROS (poll that long, default 50, then park) or poll
+    /// (never block: lowest latency, one busy CPU per core).
     #[arg(long, value_name = "MODE", default_value = "park", value_parser = parse_idle)]
     pub idle: IdleStrategy,
 }
@@ -227,90 +228,7 @@ pub fn parse_tcp_listen(v: &str) -> Result<TcpListen, String> {
     })
 }
 
-/// Iterates over `--flag value` pairs.
-pub struct Args {
-    inner: std::vec::IntoIter<String>,
-}
-
-impl Args {
-    /// The process arguments, without the program name.
-    pub fn from_env() -> Args {
-        Self::from_vec(std::env::args().skip(1).collect())
-    }
-
-    /// Arguments from a list (for tests).
-    pub fn from_vec(v: Vec<String>) -> Args {
-        Args {
-            inner: v.into_iter(),
-        }
-    }
-
-    /// The next flag, `--name` or `--name=value` (the value is then kept for
-    /// [`value`](Self::value)).
-    pub fn next_flag(&mut self) -> Result<Option<String>, String> {
-        match self.inner.next() {
-            None => Ok(None),
-            Some(a) if a.starts_with('-') => {
-                if let Some((flag, value)) = a.split_once('=') {
-                    let rest: Vec<String> = std::iter::once(value.to_string())
-                        .chain(self.inner.by_ref())
-                        .collect();
-                    self.inner = rest.into_iter();
-                    Ok(Some(flag.to_string()))
-                } else {
-                    Ok(Some(a))
-                }
-            }
-            Some(a) => Err(format!("unexpected argument {a:?}")),
-        }
-    }
-
-    /// The value of `flag`.
-    pub fn value(&mut self, flag: &str) -> Result<String, String> {
-        self.inner
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))
-    }
-}
-
-/// `--cores 0,2,3` or `--cores 0-3` (a CPU list, ranges allowed; a single
-/// CPU is written with a trailing comma, `--cores 3,`) or `--cores 2` (that
-/// many cores, pinned to the first CPUs this process may use).
-pub fn parse_cores(v: &str) -> Result<Placement, String> {
-    if v.contains(',') || v.contains('-') {
-        let mut cpus = Vec::new();
-        for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let num = |s: &str| {
-                s.trim()
-                    .parse::<usize>()
-                    .map_err(|e| format!("--cores {v}: {s:?}: {e}"))
-            };
-            match item.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (num(a)?, num(b)?);
-                    if a > b {
-                        return Err(format!("--cores {v}: range {item} runs backwards"));
-                    }
-                    cpus.extend(a..=b);
-                }
-                None => cpus.push(num(item)?),
-            }
-        }
-        if cpus.is_empty() {
-            return Err(format!("--cores {v}: no CPU listed"));
-        }
-        return Ok(Placement::Cpus(cpus));
-    }
-    let n: usize = v
-        .parse()
-        .map_err(|e| format!("--cores {v}: {e} (expected a count, or a list like 0,1 or 3,)"))?;
-    if n == 0 {
-        return Err("--cores must be at least 1 (for CPU 0 alone write --cores 0,)".to_string());
-    }
-    Ok(Placement::Count(n))
-}
-
-/// `--idle park|spin|spin:MICROS|poll`.
+/// Parses `--idle park|spin|spin:MICROS|poll`.
 pub fn parse_idle(v: &str) -> Result<IdleStrategy, String> {
     match v {
         "park" => Ok(IdleStrategy::Park),
@@ -319,50 +237,135 @@ pub fn parse_idle(v: &str) -> Result<IdleStrategy, String> {
         s if s.starts_with("spin:") => {
             let us: u64 = s[5..]
                 .parse()
-                .map_err(|e| format!("--idle {s}: {e} (expected spin:MICROSECONDS)"))?;
+                .map_err(|e| format!("{e} (expected spin:MICROSECONDS)"))?;
             Ok(IdleStrategy::Spin(Duration::from_micros(us)))
         }
-        other => Err(format!(
-            "--idle {other}: expected park, spin[:MICROS] or poll"
-        )),
+        _ => Err("expected park, spin[:MICROS] or poll".to_string()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Node {
+        #[command(flatten)]
+        cores: CoreArgs,
+        #[command(flatten)]
+        idle: IdleArgs,
+        #[arg(long, default_value = "127.0.0.1:7000", value_parser = parse_tcp_listen)]
+        listen: TcpListen,
+        #[arg(long, default_value = "16:50", value_parser = parse_wait_batch)]
+        wait_batch: WaitBatch,
+    }
+
+    fn node(args: &[&str]) -> Result<Node, clap::Error> {
+        Node::try_parse_from(std::iter::once("node").chain(args.iter().copied()))
+    }
 
     #[test]
-    fn cores_list_and_count() {
-        assert_eq!(parse_cores("0,1").unwrap(), Placement::Cpus(vec![0, 1]));
-        assert_eq!(parse_cores("3,").unwrap(), Placement::Cpus(vec![3]));
+    fn cpus_and_cores() {
+        let placement = |args: &[&str]| node(args).map(|n| n.cores.placement());
+        assert_eq!(placement(&[]).unwrap(), Placement::AllOnline);
         assert_eq!(
-            parse_cores("0-2,5").unwrap(),
+            placement(&["--cpus", "0"]).unwrap(),
+            Placement::Cpus(vec![0])
+        );
+        assert_eq!(
+            placement(&["--cpus", "0-2,5"]).unwrap(),
             Placement::Cpus(vec![0, 1, 2, 5])
         );
-        assert_eq!(parse_cores("2").unwrap(), Placement::Count(2));
-        assert!(parse_cores("0").is_err());
-        assert!(parse_cores("a,1").is_err());
-        assert!(parse_cores("3-1").is_err());
-        assert!(parse_cores(",").is_err());
+        assert_eq!(
+            placement(&["--cpus=3,1"]).unwrap(),
+            Placement::Cpus(vec![3, 1])
+        );
+        assert_eq!(placement(&["--cores", "2"]).unwrap(), Placement::Count(2));
+        // A list after --cores is the older spelling of --cpus.
+        assert_eq!(
+            placement(&["--cores", "0,1"]).unwrap(),
+            Placement::Cpus(vec![0, 1])
+        );
+        assert_eq!(
+            placement(&["--cores", "3,"]).unwrap(),
+            Placement::Cpus(vec![3])
+        );
+        for bad in [
+            &["--cores", "0"][..],
+            &["--cores", "x"],
+            &["--cpus", ""],
+            &["--cpus", ","],
+            &["--cpus", "a,1"],
+            &["--cpus", "3-1"],
+            &["--cpus", "0,0"],
+            &["--cpus", "0-2,1"],
+            &["--cpus", "0", "--cores", "1"],
+        ] {
+            let e = node(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]
     fn idle_forms() {
-        assert_eq!(parse_idle("park").unwrap(), IdleStrategy::Park);
+        let idle = |v: &str| node(&["--idle", v]).map(|n| n.idle.idle);
+        assert_eq!(node(&[]).unwrap().idle.idle, IdleStrategy::Park);
+        assert_eq!(idle("poll").unwrap(), IdleStrategy::Poll);
         assert_eq!(
-            parse_idle("spin:20").unwrap(),
+            idle("spin").unwrap(),
+            IdleStrategy::Spin(Duration::from_micros(50))
+        );
+        assert_eq!(
+            idle("spin:20").unwrap(),
             IdleStrategy::Spin(Duration::from_micros(20))
         );
-        assert!(parse_idle("nap").is_err());
+        assert!(idle("nap").is_err());
+        assert!(idle("spin:x").is_err());
     }
 
     #[test]
-    fn flags_with_equals() {
-        let mut a = Args::from_vec(vec!["--wire=raw".into(), "--stats".into()]);
-        assert_eq!(a.next_flag().unwrap().as_deref(), Some("--wire"));
-        assert_eq!(a.value("--wire").unwrap(), "raw");
-        assert_eq!(a.next_flag().unwrap().as_deref(), Some("--stats"));
-        assert_eq!(a.next_flag().unwrap(), None);
+    fn wait_batch_forms() {
+        let wb = |v: &str| node(&["--wait-batch", v]).map(|n| n.wait_batch);
+        assert_eq!(
+            node(&[]).unwrap().wait_batch,
+            WaitBatch(Some((16, Duration::from_micros(50))))
+        );
+        assert_eq!(wb("off").unwrap(), WaitBatch(None));
+        assert_eq!(
+            wb("4:10").unwrap(),
+            WaitBatch(Some((4, Duration::from_micros(10))))
+        );
+        for bad in ["", "4", "0:10", "4:x", "x:4"] {
+            assert!(wb(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tcp_listen_endpoints() {
+        let listen = |v: &str| node(&["--listen", v]).map(|n| n.listen);
+        let l = node(&[]).unwrap().listen;
+        assert_eq!(l.addr, "127.0.0.1:7000".parse::<SocketAddr>().unwrap());
+        assert!(l.options.reuse_port && l.options.nodelay);
+        let l = listen("tcp://[::1]:0?nodelay=0&backlog=16&reuseport=0").unwrap();
+        assert_eq!(l.addr, "[::1]:0".parse::<SocketAddr>().unwrap());
+        assert!(!l.options.nodelay && !l.options.reuse_port);
+        assert_eq!(l.options.backlog, 16);
+        assert_eq!(
+            l.endpoint.to_string(),
+            "tcp://[::1]:0?nodelay=0&reuseport=0&backlog=16"
+        );
+        assert_eq!(listen("localhost:6380").unwrap().addr.port(), 6380);
+        for bad in [
+            "udp://127.0.0.1:1",
+            "unix:///tmp/x.sock",
+            "tcp://127.0.0.1:1?keepalive=1s",
+            "tcp://127.0.0.1:1?sndbuf=1M",
+            "tcp://127.0.0.1",
+            "127.0.0.1:99999",
+            "",
+        ] {
+            assert_eq!(listen(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 }

@@ -52,7 +52,8 @@ use ringwire_examples::kv::store::Store;
 /// another core is forwarded to the owner through the mailboxes. Serves
 /// PING, ECHO, GET, SET (EX/PX/EXAT/PXAT/KEEPTTL, NX/XX, GET), DEL, EXISTS,
 /// INCR/INCRBY/DECR/DECRBY, MGET, MSET, DBSIZE, FLUSHALL, COMMAND and
-/// CONFIG GET, with pipelining. Logs go to stderr, filtered by RUST_LOG (default: info).
+/// CONFIG GET, with pipelining. Logs go to stderr, filtered by RUST_LOG
+/// (default: info).
 #[derive(Parser, Debug)]
 #[command(name = "kv-node", version)]
 struct Args {
