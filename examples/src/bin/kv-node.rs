@@ -14,7 +14,8 @@
 //!
 //! ```text
 //! kv-node [--cpus LIST | --cores N] [--listen tcp://127.0.0.1:6380]
-//!         [--idle park|spin[:MICROS]|poll]
+//!         [--idle park|spin[:MICROS]|poll] [--wait-batch N:MICROS|off]
+//!         [--recv-buffers N] [--recv-buffer-size BYTES]
 //! redis-cli -p 6380 SET greeting hello
 //! ```
 //!
@@ -78,8 +79,8 @@ struct Args {
     /// adds up to MICROS of latency when the load is light.
     #[arg(long, value_name = "N:MICROS|off", default_value = "off", value_parser = parse_wait_batch)]
     wait_batch: WaitBatch,
-    /// Receive buffers per core (a power of two). Requests land in them;
-    /// few enough that they stay in the CPU's caches is fastest.
+    /// Receive buffers per core (a power of two); they take N times
+    /// --recv-buffer-size bytes of memory on each core.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     recv_buffers: u16,
     /// Size of each receive buffer in bytes (a multiple of 4096 keeps
