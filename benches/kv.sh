@@ -16,7 +16,8 @@
 # Usage: ./benches/kv.sh
 # Environment: REDIS_PORT (6390), KV_PORT (6391), SERVER_CORE (0),
 #   CLIENT_CORE (1), N_P16 (2000000 requests per test at pipeline 16),
-#   N_P1 (300000 at pipeline 1), KEYSPACE (100000), ROUNDS (1: best of N runs),
+#   N_P1 (300000 at pipeline 1), KEYSPACE (100000), ROUNDS (1; with more,
+#   the servers take turns and each figure is the best of its rounds),
 #   IDLE (kv-node --idle; unset = its default).
 set -euo pipefail
 
@@ -106,34 +107,39 @@ start_server() {
     esac
 }
 
-# bench PORT PIPELINE REQUESTS: prints "SET rps" and "GET rps", best of ROUNDS.
+# bench PORT PIPELINE REQUESTS: prints "SET rps" and "GET rps".
 bench() {
-    local port=$1 pipeline=$2 requests=$3 round
-    for round in $(seq "$ROUNDS"); do
-        timeout 600 taskset -c "$CLIENT_CORE" redis-benchmark -h 127.0.0.1 -p "$port" \
-            -t set,get -c "$CLIENTS" -d "$VALUE_BYTES" -r "$KEYSPACE" -P "$pipeline" \
-            -n "$requests" --csv 2>/dev/null |
-            awk -F'","' 'NR > 1 { gsub(/"/, "", $1); print $1, $2 }'
-    done | sort -k1,1 -k2,2gr | awk '!seen[$1]++'
+    local port=$1 pipeline=$2 requests=$3
+    timeout 600 taskset -c "$CLIENT_CORE" redis-benchmark -h 127.0.0.1 -p "$port" \
+        -t set,get -c "$CLIENTS" -d "$VALUE_BYTES" -r "$KEYSPACE" -P "$pipeline" \
+        -n "$requests" --csv 2>/dev/null |
+        awk -F'","' 'NR > 1 { gsub(/"/, "", $1); print $1, $2 }'
 }
 
+# Rounds interleave the servers, so that drift in the machine's load touches
+# all of them alike; each figure is the best of its rounds.
 declare -A RPS
-for server in redis kv1 kv2; do
-    port=$KV_PORT
-    [ "$server" = redis ] && port=$REDIS_PORT
-    echo "== $server"
-    start_server "$server"
-    for pipeline in 16 1; do
-        requests=$N_P16
-        [ "$pipeline" = 1 ] && requests=$N_P1
-        while read -r test rps; do
-            RPS[$server,$test,$pipeline]=$rps
-            printf '   %-4s P%-2s %12.0f requests/s\n' "$test" "$pipeline" "$rps"
-        done < <(bench "$port" "$pipeline" "$requests")
+for round in $(seq "$ROUNDS"); do
+    for server in redis kv1 kv2; do
+        port=$KV_PORT
+        [ "$server" = redis ] && port=$REDIS_PORT
+        echo "== round $round: $server"
+        start_server "$server"
+        for pipeline in 16 1; do
+            requests=$N_P16
+            [ "$pipeline" = 1 ] && requests=$N_P1
+            while read -r test rps; do
+                best=${RPS[$server,$test,$pipeline]:-0}
+                if awk -v a="$rps" -v b="$best" 'BEGIN { exit !(a > b) }'; then
+                    RPS[$server,$test,$pipeline]=$rps
+                fi
+                printf '   %-4s P%-2s %12.0f requests/s\n' "$test" "$pipeline" "$rps"
+            done < <(bench "$port" "$pipeline" "$requests")
+        done
+        # Still answering after the load, and holding the keys it was given.
+        echo "   DBSIZE after the runs: $(redis-cli -p "$port" DBSIZE)"
+        stop_server
     done
-    # Still answering after the load, and holding the keys it was given.
-    echo "   DBSIZE after the runs: $(redis-cli -p "$port" DBSIZE)"
-    stop_server
 done
 
 ratio() {
@@ -143,7 +149,7 @@ ratio() {
 echo
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "load while measuring: $(uptime | sed 's/.*load average/load average/')"
-echo "redis-benchmark -t set,get -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE -P {16,1} -n {$N_P16,$N_P1} on core $CLIENT_CORE; best of $ROUNDS"
+echo "redis-benchmark -t set,get -c $CLIENTS -d $VALUE_BYTES -r $KEYSPACE -P {16,1} -n {$N_P16,$N_P1} on core $CLIENT_CORE; best of $ROUNDS rounds"
 echo "redis-server $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (--save '' --appendonly no) and kv-node x1 on core $SERVER_CORE; kv-node x2 on cores $SERVER_CORE,$CLIENT_CORE"
 echo
 echo "| test | pipeline | redis-server | kv-node x1 | x1 / redis | kv-node x2 (shares a core) | x2 / redis |"
