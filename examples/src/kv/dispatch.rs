@@ -393,15 +393,23 @@ impl Dispatcher {
                 }
             }
             Cmd::Del | Cmd::Exists | Cmd::MGet => {
+                let make = |keys| match command {
+                    Cmd::Del => ShardOp::Del { keys },
+                    Cmd::Exists => ShardOp::Exists { keys },
+                    _ => ShardOp::MGet { keys },
+                };
+                if let Some(shard) = self.one_shard(request.args().skip(1)) {
+                    // The common case (always, on one core): no split.
+                    let keys = request.args().skip(1).map(Cow::from).collect();
+                    return Plan::One {
+                        shard,
+                        op: make(keys),
+                    };
+                }
                 let keys: Vec<&'a [u8]> = request.args().skip(1).collect();
                 let split = Split::new(keys.iter().copied(), self.shards);
                 let op = |positions: &[usize]| {
-                    let keys = positions.iter().map(|&p| Cow::from(keys[p])).collect();
-                    match command {
-                        Cmd::Del => ShardOp::Del { keys },
-                        Cmd::Exists => ShardOp::Exists { keys },
-                        _ => ShardOp::MGet { keys },
-                    }
+                    make(positions.iter().map(|&p| Cow::from(keys[p])).collect())
                 };
                 self.fan_out(split, op, |split| match command {
                     Cmd::MGet => Merge::Values(split),
@@ -413,12 +421,21 @@ impl Dispatcher {
                     arity_error(info.name, out);
                     return Plan::Done;
                 }
-                let pairs: Vec<(&'a [u8], &'a [u8])> = request
-                    .args()
-                    .skip(1)
-                    .step_by(2)
-                    .zip(request.args().skip(2).step_by(2))
-                    .collect();
+                let pairs = || {
+                    request
+                        .args()
+                        .skip(1)
+                        .step_by(2)
+                        .zip(request.args().skip(2).step_by(2))
+                };
+                if let Some(shard) = self.one_shard(pairs().map(|(k, _)| k)) {
+                    let pairs = pairs().map(|(k, v)| (Cow::from(k), Cow::from(v))).collect();
+                    return Plan::One {
+                        shard,
+                        op: ShardOp::MSet { pairs },
+                    };
+                }
+                let pairs: Vec<(&'a [u8], &'a [u8])> = pairs().collect();
                 let split = Split::new(pairs.iter().map(|(k, _)| *k), self.shards);
                 let op = |positions: &[usize]| ShardOp::MSet {
                     pairs: positions
@@ -468,8 +485,22 @@ impl Dispatcher {
         }
     }
 
+    /// The shard owning every one of `keys`, if they share one (with one
+    /// shard, without hashing them).
+    fn one_shard<'k>(&self, mut keys: impl Iterator<Item = &'k [u8]>) -> Option<usize> {
+        if self.shards == 1 {
+            return Some(0);
+        }
+        let first = shard_of(keys.next()?, self.shards);
+        keys.all(|k| shard_of(k, self.shards) == first)
+            .then_some(first)
+    }
+
     /// The same op on every shard.
     fn all(&self, op: ShardOp<'static>, merge: Merge) -> Plan<'static> {
+        if self.shards == 1 {
+            return Plan::One { shard: 0, op };
+        }
         Plan::Many {
             ops: (0..self.shards).map(|shard| (shard, op.clone())).collect(),
             merge,

@@ -438,8 +438,10 @@ impl Turn {
             return std::mem::replace(&mut self.out, spare);
         }
         let mut from = 0;
-        let holes = std::mem::take(&mut self.holes);
-        for hole in holes {
+        // Taken while the holes are filled (which reads the turn), then
+        // put back empty: its memory serves the next turn.
+        let mut holes = std::mem::take(&mut self.holes);
+        for hole in holes.drain(..) {
             spare.extend_from_slice(self.out.get(from..hole.at).unwrap_or_default());
             from = hole.at;
             match hole.fill {
@@ -448,6 +450,7 @@ impl Turn {
             }
         }
         spare.extend_from_slice(self.out.get(from..).unwrap_or_default());
+        self.holes = holes;
         self.out.clear();
         if self.out.capacity() > RETAIN {
             self.out = Vec::new();
