@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-pub use ringwire_examples::cli::{parse_cpu_list, CoreArgs, CpuList};
+pub use ringwire_examples::cli::{
+    parse_cores_value, parse_cpu_list, parse_wait_batch, CoreArgs, Cores, CpuList, WaitBatch,
+};
 
 /// Parses a duration given in seconds, with an optional `s` or `ms` suffix
 /// (`5`, `2.5s`, `500ms`); a clap value parser.

@@ -2,10 +2,15 @@
 //!
 //! The binaries in `src/bin` (the `loadgen` load generator and the `tokio-echo`
 //! and `glommio-echo` peer servers) share their command-line handling, wire
-//! framing, core lists and `/proc` CPU accounting through these modules.
+//! framing, core lists and `/proc` CPU accounting through these modules. The
+//! typed request/reply benchmark (`benches/typed.sh`: `typed-ringwire`,
+//! `typed-tokio`, `typed-zmq`, `typed-mem`, `typed-bulk`) adds its message
+//! types in [`typed`] and its clients' measurement in [`measure`].
 
 pub mod cli;
 pub mod cores;
 pub mod cpu;
+pub mod measure;
 pub mod server;
+pub mod typed;
 pub mod wire;

@@ -48,10 +48,10 @@ pub struct CoreArgs {
     /// `0`, `0,2`, `0-3`).
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub cpus: Option<CpuList>,
-    /// Run N cores, pinned to the first CPUs this process may use (see
-    /// `taskset`). A CPU list here (`0,1`, or `3,` for CPU 3 alone) is read
-    /// as --cpus. Without --cpus or --cores: one core per CPU this process
-    /// may use.
+    /// Run N cores, pinned to CPUs this process may use (see `taskset`), one
+    /// per physical core before any hyperthread sibling. A CPU list here
+    /// (`0,1`, or `3,` for CPU 3 alone) is read as --cpus. Without --cpus or
+    /// --cores: one core per CPU this process may use.
     #[arg(long, value_name = "N", value_parser = parse_cores_value, conflicts_with = "cpus")]
     pub cores: Option<Cores>,
 }

@@ -125,15 +125,3 @@ impl Error {
         )
     }
 }
-
-/// The error of a send that hands the message back (sends of owned values
-/// through a [`ConnHandle`](crate::ConnHandle)).
-#[derive(Debug, thiserror::Error)]
-#[error("{error}")]
-pub struct SendError<T> {
-    /// Why the message was not sent.
-    #[source]
-    pub error: Error,
-    /// The message, unsent.
-    pub value: T,
-}

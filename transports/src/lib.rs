@@ -17,29 +17,33 @@
 //! mailboxes) and `ringwire-proto` (frames, sessions); neither knows the
 //! other. See `docs/TRANSPORTS.md` for each scheme and operation.
 
-pub mod buf;
 mod clock;
 pub mod config;
 pub mod conn;
 pub mod endpoint;
 pub mod error;
+mod framing;
+mod handle;
 pub mod listener;
 mod mem;
 pub mod peers;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod stats;
+mod stream;
 
-use crate::endpoint::Address;
+#[doc = include_str!("../../docs/TRANSPORTS.md")]
+pub mod guide {}
 
-pub use buf::IoBufMut;
-pub use config::{BackPressure, Config, Types};
-pub use conn::{Connection, Incoming, Msg, Receipt, StreamRef};
-pub use endpoint::{Endpoint, EndpointError, Host, Interface, Options, Scheme};
-pub use error::{Error, SendError};
+pub use config::{BackPressure, Config, Reconnect, Types};
+pub use conn::{ConnEvent, Connection, Incoming, Msg, Receipt, StreamRef, Unacked};
+pub use endpoint::{Address, Endpoint, EndpointError, Host, Interface, Options, Scheme};
+pub use error::Error;
+pub use handle::{ConnHandle, Owned, OwnedAny, Reply};
 pub use listener::Listener;
 pub use peers::Peers;
 pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
+pub use ringwire_runtime::{AlignedBuf, IoBufMut};
 
 /// Listens on `endpoint` on the current core.
 ///
@@ -47,16 +51,21 @@ pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
 ///
 /// Off a ringwire core thread.
 pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Error> {
-    let kind = match (endpoint.scheme(), endpoint.address()) {
-        (Scheme::Mem, Address::Mem(name)) => {
-            listener::Kind::Mem(mem::MemListener::bind(endpoint, name, config)?)
+    match (endpoint.scheme(), endpoint.address()) {
+        (Scheme::Mem, Address::Mem(name)) => Ok(Listener {
+            kind: listener::Kind::Mem(mem::MemListener::bind(endpoint, name, config)?),
+            endpoint: endpoint.clone(),
+        }),
+        (Scheme::Tcp | Scheme::Unix, _) => {
+            let l = stream::bind(endpoint, config)?;
+            let endpoint = l.local.clone();
+            Ok(Listener {
+                kind: listener::Kind::Stream(l),
+                endpoint,
+            })
         }
-        (scheme, _) => return Err(not_enabled(scheme)),
-    };
-    Ok(Listener {
-        kind,
-        endpoint: endpoint.clone(),
-    })
+        (scheme, _) => Err(not_enabled(scheme)),
+    }
 }
 
 /// Connects to `endpoint` from the current core; returns once the handshake
@@ -68,7 +77,34 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
 pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection, Error> {
     match (endpoint.scheme(), endpoint.address()) {
         (Scheme::Mem, Address::Mem(name)) => mem::connect(endpoint, name, config).await,
+        (Scheme::Tcp | Scheme::Unix, _) => {
+            stream::connect(std::slice::from_ref(endpoint), config).await
+        }
         (scheme, _) => Err(not_enabled(scheme)),
+    }
+}
+
+/// Connects to the first of `endpoints` that answers, in order (failover).
+/// With [`Config::reconnect`], a connection cut later comes back through the
+/// same list, starting with the endpoint that worked last. The endpoints
+/// must share one scheme (`tcp://` or `unix://`).
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub async fn connect_any(endpoints: &[Endpoint], config: &Config) -> Result<Connection, Error> {
+    let Some(first) = endpoints.first() else {
+        return Err(Error::Usage("connect_any needs at least one endpoint"));
+    };
+    if endpoints.iter().any(|e| e.scheme() != first.scheme()) {
+        return Err(Error::Usage(
+            "connect_any's endpoints must share one scheme",
+        ));
+    }
+    match first.scheme() {
+        Scheme::Tcp | Scheme::Unix => stream::connect(endpoints, config).await,
+        _ if endpoints.len() == 1 => connect(first, config).await,
+        scheme => Err(not_enabled(scheme)),
     }
 }
 

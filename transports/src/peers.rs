@@ -203,6 +203,14 @@ async fn encode_shared<T: Message>(value: &T) -> Result<(SharedPayload, u32), Er
         }
     }
     // Larger than a pool buffer (or the pool is empty): a heap buffer.
+    encode_heap(value)
+}
+
+/// Encodes `value` as a whole message frame into a heap buffer (any thread:
+/// the buffer is `Send`); the shared part is everything after the frame's
+/// own header.
+pub(crate) fn encode_heap<T: Message>(value: &T) -> Result<(SharedPayload, u32), Error> {
+    let header = FrameHeader::new(FrameKind::Message);
     let mut size = 4096usize;
     loop {
         let mut heap = AlignedVec::<16>::with_capacity(size);

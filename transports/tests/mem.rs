@@ -291,9 +291,14 @@ fn back_pressure_policies_bound_the_queue_and_count_drops() {
             let mut l = listen(&server_ep, &cfg).await.unwrap();
             tx.send(()).unwrap();
             let conn = l.accept().await.unwrap().unwrap();
-            // Do not read until told to.
-            while go_rx.try_recv().is_err() {
-                ringwire_runtime::time::sleep(std::time::Duration::from_millis(1)).await;
+            // Do not read until told to (Wait: read after a pause on its
+            // own, so the blocked sender is released).
+            if policy == BackPressure::Wait {
+                ringwire_runtime::time::sleep(std::time::Duration::from_millis(50)).await;
+            } else {
+                while go_rx.try_recv().is_err() {
+                    ringwire_runtime::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
             }
             let mut n = 0;
             while let Ok(m) = conn.recv::<Order>().await {
@@ -316,9 +321,6 @@ fn back_pressure_policies_bound_the_queue_and_count_drops() {
                     200
                 };
                 for i in 0..attempts {
-                    if policy == BackPressure::Wait && i == 20 {
-                        go_tx.send(()).unwrap();
-                    }
                     match conn.send(&order(i)).await {
                         Ok(r) if r.dropped() => dropped += 1,
                         Ok(_) => sent += 1,
@@ -335,6 +337,12 @@ fn back_pressure_policies_bound_the_queue_and_count_drops() {
                 }
                 if policy != BackPressure::Wait {
                     go_tx.send(()).unwrap();
+                }
+                let waits = ringwire_transports::stats::snapshot()
+                    .scheme(ringwire_transports::Scheme::Mem)
+                    .back_pressure_waits;
+                if policy == BackPressure::Wait {
+                    assert!(waits > 0, "the sender waited for room");
                 }
                 let mut last = order(0);
                 last.id = u64::MAX;

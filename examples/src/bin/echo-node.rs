@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use ringwire::runtime::mailbox;
-use ringwire::runtime::net::{TcpListenOptions, TcpListener, TcpStream};
+use ringwire::runtime::net::{TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{spawn_local, stats, Runtime};
 use ringwire_examples::cli::{
@@ -145,10 +145,7 @@ fn run(cfg: Args) -> io::Result<()> {
                         spawn_local(accept_loop(listener, wire, max_message));
                     }
                     Accept::Handoff if core == 0 => {
-                        let opts = TcpListenOptions {
-                            reuse_port: false,
-                            ..options.clone()
-                        };
+                        let opts = options.clone().reuse_port(false);
                         let listener = TcpListener::bind_with(listen, &opts)?;
                         spawn_local(handoff_loop(listener, cores, wire, max_message));
                     }
@@ -163,10 +160,15 @@ fn run(cfg: Args) -> io::Result<()> {
     for r in bound {
         r.map_err(io::Error::other)??;
     }
+    let cpus: Vec<String> = rt
+        .cpus()
+        .into_iter()
+        .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
+        .collect();
     println!(
-        "echo-node listening on {listen} ({wire:?}) with {} cores on CPUs {:?}, idle {:?}",
+        "echo-node listening on {listen} ({wire:?}) with {} cores on CPUs [{}], idle {:?}",
         rt.core_count(),
-        rt.cpus(),
+        cpus.join(", "),
         cfg.idle.idle
     );
     tracing::info!(features = ?rt.ring_features(), "ring features");

@@ -156,9 +156,14 @@ fn run(args: Args) -> io::Result<()> {
     // The ringwire-native listener (typed get/put/update/delete) and
     // replication streams will be started here, beside the Redis listener,
     // once the transports carry TCP connections.
+    let cpus: Vec<String> = rt
+        .cpus()
+        .into_iter()
+        .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
+        .collect();
     println!(
-        "kv-node: serving Redis on tcp://{bound} with {shards} cores on CPUs {:?}, idle {:?}",
-        rt.cpus(),
+        "kv-node: serving Redis on tcp://{bound} with {shards} cores on CPUs [{}], idle {:?}",
+        cpus.join(", "),
         args.idle.idle
     );
     tracing::info!(features = ?rt.ring_features(), "ring features");

@@ -82,6 +82,54 @@ impl<B: AsMut<[u8]>> Session<B> {
         payload_len: u32,
         buf: &mut [u8],
     ) -> Result<Sent, ProtoError> {
+        self.write_header(
+            now,
+            FrameKind::Message,
+            stream,
+            0,
+            T::TYPE_ID,
+            payload_len,
+            buf,
+        )
+    }
+
+    /// Like [`send_header`](Session::send_header), for a request: writes only
+    /// the header of a request whose payload (an archive of `T`) was encoded
+    /// elsewhere (for example on another thread), and registers the call.
+    pub fn call_header<T: Message>(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        payload_len: u32,
+        buf: &mut [u8],
+    ) -> Result<(Sent, CallId), ProtoError> {
+        let id = self.core.next_call;
+        let sent = self.write_header(
+            now,
+            FrameKind::Request,
+            stream,
+            id,
+            T::TYPE_ID,
+            payload_len,
+            buf,
+        )?;
+        self.core.next_call += 1;
+        let deadline = self.core.config.call_timeout.map(|t| now + t);
+        self.core.calls.insert(id, deadline);
+        Ok((sent, CallId(id)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_header(
+        &mut self,
+        now: Instant,
+        kind: FrameKind,
+        stream: StreamId,
+        correlation: u64,
+        type_id: u32,
+        payload_len: u32,
+        buf: &mut [u8],
+    ) -> Result<Sent, ProtoError> {
         let core = &mut self.core;
         core.check_can_send()?;
         if core.bulk_out.is_some() {
@@ -103,10 +151,11 @@ impl<B: AsMut<[u8]>> Session<B> {
             })?;
         let header = FrameHeader {
             stream: stream.0,
-            type_id: T::TYPE_ID,
+            type_id,
             payload_len,
+            correlation,
             seq: core.tx_next,
-            ..FrameHeader::new(FrameKind::Message)
+            ..FrameHeader::new(kind)
         };
         header.write(out);
         core.tx_next += 1;

@@ -29,11 +29,11 @@ use ringwire_proto::{
 };
 use ringwire_runtime::{IoBuf, SendBuf};
 
-use crate::buf::IoBufMut;
+use ringwire_runtime::IoBufMut;
 use rkyv::util::AlignedVec;
 
 use super::incoming::{Backing, Incoming, Receipt};
-use super::out::{HeapFrames, OutBuf, OutQueue, Segment, SharedPayload, ZEROS};
+use super::out::{HeapFrames, OutBuf, OutQueue, Segment, SharedPayload, Tagged, ZEROS};
 use crate::clock;
 use crate::config::{BackPressure, Config};
 use crate::endpoint::Scheme;
@@ -49,15 +49,18 @@ pub(crate) enum Phase {
     Open,
     /// A close was started (by this side); waiting for the peer's answer.
     Closing,
+    /// The transport was cut; a new link is being made (client) or awaited
+    /// (server). Sends queue; receives wait.
+    Suspended,
     /// Over; every operation reports this error.
     Closed(Error),
 }
 
 /// A call waiting for its reply.
 #[derive(Default)]
-struct CallSlot {
-    waker: Option<Waker>,
-    result: Option<Result<Incoming, Error>>,
+pub(super) struct CallSlot {
+    pub(super) waker: Option<Waker>,
+    pub(super) result: Option<Result<Incoming, Error>>,
 }
 
 /// A received message (or one rejected on arrival) waiting for the
@@ -67,17 +70,40 @@ enum Queued {
     Rejected(Error),
 }
 
-/// Inbound queues, one per logical stream.
+/// Inbound queues, one per logical stream. Connections use few streams, so
+/// they are found by a short linear search (stream 0 first), not hashing.
 #[derive(Default)]
-struct Inbound {
-    queues: HashMap<u32, VecDeque<Queued>>,
-    waiters: HashMap<u32, Vec<Waker>>,
+pub(super) struct Inbound {
+    streams: Vec<StreamQueue>,
     messages: usize,
     bytes: usize,
 }
 
+struct StreamQueue {
+    id: u32,
+    queue: VecDeque<Queued>,
+    waiters: Vec<Waker>,
+}
+
+impl Inbound {
+    fn stream(&mut self, id: u32) -> &mut StreamQueue {
+        let at = match self.streams.iter().position(|s| s.id == id) {
+            Some(at) => at,
+            None => {
+                self.streams.push(StreamQueue {
+                    id,
+                    queue: VecDeque::new(),
+                    waiters: Vec::new(),
+                });
+                self.streams.len() - 1
+            }
+        };
+        &mut self.streams[at]
+    }
+}
+
 /// A bulk transfer accepted into the caller's destinations.
-struct BulkRecv {
+pub(super) struct BulkRecv {
     msg_seq: u64,
     dests: Vec<Option<DestBox>>,
     done: bool,
@@ -152,32 +178,71 @@ pub(crate) struct State {
     pub(crate) session: Session,
     pub(crate) phase: Phase,
     pub(crate) peer: Option<PeerInfo>,
-    out: OutQueue,
-    inbound: Inbound,
-    calls: HashMap<u64, CallSlot>,
-    acked: u64,
-    ack_waiters: VecDeque<(u64, Waker)>,
-    send_waiters: Vec<Waker>,
-    flusher: Option<Waker>,
-    timer: Option<Waker>,
-    timer_at: Option<Instant>,
-    timer_kick: bool,
+    pub(super) out: OutQueue,
+    pub(super) inbound: Inbound,
+    pub(super) calls: HashMap<u64, CallSlot>,
+    pub(super) acked: u64,
+    pub(super) ack_waiters: VecDeque<(u64, Waker)>,
+    pub(super) send_waiters: Vec<Waker>,
+    pub(super) flusher: Option<Waker>,
+    pub(super) timer: Option<Waker>,
+    pub(super) timer_at: Option<Instant>,
+    pub(super) timer_kick: bool,
     /// The reader waits for room in the inbound queues or a bulk decision.
-    reader: Option<Waker>,
+    pub(super) reader: Option<Waker>,
     /// A message announced bulk and the application has not decided yet.
-    bulk_undecided: Option<u64>,
-    bulk: Option<BulkRecv>,
+    pub(super) bulk_undecided: Option<u64>,
+    pub(super) bulk: Option<BulkRecv>,
     /// Segment index of the bulk segment being received.
-    bulk_index: usize,
+    pub(super) bulk_index: usize,
     /// The core is shutting down: the flusher and timer end once what is
     /// queued has gone out.
-    draining: bool,
+    pub(super) draining: bool,
     /// Tasks waiting for the handshake or the end of the connection.
-    phase_waiters: Vec<Waker>,
+    pub(super) phase_waiters: Vec<Waker>,
     /// A pool buffer's size (frames up to it are encoded into pool buffers).
-    pool_buf_size: usize,
+    pub(super) pool_buf_size: usize,
     /// Run once when the connection ends (unregistering it from `Peers`).
-    on_end: Vec<Box<dyn FnOnce()>>,
+    pub(super) on_end: Vec<Box<dyn FnOnce()>>,
+    /// The current transport link (a generation number; tasks of an older
+    /// link end). Changes when a cut connection gets a new link.
+    pub(super) link: u64,
+    /// Whether this side is the dialing one.
+    pub(super) client: bool,
+    /// Whether sent data is kept until acknowledged (to resend after a
+    /// resume).
+    pub(super) retain: bool,
+    /// Sent, not yet acknowledged data, in sequence order (when `retain`).
+    pub(super) retained: VecDeque<Tagged>,
+    pub(super) retained_bytes: usize,
+    /// A new link's handshake is under way.
+    pub(super) reattaching: bool,
+    /// The peer no longer holds the session: the next link starts a new one.
+    pub(super) reset: bool,
+    /// How the connection gets a new link after a cut (the client's
+    /// reconnect loop, the server's resume registry).
+    pub(super) relink: Option<Rc<dyn Fn(Rc<Conn>)>>,
+    /// Lifecycle events for the application ([`Conn::next_event`]).
+    pub(super) events: VecDeque<super::resume::ConnEvent>,
+    pub(super) event_waiters: Vec<Waker>,
+    /// Readers of the current link, woken when it changes.
+    pub(super) link_waiters: Vec<Waker>,
+    /// Batches taken by flushers (of any link) and not yet given back.
+    pub(super) batches_out: usize,
+    /// A resumed link waits to resend what the peer lacks (above this
+    /// position) until every batch of older links is back.
+    pub(super) pending_resend: Option<u64>,
+    /// Shuts the current link's socket down (so that a send pending on a
+    /// dead link fails at once).
+    pub(super) link_closer: Option<Box<dyn FnOnce()>>,
+    /// After a session reset: batches of the old session still out (their
+    /// data is handed back, never resent) ...
+    pub(super) old_batches: usize,
+    /// ... and what is handed back once they are all in.
+    pub(super) reset_unacked: Option<Vec<super::resume::Unacked>>,
+    /// A fresh session (after a reset) waits for the old batches before its
+    /// data flows.
+    pub(super) pending_fresh: bool,
 }
 
 /// One connection's engine.
@@ -237,6 +302,27 @@ impl Conn {
                 bulk_index: 0,
                 draining: false,
                 on_end: Vec::new(),
+                link: 1,
+                client,
+                retain: if client {
+                    config.reconnect.is_some()
+                } else {
+                    config.resume_window.is_some()
+                },
+                retained: VecDeque::new(),
+                retained_bytes: 0,
+                reattaching: false,
+                reset: false,
+                relink: None,
+                events: VecDeque::new(),
+                event_waiters: Vec::new(),
+                link_waiters: Vec::new(),
+                batches_out: 0,
+                pending_resend: None,
+                link_closer: None,
+                old_batches: 0,
+                reset_unacked: None,
+                pending_fresh: false,
                 phase_waiters: Vec::new(),
                 pool_buf_size,
             }),
@@ -278,7 +364,7 @@ impl Conn {
 
     /// Ends the connection with `err` (unless already over) and wakes every
     /// waiter so that each sees it.
-    pub(crate) fn fail(&self, err: Error) {
+    pub(crate) fn fail(self: &Rc<Self>, err: Error) {
         let wakers = {
             let mut st = self.st.borrow_mut();
             if matches!(st.phase, Phase::Closed(_)) {
@@ -320,8 +406,8 @@ impl Conn {
     }
 
     /// The transport saw the end of the byte stream (or the peer core went
-    /// away).
-    pub(crate) fn on_eof(&self) {
+    /// away) on link `link`.
+    pub(crate) fn on_eof(self: &Rc<Self>, link: u64) {
         let reason = match &self.st.borrow().phase {
             Phase::Closed(_) => return,
             Phase::Closing => "the peer went away before confirming the close",
@@ -331,13 +417,13 @@ impl Conn {
             self.shutdown_close();
             return;
         }
-        self.fail(Error::closed(reason));
+        self.link_lost(link, Error::closed(reason));
     }
 
     /// The core is shutting down: close orderly as far as can be (the close
     /// frame goes out with everything queued before it; the peer's answer can
     /// no longer be read).
-    pub(crate) fn shutdown_close(&self) {
+    pub(crate) fn shutdown_close(self: &Rc<Self>) {
         let started = {
             let mut st = self.st.borrow_mut();
             matches!(st.phase, Phase::Open) && st.session.close(clock::now()).is_ok()
@@ -359,7 +445,7 @@ impl Conn {
 
     /// Starts an orderly close and waits for the peer's confirmation (or the
     /// close timeout). Returns whether every message sent was acknowledged.
-    pub(crate) async fn close(&self) -> Result<bool, Error> {
+    pub(crate) async fn close(self: &Rc<Self>) -> Result<bool, Error> {
         {
             let mut st = self.st.borrow_mut();
             match &st.phase {
@@ -397,23 +483,36 @@ impl Conn {
 
     /// Acts on the session's events, queues its control frames, and wakes
     /// whoever must act. Call after every session input or timeout.
-    pub(crate) fn after_session(&self) {
+    pub(crate) fn after_session(self: &Rc<Self>) {
         let mut wakers = Vec::new();
         let mut end: Option<Error> = None;
+        let mut lost: Option<Error> = None;
         {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             while let Some(ev) = st.session.poll_event() {
                 match ev {
-                    Event::Connected { peer, .. } => {
+                    Event::Connected {
+                        peer,
+                        resumed,
+                        resend_after,
+                    } => {
                         st.peer = Some(peer);
                         if matches!(st.phase, Phase::Handshaking) {
                             st.phase = Phase::Open;
+                        }
+                        if st.reattaching {
+                            super::resume::relinked(st, resumed, resend_after, &mut wakers);
                         }
                         wakers.append(&mut st.phase_waiters);
                     }
                     Event::Acked { up_to } => {
                         st.acked = up_to;
+                        while st.retained.front().is_some_and(|t| t.last_seq <= up_to) {
+                            if let Some(t) = st.retained.pop_front() {
+                                st.retained_bytes -= t.buf.len();
+                            }
+                        }
                         while st.ack_waiters.front().is_some_and(|(s, _)| *s <= up_to) {
                             if let Some((_, w)) = st.ack_waiters.pop_front() {
                                 wakers.push(w);
@@ -436,6 +535,18 @@ impl Conn {
                                 wakers.extend(b.waker.take());
                             }
                         }
+                    }
+                    // Emitted by `Session::connection_lost`, which the engine
+                    // itself calls when a link breaks: already handled.
+                    Event::ConnectionLost(LostReason::Transport) => {}
+                    Event::ConnectionLost(reason) if st.retain && st.peer.is_some() => {
+                        lost = Some(Error::closed(match reason {
+                            LostReason::IdleTimeout => "nothing received within the idle timeout",
+                            LostReason::HandshakeTimeout => {
+                                "the peer's handshake did not arrive in time"
+                            }
+                            LostReason::Transport => "the transport reported the connection lost",
+                        }));
                     }
                     Event::ConnectionLost(reason) => {
                         end = Some(Error::closed(match reason {
@@ -481,12 +592,31 @@ impl Conn {
             // Control frames queued above (close-ack, ack) still go out: the
             // flusher drains before it ends.
             self.finish(e);
+        } else if let Some(e) = lost {
+            let link = self.st.borrow().link;
+            self.link_lost(link, e);
         }
+    }
+
+    /// Re-arms the timer if the session now has an earlier deadline than the
+    /// one it waits for.
+    fn check_timer(&self) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            match st.session.poll_timeout() {
+                Some(at) if st.timer_at.is_none_or(|t| at < t) => {
+                    st.timer_kick = true;
+                    st.timer.take()
+                }
+                _ => None,
+            }
+        };
+        wake_all(waker);
     }
 
     /// Ends the connection after the session ended (orderly close or loss)
     /// while letting the flusher send what is queued.
-    fn finish(&self, err: Error) {
+    fn finish(self: &Rc<Self>, err: Error) {
         let wakers = {
             let mut st = self.st.borrow_mut();
             if matches!(st.phase, Phase::Closed(_)) {
@@ -542,6 +672,11 @@ impl Conn {
                 let now = clock::now();
                 let due = st.timer_at.is_some_and(|t| t <= now);
                 if due {
+                    // A reader stopped for back-pressure is not the peer
+                    // falling silent.
+                    if st.reader.is_some() {
+                        st.session.input_held(now);
+                    }
                     st.session.handle_timeout(now);
                 }
                 due
@@ -621,6 +756,14 @@ impl Conn {
             }
             Err(err) => {
                 drop(st);
+                if self.resume_refused(&err) {
+                    // The link is dead (the peer refuses it); a new one
+                    // starts a new session.
+                    let link = self.st.borrow().link;
+                    let e = Error::from_proto(err);
+                    self.link_lost(link, e.clone());
+                    return Err(e);
+                }
                 let err = Error::from_proto(err);
                 self.after_session();
                 self.fail(err.clone());
@@ -630,7 +773,7 @@ impl Conn {
     }
 
     /// Checks a frame header as soon as it is complete (limits; fatal).
-    pub(crate) fn check_header(&self, header: &FrameHeader) -> Result<(), Error> {
+    pub(crate) fn check_header(self: &Rc<Self>, header: &FrameHeader) -> Result<(), Error> {
         let res = self.st.borrow_mut().session.check_header(header);
         res.map_err(|e| {
             let err = Error::from_proto(e);
@@ -669,7 +812,10 @@ impl Conn {
     }
 
     /// Starts a bulk segment: where do its bytes go?
-    pub(crate) fn bulk_start(&self, header: &FrameHeader) -> Result<Option<DestBox>, Error> {
+    pub(crate) fn bulk_start(
+        self: &Rc<Self>,
+        header: &FrameHeader,
+    ) -> Result<Option<DestBox>, Error> {
         let res = {
             let mut st = self.st.borrow_mut();
             match st.session.bulk_segment_start(clock::now(), header) {
@@ -699,7 +845,12 @@ impl Conn {
     }
 
     /// Ends a bulk segment, giving its destination back.
-    pub(crate) fn bulk_end(&self, header: &FrameHeader, dest: Option<DestBox>, direct: usize) {
+    pub(crate) fn bulk_end(
+        self: &Rc<Self>,
+        header: &FrameHeader,
+        dest: Option<DestBox>,
+        direct: usize,
+    ) {
         {
             let mut st = self.st.borrow_mut();
             if let Some(dest) = dest {
@@ -844,7 +995,7 @@ impl Conn {
             return Poll::Ready(r);
         }
         let mut st = self.st.borrow_mut();
-        let waiters = st.inbound.waiters.entry(stream).or_default();
+        let waiters = &mut st.inbound.stream(stream).waiters;
         if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
             waiters.push(cx.waker().clone());
         }
@@ -959,8 +1110,14 @@ impl Conn {
             st.calls.insert(id, CallSlot::default());
             id
         };
+        self.wake_flusher();
+        self.await_reply(id).await
+    }
+
+    /// Waits for the reply to call `id` (registered in `calls`).
+    async fn await_reply(self: &Rc<Self>, id: u64) -> Result<Incoming, Error> {
         // The call's deadline may be the earliest.
-        self.after_session();
+        self.check_timer();
         let mut guard = CallGuard { conn: self, id };
         let out = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
@@ -979,6 +1136,55 @@ impl Conn {
         guard.id = 0;
         self.st.borrow_mut().calls.remove(&id);
         out
+    }
+
+    /// A shared payload (encoded elsewhere, for example on another thread)
+    /// sent as a one-way message, waiting for room in the send queue.
+    pub(crate) async fn send_shared_waiting<T: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+    ) -> Result<(), Error> {
+        if !self.admit().await? {
+            return Ok(());
+        }
+        self.send_shared::<T>(stream, payload_len, shared)
+    }
+
+    /// A shared payload sent as a request; waits for the reply.
+    pub(crate) async fn call_shared<Req: Message>(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+    ) -> Result<Incoming, Error> {
+        if !self.admit().await? {
+            return Err(Error::BackPressure {
+                queued_messages: 0,
+                queued_bytes: 0,
+            });
+        }
+        let id = {
+            let mut st = self.st.borrow_mut();
+            pump_control(&mut st)?;
+            let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
+            head.resize(ringwire_proto::HEADER_LEN, 0);
+            let (sent, CallId(id)) = st
+                .session
+                .call_header::<Req>(clock::now(), stream, payload_len, &mut head)
+                .map_err(Error::from_proto)?;
+            let len = head.len() + shared.end - shared.start;
+            st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
+            st.out.push(OutBuf::Shared(shared), sent.seq);
+            st.out.messages += 1;
+            st.out.bytes += len;
+            stats::message_out(self.scheme, len);
+            st.calls.insert(id, CallSlot::default());
+            id
+        };
+        self.wake_flusher();
+        self.await_reply(id).await
     }
 
     /// Sends the reply to a request.
@@ -1023,15 +1229,15 @@ impl Conn {
                 });
             }
             pump_control(&mut st)?;
-            st.out.seal();
             let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
             head.resize(ringwire_proto::HEADER_LEN, 0);
-            st.session
+            let sent = st
+                .session
                 .send_header::<T>(clock::now(), stream, payload_len, &mut head)
                 .map_err(Error::from_proto)?;
             let len = head.len() + shared.end - shared.start;
-            st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-            st.out.ready.push_back(OutBuf::Shared(shared));
+            st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
+            st.out.push(OutBuf::Shared(shared), sent.seq);
             st.out.messages += 1;
             st.out.bytes += len;
             stats::message_out(self.scheme, len);
@@ -1096,7 +1302,6 @@ impl Conn {
             })?;
             stats::message_out(self.scheme, sent.len);
             for (index, seg) in segments.into_iter().enumerate() {
-                st.out.seal();
                 let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
                 head.resize(ringwire_proto::HEADER_LEN, 0);
                 let h = st
@@ -1106,10 +1311,10 @@ impl Conn {
                 let mut seg = Segment::new(seg);
                 seg.back = Some((back.clone(), index));
                 st.out.bytes += h.header_len + h.data_len + h.pad;
-                st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-                st.out.ready.push_back(OutBuf::Segment(seg));
+                st.out.push(OutBuf::Header(HeapFrames(head)), h.seq);
+                st.out.push(OutBuf::Segment(seg), h.seq);
                 if h.pad > 0 {
-                    st.out.ready.push_back(OutBuf::Pad(&ZEROS[..h.pad]));
+                    st.out.push(OutBuf::Pad(&ZEROS[..h.pad]), h.seq);
                 }
             }
             sent.seq
@@ -1176,12 +1381,19 @@ impl Conn {
     /// its message and byte counts (give them back to
     /// [`batch_done`](Self::batch_done)). `None` once the connection is over
     /// (or draining at shutdown) and nothing is left to send.
-    pub(crate) async fn next_batch(&self) -> Option<(Vec<OutBuf>, usize, usize)> {
+    pub(crate) async fn next_batch(&self, link: u64) -> Option<(Vec<Tagged>, usize, usize)> {
         poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
+            if st.link != link {
+                return Poll::Ready(None);
+            }
             if !st.out.is_empty() {
-                let (messages, bytes) = (st.out.messages, st.out.bytes);
-                return Poll::Ready(Some((st.out.take(), messages, bytes)));
+                let messages = if st.out.hold_data { 0 } else { st.out.messages };
+                let before = st.out.in_flight_bytes;
+                let batch = st.out.take();
+                let bytes = st.out.in_flight_bytes - before;
+                st.batches_out += 1;
+                return Poll::Ready(Some((batch, messages, bytes)));
             }
             if matches!(st.phase, Phase::Closed(_)) || st.draining {
                 return Poll::Ready(None);
@@ -1193,20 +1405,54 @@ impl Conn {
     }
 
     /// For the flusher: a batch was handed over; frees its queue space.
-    pub(crate) fn batch_done(&self, messages: usize, bytes: usize) {
+    ///
+    /// `sent` gives the batch's buffers back: when the connection retains
+    /// data for a resume, those not yet acknowledged are kept.
+    pub(crate) fn batch_done(&self, sent: Vec<Tagged>, messages: usize, bytes: usize) {
         let wakers = {
             let mut st = self.st.borrow_mut();
             st.out.in_flight_messages = st.out.in_flight_messages.saturating_sub(messages);
             st.out.in_flight_bytes = st.out.in_flight_bytes.saturating_sub(bytes);
-            std::mem::take(&mut st.send_waiters)
+            st.batches_out = st.batches_out.saturating_sub(1);
+            if st.old_batches > 0 {
+                // A batch of the session the peer no longer holds.
+                super::resume::old_batch_back(&mut st, sent);
+            } else if st.retain && !matches!(st.phase, Phase::Closed(_)) {
+                let acked = st.acked;
+                for t in sent {
+                    if t.last_seq > acked {
+                        st.retained_bytes += t.buf.len();
+                        st.retained.push_back(t);
+                    }
+                }
+            }
+            let mut w = std::mem::take(&mut st.send_waiters);
+            super::resume::try_resend(&mut st, &mut w);
+            w
         };
         wake_all(wakers);
     }
 
-    /// Messages and bytes in flight (taken by the flusher, not yet done).
-    pub(crate) fn in_flight(&self) -> (usize, usize) {
-        let st = self.st.borrow();
-        (st.out.in_flight_messages, st.out.in_flight_bytes)
+    /// The current link's number.
+    pub(crate) fn link(&self) -> u64 {
+        self.st.borrow().link
+    }
+
+    /// Sets how link `link`'s socket is shut down when the link is lost.
+    pub(crate) fn set_link_closer(&self, link: u64, closer: Box<dyn FnOnce()>) {
+        let mut st = self.st.borrow_mut();
+        if st.link == link {
+            st.link_closer = Some(closer);
+        }
+    }
+
+    /// Registers the caller to be woken when the link changes (or the
+    /// connection ends).
+    pub(crate) fn wait_link_change(&self, cx: &mut Context<'_>) {
+        let mut st = self.st.borrow_mut();
+        if !st.link_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.link_waiters.push(cx.waker().clone());
+        }
     }
 
     /// The peer, once the handshake is done.
@@ -1242,16 +1488,19 @@ fn push_inbound(inbound: &mut Inbound, stream: u32, item: Queued) -> Vec<Waker> 
         inbound.bytes += len;
     }
     inbound.messages += 1;
-    inbound.queues.entry(stream).or_default().push_back(item);
-    inbound
-        .waiters
-        .get_mut(&stream)
-        .map(std::mem::take)
-        .unwrap_or_default()
+    let q = inbound.stream(stream);
+    q.queue.push_back(item);
+    std::mem::take(&mut q.waiters)
 }
 
 fn pop_inbound(st: &mut State, stream: u32) -> Option<Queued> {
-    let item = st.inbound.queues.get_mut(&stream)?.pop_front()?;
+    let item = st
+        .inbound
+        .streams
+        .iter_mut()
+        .find(|s| s.id == stream)?
+        .queue
+        .pop_front()?;
     st.inbound.messages -= 1;
     if let Queued::Msg(_, len) = &item {
         st.inbound.bytes -= len;
@@ -1268,8 +1517,10 @@ fn take_all_waiters(st: &mut State) -> Vec<Waker> {
     w.append(&mut st.phase_waiters);
     w.append(&mut st.send_waiters);
     w.extend(st.ack_waiters.drain(..).map(|(_, w)| w));
-    for (_, ws) in st.inbound.waiters.drain() {
-        w.extend(ws);
+    w.append(&mut st.link_waiters);
+    w.append(&mut st.event_waiters);
+    for s in &mut st.inbound.streams {
+        w.append(&mut s.waiters);
     }
     w
 }
@@ -1306,25 +1557,10 @@ fn pump_control(st: &mut State) -> Result<(), Error> {
     }
 }
 
-/// Appends a few bytes (a control frame) to the send queue.
+/// Appends a control frame to the send queue's control buffer.
 fn append_bytes(st: &mut State, bytes: &[u8]) {
     st.out.bytes += bytes.len();
-    if let Some(cur) = st.out.cur.as_mut() {
-        if cur.extend_from_slice(bytes) {
-            return;
-        }
-    }
-    if let Some(mut fresh) = SendBuf::try_acquire() {
-        if fresh.extend_from_slice(bytes) {
-            st.out.seal();
-            st.out.cur = Some(fresh);
-            return;
-        }
-    }
-    let mut heap = AlignedVec::<16>::with_capacity(bytes.len());
-    heap.extend_from_slice(bytes);
-    st.out.seal();
-    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+    st.out.control.extend_from_slice(bytes);
 }
 
 /// Runs `encode` on the current pool buffer's free space, moving to a fresh
@@ -1339,6 +1575,7 @@ fn encode_queued(
         match encode(&mut st.session, now, cur.spare_mut()) {
             Ok(sent) => {
                 cur.advance(sent.len);
+                st.out.cur_last_seq = sent.seq;
                 return Ok(sent);
             }
             Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = n,
@@ -1352,6 +1589,7 @@ fn encode_queued(
                     fresh.advance(sent.len);
                     st.out.seal();
                     st.out.cur = Some(fresh);
+                    st.out.cur_last_seq = sent.seq;
                     return Ok(sent);
                 }
                 Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = needed.max(n),
@@ -1371,8 +1609,7 @@ fn encode_queued(
             Ok(sent) => {
                 heap.resize(sent.len, 0);
                 if sent.len > 0 {
-                    st.out.seal();
-                    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+                    st.out.push(OutBuf::Heap(HeapFrames(heap)), sent.seq);
                 }
                 return Ok(sent);
             }

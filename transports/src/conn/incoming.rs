@@ -57,6 +57,14 @@ impl Backing {
 /// choose their destinations with [`accept_bulk`](Incoming::accept_bulk) (or
 /// [`discard_bulk`](Incoming::discard_bulk); dropping an undecided offer
 /// discards it). Not `Send`: it belongs to the connection's core.
+///
+/// It borrows the memory its bytes arrived in: the receive buffer the kernel
+/// filled (most messages), a buffer of exactly its size (a frame larger than
+/// what was left of its receive buffer), or the buffer another core of this
+/// process wrote it into (`mem://`), and keeps it alive while it lives (a
+/// receive buffer goes back to the kernel once every message read from it is
+/// dropped). Hold received messages only as long as needed: a held receive
+/// buffer is one the kernel cannot fill.
 pub struct Incoming {
     /// Borrows `backing`, which lives as long as `self` (the lifetime is
     /// erased; every accessor reborrows it from `&self`).
@@ -180,7 +188,7 @@ impl Incoming {
     /// bytes beyond what had already arrived are received by the kernel into
     /// `dests` directly (no user-space copy). Resolves to the filled
     /// destinations.
-    pub fn accept_bulk<D: crate::IoBufMut>(
+    pub fn accept_bulk<D: ringwire_runtime::IoBufMut>(
         &mut self,
         dests: Vec<D>,
     ) -> impl Future<Output = Result<Vec<D>, Error>> + 'static {
@@ -199,10 +207,6 @@ impl Incoming {
         if std::mem::take(&mut self.bulk_open) {
             self.conn.discard_bulk(self.received.seq());
         }
-    }
-
-    pub(crate) fn conn(&self) -> &Rc<Conn> {
-        &self.conn
     }
 }
 
@@ -225,7 +229,7 @@ impl std::fmt::Debug for Incoming {
 }
 
 /// A received message of type `T`: derefs to its archived form, read in place
-/// (see the [module docs](self) for what it keeps alive).
+/// (see [`Incoming`] for what it keeps alive).
 pub struct Msg<T: Message> {
     /// Points into `inner`'s backing memory.
     archived: *const T::Archived,

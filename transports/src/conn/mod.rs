@@ -29,6 +29,7 @@
 pub(crate) mod core;
 pub(crate) mod incoming;
 pub(crate) mod out;
+pub(crate) mod resume;
 
 use std::rc::Rc;
 
@@ -37,6 +38,7 @@ use ringwire_runtime::IoBuf;
 
 use self::core::Conn;
 pub use self::incoming::{Incoming, Msg, Receipt};
+pub use self::resume::{ConnEvent, Unacked};
 use crate::endpoint::Scheme;
 use crate::error::Error;
 
@@ -123,6 +125,15 @@ impl Connection {
     /// Why the connection is over, if it is.
     pub fn closed_reason(&self) -> Option<Error> {
         self.conn.closed_error()
+    }
+
+    /// The next event of the connection's transport (cut, resumed, session
+    /// reset with the messages never acknowledged), waiting for one; `None`
+    /// once the connection is over. Only connections that survive cuts
+    /// ([`Config::reconnect`](crate::Config::reconnect),
+    /// [`Config::resume`](crate::Config::resume)) have events.
+    pub async fn next_event(&self) -> Option<ConnEvent> {
+        self.conn.next_event().await
     }
 
     /// A view that sends, calls and receives on logical stream `id` (the
