@@ -14,6 +14,24 @@ pub use ringwire_examples::cli::{
     parse_cores_value, parse_cpu_list, parse_wait_batch, CoreArgs, Cores, CpuList, WaitBatch,
 };
 
+/// Gives `--cores` of a peer server's [`CoreArgs`] the help that fits it.
+///
+/// The peer servers resolve a count themselves
+/// ([`CoreSpec::resolve`](crate::cores::CoreSpec::resolve)): `N` cores on the
+/// first `N` CPUs of the process's affinity mask, and `default` cores when
+/// neither `--cpus` nor `--cores` is given, where ringwire's nodes order CPUs
+/// by physical core and default to all of them.
+pub fn server_cores_help(cmd: clap::Command, default: usize) -> clap::Command {
+    let cores = if default == 1 { "core" } else { "cores" };
+    cmd.mut_arg("cores", |arg| {
+        arg.help(format!(
+            "Run N cores, pinned to the first N CPUs this process may use (see \
+             `taskset`). A CPU list here (`0,1`, or `3,` for CPU 3 alone) is read as \
+             --cpus. Without --cpus or --cores: {default} {cores}."
+        ))
+    })
+}
+
 /// Parses a duration given in seconds, with an optional `s` or `ms` suffix
 /// (`5`, `2.5s`, `500ms`); a clap value parser.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {

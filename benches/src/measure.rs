@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 
-use crate::cli::{parse_duration, CoreArgs};
+use crate::cli::{parse_duration, server_cores_help, CoreArgs};
 use crate::cores::CoreSpec;
 use crate::cpu::{machine_busy_time, process_cpu_time, self_cpu_time};
 use crate::typed::{Codec, Target, MAX_LEN};
@@ -300,7 +300,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let mut cmd = TypedCli::command().name(name).bin_name(name);
+    let mut cmd = TypedCli::command()
+        .name(name)
+        .bin_name(name)
+        .mut_subcommand("server", |server| server_cores_help(server, 1));
     let matches = cmd.try_get_matches_from_mut(args)?;
     match TypedCli::from_arg_matches(&matches)?.role {
         RoleFlags::Server(f) => Ok(Role::Server(ServerArgs::from_flags(f))),
@@ -902,6 +905,11 @@ mod tests {
         ] {
             assert_eq!(role(help).err().map(|e| e.exit_code()), Some(0), "{help:?}");
         }
+        let help = role(&["server", "--help"]).err().unwrap().to_string();
+        assert!(
+            help.contains("Without --cpus or --cores: 1 core."),
+            "{help}"
+        );
     }
 
     #[test]

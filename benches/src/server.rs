@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::cli::CoreArgs;
+use crate::cli::{server_cores_help, CoreArgs};
 use crate::cores::{pin_current_thread, CoreSpec};
 use crate::wire::Wire;
 
@@ -58,7 +58,7 @@ impl ServerConfig {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let matches = ServerArgs::command()
+        let matches = server_cores_help(ServerArgs::command(), 1)
             .name(name)
             .bin_name(name)
             .try_get_matches_from(args)?;
@@ -157,6 +157,11 @@ mod tests {
         assert_eq!(parse(&["--wire", "nope"]).unwrap_err().exit_code(), 2);
         let help = parse(&["--help"]).unwrap_err();
         assert_eq!(help.exit_code(), 0);
-        assert!(help.to_string().contains("Usage: peer"));
+        let help = help.to_string();
+        assert!(help.contains("Usage: peer"));
+        assert!(
+            help.contains("Without --cpus or --cores: 1 core."),
+            "{help}"
+        );
     }
 }

@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
-use ringwire_benches::cli::{parse_wait_batch, CoreArgs, WaitBatch};
+use ringwire_benches::cli::{parse_wait_batch, server_cores_help, CoreArgs, WaitBatch};
 use ringwire_benches::cores::CoreSpec;
 use ringwire_benches::server::run_per_core;
 use ringwire_benches::wire::{FrameTooLarge, Wire, LEN_PREFIX, MAX_PAYLOAD};
@@ -197,7 +197,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = Args::command().try_get_matches_from(args)?;
+    let matches = server_cores_help(Args::command(), 1).try_get_matches_from(args)?;
     let a = Args::from_arg_matches(&matches)?;
     Ok(Config {
         cores: CoreSpec::from_args(&a.cores, 1),
@@ -1572,7 +1572,13 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
-        assert_eq!(parse(&["--help"]).unwrap_err().exit_code(), 0);
+        let help = parse(&["--help"]).unwrap_err();
+        assert_eq!(help.exit_code(), 0);
+        let help = help.to_string();
+        assert!(
+            help.contains("Without --cpus or --cores: 1 core."),
+            "{help}"
+        );
     }
 
     #[test]
