@@ -363,3 +363,81 @@ fn a_shared_payload_goes_out_behind_each_connections_own_header() {
         assert_eq!(got.get::<Order>().unwrap().id, 42);
     }
 }
+
+#[test]
+fn an_owed_ack_goes_out_at_once_when_asked_and_not_before() {
+    let (mut client, mut server) = pair();
+    let now = Instant::ZERO;
+    assert!(!server.wants_transmit(), "nothing owed after the handshake");
+    assert!(!server.ack_if_pending(), "no ack owed: none queued");
+    let mut wire = vec![0u8; 4096];
+    for id in 0..3 {
+        let sent = client
+            .send(now, StreamId(0), &order(id), &mut wire)
+            .unwrap();
+        for f in split(&wire[..sent.len]) {
+            server
+                .handle_frame(now, &f.header, &f.payload)
+                .unwrap()
+                .unwrap();
+        }
+    }
+    // Three frames are below the ack count: the ack waits for its delay.
+    assert!(!server.wants_transmit());
+    assert!(server.ack_if_pending());
+    assert!(server.wants_transmit());
+    let mut acks = Vec::new();
+    drain_control(&mut server, now, &mut acks);
+    let frames = split(&acks);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].header.kind, FrameKind::Ack);
+    assert_eq!(
+        frames[0].header.seq, 3,
+        "cumulative, up to the last received"
+    );
+    assert!(!server.ack_if_pending(), "owed nothing more");
+    // The client learns that everything was received.
+    client
+        .handle_frame(now, &frames[0].header, &frames[0].payload)
+        .unwrap();
+    assert_eq!(client.acked(), 3);
+}
+
+#[test]
+fn a_payload_archived_by_an_earlier_session_is_sent_again_by_type_id() {
+    let (mut client, mut server) = pair();
+    let now = Instant::ZERO;
+    let mut wire = vec![0u8; 4096];
+    let sent = client.send(now, StreamId(2), &order(7), &mut wire).unwrap();
+    let original = split(&wire[..sent.len]).pop().unwrap();
+    // A new session sends the same archived bytes again by type id.
+    let (mut client2, _) = pair();
+    let len = original.payload.len();
+    let mut frame = vec![0u8; frame_len(len)];
+    let again = client2
+        .send_header_of(
+            now,
+            StreamId(2),
+            original.header.type_id,
+            len as u32,
+            &mut frame,
+        )
+        .unwrap();
+    frame[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&original.payload);
+    assert_eq!(again.seq, 1);
+    let f = split(&frame).pop().unwrap();
+    let got = server
+        .handle_frame(now, &f.header, &f.payload)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.stream(), StreamId(2));
+    assert_eq!(got.get::<Order>().unwrap().id, 7);
+    // A type the schema lacks is refused.
+    let err = client2
+        .send_header_of(now, StreamId(0), 0xdead_beef, 8, &mut frame)
+        .unwrap_err();
+    assert!(
+        matches!(err, ProtoError::UnknownType(0xdead_beef)),
+        "{err:?}"
+    );
+}

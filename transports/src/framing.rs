@@ -331,6 +331,8 @@ pub(crate) async fn wait_ready(conn: &Rc<Conn>) -> Result<(), Error> {
         Ok(())
     } else {
         conn.after_session();
-        conn.reader_ready().await
+        let ready = conn.reader_ready().await;
+        conn.refresh_input_time();
+        ready
     }
 }

@@ -198,6 +198,47 @@ fn counters() -> &'static Counters {
     })
 }
 
+/// Messages and bytes of one connection not yet added to the core's
+/// counters: the engine counts here per message (plain adds) and flushes
+/// once per received chunk and per flush, so a message costs no counter
+/// lookups.
+#[derive(Default)]
+pub(crate) struct Tally {
+    msgs_in: u64,
+    bytes_in: u64,
+    msgs_out: u64,
+    bytes_out: u64,
+}
+
+impl Tally {
+    #[inline]
+    pub(crate) fn msg_in(&mut self, bytes: usize) {
+        self.msgs_in += 1;
+        self.bytes_in += bytes as u64;
+    }
+
+    #[inline]
+    pub(crate) fn msg_out(&mut self, bytes: usize) {
+        self.msgs_out += 1;
+        self.bytes_out += bytes as u64;
+    }
+
+    /// Adds what was counted to the calling core's counters.
+    pub(crate) fn flush(&mut self, s: Scheme) {
+        let c = counters();
+        let i = idx(s);
+        if self.msgs_in > 0 {
+            c.messages_in[i].add(self.msgs_in);
+            c.bytes_in[i].add(self.bytes_in);
+        }
+        if self.msgs_out > 0 {
+            c.messages_out[i].add(self.msgs_out);
+            c.bytes_out[i].add(self.bytes_out);
+        }
+        *self = Tally::default();
+    }
+}
+
 pub(crate) fn message_in(s: Scheme, bytes: usize) {
     let c = counters();
     c.messages_in[idx(s)].add(1);

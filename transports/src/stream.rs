@@ -601,22 +601,21 @@ fn start(conn: &Rc<Conn>, socket: Socket, link: u64, first: Option<AlignedVec<16
 /// Hands each batch of queued buffers to the kernel in one submission, until
 /// the connection ends or moves to another link.
 async fn flusher(conn: Rc<Conn>, writer: WriteHalf, link: u64) {
-    while let Some((batch, messages, bytes)) = conn.next_batch(link).await {
-        let seqs: Vec<u64> = batch.iter().map(|t| t.last_seq).collect();
-        let mut bufs: Vec<_> = batch.into_iter().map(|t| t.buf).collect();
-        let (res, bufs) = if bufs.len() == 1 {
+    // Kept across batches: a flush allocates no vectors of its own.
+    let mut bufs = Vec::new();
+    let mut seqs = Vec::new();
+    while let Some((messages, bytes)) = conn.next_batch_into(link, &mut bufs, &mut seqs).await {
+        let res = if bufs.len() == 1 {
             let buf = bufs.pop().expect("one buffer");
             let (res, buf) = writer.send_all(buf).await;
-            (res, vec![buf])
+            bufs.push(buf);
+            res
         } else {
-            writer.send_vectored(bufs).await
+            let (res, back) = writer.send_vectored(std::mem::take(&mut bufs)).await;
+            bufs = back;
+            res
         };
-        let sent = bufs
-            .into_iter()
-            .zip(seqs)
-            .map(|(buf, last_seq)| crate::conn::out::Tagged { buf, last_seq })
-            .collect();
-        conn.batch_done(sent, messages, bytes);
+        conn.batch_done_from(&mut bufs, &mut seqs, messages, bytes);
         if let Err(e) = res {
             conn.link_lost(link, Error::io(format!("send to {}", conn.remote), e));
             return;
@@ -649,6 +648,8 @@ async fn read_loop(
     first: Option<AlignedVec<16>>,
 ) -> Result<(), Error> {
     let mut framer = Framer::new(conn.config.direct_threshold, link);
+    // A pass of an earlier link may have ended early (an error).
+    conn.set_input_time(None);
     if let Some(bytes) = first {
         let backing = Backing::Heap(Rc::new(bytes));
         let mut pos = 0;
@@ -688,6 +689,7 @@ async fn read_loop(
                 }
                 Err(e) => return Err(Error::io(format!("receive from {}", conn.remote), e)),
             };
+            conn.set_input_time(Some(crate::clock::now()));
             let chunk = Rc::new(chunk);
             let backing = Backing::Recv(chunk.clone());
             let mut pos = 0;
@@ -697,6 +699,7 @@ async fn read_loop(
                     Feed::DirectFrame { header, buf, have } => {
                         let len = header.payload_len as usize;
                         let (res, buf) = socket.recv_exact_into(FrameDest(buf), have..len).await;
+                        conn.refresh_input_time();
                         let got =
                             res.map_err(|e| Error::io(format!("receive from {}", conn.remote), e))?;
                         if got < len - have {
@@ -707,6 +710,7 @@ async fn read_loop(
                     Feed::DirectBulk { header, dest, have } => {
                         let len = header.payload_len as usize;
                         let (res, dest) = socket.recv_exact_into(dest, have..len).await;
+                        conn.refresh_input_time();
                         let got =
                             res.map_err(|e| Error::io(format!("receive from {}", conn.remote), e))?;
                         if got < len - have {
@@ -720,6 +724,7 @@ async fn read_loop(
             }
             next = socket.try_recv().map(|r| r.map(Some));
         }
+        conn.set_input_time(None);
         conn.after_session();
         if conn.is_closed() || conn.link() != link {
             return Ok(());

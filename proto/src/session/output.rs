@@ -330,6 +330,26 @@ impl<B: AsMut<[u8]>> Session<B> {
         Ok(())
     }
 
+    /// Whether a control frame is queued ([`poll_transmit`](Session::poll_transmit)
+    /// would write one). Cheap: lets a caller skip reading its clock.
+    pub fn wants_transmit(&self) -> bool {
+        !self.core.control.is_empty()
+    }
+
+    /// Queues a cumulative acknowledgement now if any received frame is
+    /// unacknowledged, instead of waiting for the ack delay or count: for a
+    /// transport about to send data anyway, the ack rides in the same
+    /// write. Returns whether one was queued.
+    pub fn ack_if_pending(&mut self) -> bool {
+        let core = &mut self.core;
+        if core.rx_unacked > 0 && matches!(core.state, SessionState::Established) {
+            core.queue_ack();
+            true
+        } else {
+            false
+        }
+    }
+
     /// Writes the next queued control frame into `buf` and returns its
     /// length, or `None` if nothing is queued. A too-small buffer leaves the
     /// frame queued (every control frame fits in 64 bytes except the hello,

@@ -82,8 +82,12 @@ pub(super) struct Inbound {
 struct StreamQueue {
     id: u32,
     queue: VecDeque<Queued>,
-    waiters: Vec<Waker>,
+    waiters: Wakers,
 }
+
+/// Tasks to wake: almost always none or one, kept inline so that taking
+/// them for a wake-up allocates nothing.
+pub(crate) type Wakers = smallvec::SmallVec<[Waker; 4]>;
 
 impl Inbound {
     fn stream(&mut self, id: u32) -> &mut StreamQueue {
@@ -93,7 +97,7 @@ impl Inbound {
                 self.streams.push(StreamQueue {
                     id,
                     queue: VecDeque::new(),
-                    waiters: Vec::new(),
+                    waiters: Wakers::new(),
                 });
                 self.streams.len() - 1
             }
@@ -247,6 +251,12 @@ pub(crate) struct State {
     /// new link's handshake answered): what a reconnect policy's give-up
     /// time counts, however many new links fail on the way.
     pub(super) down_since: Option<std::time::Instant>,
+    /// Messages and bytes counted since the per-core counters were last
+    /// updated (in batches: once per received chunk and per flush).
+    pub(super) tally: stats::Tally,
+    /// The time the reader read the bytes it is handing over now (one clock
+    /// read per chunk, not per frame); `None` outside a reader's pass.
+    pub(super) input_time: Option<Instant>,
 }
 
 /// One connection's engine.
@@ -276,6 +286,7 @@ fn lost_error(reason: LostReason, config: &Config) -> Error {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        self.st.get_mut().tally.flush(self.scheme);
         stats::connection_freed(self.scheme);
     }
 }
@@ -349,6 +360,8 @@ impl Conn {
                 reset_unacked: None,
                 pending_fresh: false,
                 down_since: None,
+                tally: stats::Tally::default(),
+                input_time: None,
                 phase_waiters: Vec::new(),
                 pool_buf_size,
             }),
@@ -521,7 +534,7 @@ impl Conn {
     /// Acts on the session's events, queues its control frames, and wakes
     /// whoever must act. Call after every session input or timeout.
     pub(crate) fn after_session(self: &Rc<Self>) {
-        let mut wakers = Vec::new();
+        let mut wakers = Wakers::new();
         let mut end: Option<Error> = None;
         let mut lost: Option<Error> = None;
         {
@@ -541,7 +554,7 @@ impl Conn {
                         if st.reattaching {
                             super::resume::relinked(st, resumed, resend_after, &mut wakers);
                         }
-                        wakers.append(&mut st.phase_waiters);
+                        wakers.extend(st.phase_waiters.drain(..));
                     }
                     Event::Acked { up_to } => {
                         st.acked = up_to;
@@ -611,6 +624,7 @@ impl Conn {
                     wakers.extend(st.timer.take());
                 }
             }
+            st.tally.flush(self.scheme);
         }
         wake_all(wakers);
         if let Some(e) = end {
@@ -664,38 +678,60 @@ impl Conn {
     }
 
     /// Runs the session's deadlines until the connection ends.
+    ///
+    /// One timer operation stays armed while it fires no later than the
+    /// session's earliest deadline (deadlines that move later, such as the
+    /// heartbeat after each send, only make it fire early and re-arm). A
+    /// kick for an earlier deadline (an ack owed) first lets the loop turn
+    /// finish: when replies go out in the same turn the ack rides with them
+    /// and no earlier timer is needed.
     pub(crate) async fn run_timer(self: Rc<Self>) {
+        let mut armed: Option<(Instant, ringwire_runtime::time::Sleep)> = None;
         loop {
-            let at = {
+            {
                 let mut st = self.st.borrow_mut();
                 if matches!(st.phase, Phase::Closed(_)) || st.draining {
                     return;
                 }
                 st.timer_kick = false;
-                let at = st.session.poll_timeout();
-                st.timer_at = at;
-                at
-            };
-            let mut sleep = at.map(|at| ringwire_runtime::time::sleep(clock::until(at)));
-            poll_fn(|cx| {
-                let mut st = self.st.borrow_mut();
-                if st.timer_kick || st.draining || matches!(st.phase, Phase::Closed(_)) {
-                    return Poll::Ready(());
+                match st.session.poll_timeout() {
+                    None => armed = None,
+                    Some(at) => {
+                        if armed.as_ref().is_none_or(|(t, _)| at < *t) {
+                            let sleep = ringwire_runtime::time::sleep(clock::until(at));
+                            armed = Some((at, sleep));
+                        }
+                    }
                 }
-                if let Some(s) = sleep.as_mut() {
+                st.timer_at = armed.as_ref().map(|(t, _)| *t);
+            }
+            let fired = poll_fn(|cx| {
+                let mut st = self.st.borrow_mut();
+                if st.draining || matches!(st.phase, Phase::Closed(_)) {
+                    return Poll::Ready(false);
+                }
+                if st.timer_kick {
+                    return Poll::Ready(false);
+                }
+                if let Some((_, s)) = armed.as_mut() {
                     if std::pin::Pin::new(s).poll(cx).is_ready() {
-                        return Poll::Ready(());
+                        return Poll::Ready(true);
                     }
                 }
                 st.timer = Some(cx.waker().clone());
                 Poll::Pending
             })
             .await;
-            drop(sleep);
-            let fired = {
+            if !fired {
+                // Kicked: let this turn's other tasks run first.
+                ringwire_runtime::yield_now().await;
+                continue;
+            }
+            armed = None;
+            let due = {
                 let mut st = self.st.borrow_mut();
                 let now = clock::now();
-                let due = st.timer_at.is_some_and(|t| t <= now);
+                let due = st.session.poll_timeout().is_some_and(|t| t <= now);
                 if due {
                     // A reader stopped for back-pressure is not the peer
                     // falling silent.
@@ -706,7 +742,7 @@ impl Conn {
                 }
                 due
             };
-            if fired {
+            if due {
                 self.after_session();
             }
         }
@@ -725,8 +761,8 @@ impl Conn {
         backing: &Backing,
         trusted: bool,
     ) -> Result<(), Error> {
-        let now = clock::now();
         let mut st = self.st.borrow_mut();
+        let now = st.input_time.unwrap_or_else(clock::now);
         let res = if trusted {
             // SAFETY: trusted frames come from `mem://` peers, which are
             // sessions of this process encoding with the same schema (the
@@ -748,14 +784,14 @@ impl Conn {
                 // SAFETY: `received` borrows `payload`, which lies in memory
                 // `backing` owns (the caller's contract); the clone keeps it.
                 let msg = unsafe { Incoming::new(received, backing.clone(), self.clone()) };
-                stats::message_in(self.scheme, len);
+                st.tally.msg_in(len);
                 let waker = match (kind, call) {
                     (FrameKind::Reply, Some(CallId(id))) => match st.calls.get_mut(&id) {
                         Some(slot) => {
                             slot.result = Some(Ok(msg));
                             slot.waker.take().into_iter().collect()
                         }
-                        None => Vec::new(),
+                        None => Wakers::new(),
                     },
                     _ => push_inbound(&mut st.inbound, stream, Queued::Msg(msg, len)),
                 };
@@ -794,6 +830,21 @@ impl Conn {
                 self.fail(err.clone());
                 Err(err)
             }
+        }
+    }
+
+    /// For a reader: the bytes about to be handed over were read now
+    /// (`Some`), or the pass is over (`None`). Frames handed over meanwhile
+    /// take this time instead of reading the clock each.
+    pub(crate) fn set_input_time(&self, now: Option<Instant>) {
+        self.st.borrow_mut().input_time = now;
+    }
+
+    /// After a reader waited: its pass goes on with a fresh time.
+    pub(crate) fn refresh_input_time(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.input_time.is_some() {
+            st.input_time = Some(clock::now());
         }
     }
 
@@ -1076,6 +1127,7 @@ impl Conn {
         let sent = encode_queued(st, &mut encode).map_err(Error::from_proto)?;
         st.out.messages += 1;
         st.out.bytes += sent.len;
+        st.tally.msg_out(sent.len);
         Ok(sent)
     }
 
@@ -1101,7 +1153,6 @@ impl Conn {
             let mut st = self.st.borrow_mut();
             self.queue_frame(&mut st, |s, now, buf| s.send(now, stream, value, buf))?
         };
-        stats::message_out(self.scheme, sent.len);
         self.wake_flusher();
         Ok(Receipt {
             seq: sent.seq,
@@ -1154,7 +1205,6 @@ impl Conn {
                 })
             })?
         };
-        stats::message_out(self.scheme, sent.len);
         self.wake_flusher();
         Ok(Receipt {
             seq: sent.seq,
@@ -1178,12 +1228,11 @@ impl Conn {
         let id = {
             let mut st = self.st.borrow_mut();
             let mut call = None;
-            let sent = self.queue_frame(&mut st, |s, now, buf| {
+            self.queue_frame(&mut st, |s, now, buf| {
                 let (sent, id) = s.call(now, stream, value, buf)?;
                 call = Some(id);
                 Ok(sent)
             })?;
-            stats::message_out(self.scheme, sent.len);
             let CallId(id) = call.ok_or(Error::Usage("call id missing"))?;
             st.calls.insert(id, CallSlot::default());
             id
@@ -1257,7 +1306,7 @@ impl Conn {
             st.out.push(OutBuf::Shared(shared), sent.seq);
             st.out.messages += 1;
             st.out.bytes += len;
-            stats::message_out(self.scheme, len);
+            st.tally.msg_out(len);
             st.calls.insert(id, CallSlot::default());
             id
         };
@@ -1274,11 +1323,10 @@ impl Conn {
         if !self.admit().await? {
             return Ok(());
         }
-        let sent = {
+        {
             let mut st = self.st.borrow_mut();
-            self.queue_frame(&mut st, |s, now, buf| s.reply(now, to, value, buf))?
-        };
-        stats::message_out(self.scheme, sent.len);
+            self.queue_frame(&mut st, |s, now, buf| s.reply(now, to, value, buf))?;
+        }
         self.wake_flusher();
         Ok(())
     }
@@ -1318,7 +1366,7 @@ impl Conn {
             st.out.push(OutBuf::Shared(shared), sent.seq);
             st.out.messages += 1;
             st.out.bytes += len;
-            stats::message_out(self.scheme, len);
+            st.tally.msg_out(len);
         }
         self.wake_flusher();
         Ok(())
@@ -1378,7 +1426,6 @@ impl Conn {
             let sent = self.queue_frame(&mut st, |s, now, buf| {
                 s.send_bulk(now, stream, meta, &lens, buf)
             })?;
-            stats::message_out(self.scheme, sent.len);
             for (index, seg) in segments.into_iter().enumerate() {
                 let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
                 head.resize(ringwire_proto::HEADER_LEN, 0);
@@ -1465,12 +1512,14 @@ impl Conn {
             if st.link != link {
                 return Poll::Ready(None);
             }
+            piggyback_ack(&mut st);
             if !st.out.is_empty() {
                 let messages = if st.out.hold_data { 0 } else { st.out.messages };
                 let before = st.out.in_flight_bytes;
                 let batch = st.out.take();
                 let bytes = st.out.in_flight_bytes - before;
                 st.batches_out += 1;
+                st.tally.flush(self.scheme);
                 return Poll::Ready(Some((batch, messages, bytes)));
             }
             if matches!(st.phase, Phase::Closed(_)) || st.draining {
@@ -1480,6 +1529,66 @@ impl Conn {
             Poll::Pending
         })
         .await
+    }
+
+    /// Like [`next_batch`](Self::next_batch), into the flusher's own
+    /// vectors (empty on entry): buffers and the last sequence number each
+    /// carries. Returns the batch's messages and bytes.
+    pub(crate) async fn next_batch_into(
+        &self,
+        link: u64,
+        bufs: &mut Vec<OutBuf>,
+        seqs: &mut Vec<u64>,
+    ) -> Option<(usize, usize)> {
+        poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            if st.link != link {
+                return Poll::Ready(None);
+            }
+            piggyback_ack(&mut st);
+            if !st.out.is_empty() {
+                let messages = if st.out.hold_data { 0 } else { st.out.messages };
+                let before = st.out.in_flight_bytes;
+                st.out.take_into(bufs, seqs);
+                let bytes = st.out.in_flight_bytes - before;
+                st.batches_out += 1;
+                st.tally.flush(self.scheme);
+                return Poll::Ready(Some((messages, bytes)));
+            }
+            if matches!(st.phase, Phase::Closed(_)) || st.draining {
+                return Poll::Ready(None);
+            }
+            st.flusher = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Like [`batch_done`](Self::batch_done), from the flusher's vectors
+    /// (left empty, their capacity kept).
+    pub(crate) fn batch_done_from(
+        &self,
+        bufs: &mut Vec<OutBuf>,
+        seqs: &mut Vec<u64>,
+        messages: usize,
+        bytes: usize,
+    ) {
+        let keep = {
+            let st = self.st.borrow();
+            st.old_batches > 0 || (st.retain && !matches!(st.phase, Phase::Closed(_)))
+        };
+        let sent: Vec<Tagged> = if keep {
+            bufs.drain(..)
+                .zip(seqs.drain(..))
+                .map(|(buf, last_seq)| Tagged { buf, last_seq })
+                .collect()
+        } else {
+            // Nothing to keep: the buffers go back to their pools here.
+            bufs.clear();
+            seqs.clear();
+            Vec::new()
+        };
+        self.batch_done(sent, messages, bytes);
     }
 
     /// For the flusher: a batch was handed over; frees its queue space.
@@ -1492,12 +1601,12 @@ impl Conn {
             st.out.in_flight_messages = st.out.in_flight_messages.saturating_sub(messages);
             st.out.in_flight_bytes = st.out.in_flight_bytes.saturating_sub(bytes);
             st.batches_out = st.batches_out.saturating_sub(1);
-            let mut w = Vec::new();
+            let mut w = Wakers::new();
             if st.old_batches > 0 {
                 // A batch of a session that is over (the peer no longer
                 // holds it, or the connection ended).
                 super::resume::old_batch_back(&mut st, sent);
-                w.append(&mut st.event_waiters);
+                w.extend(st.event_waiters.drain(..));
             } else if st.retain && !matches!(st.phase, Phase::Closed(_)) {
                 let acked = st.acked;
                 for t in sent {
@@ -1507,7 +1616,7 @@ impl Conn {
                     }
                 }
             }
-            w.append(&mut st.send_waiters);
+            w.extend(st.send_waiters.drain(..));
             super::resume::try_resend(&mut st, &mut w);
             w
         };
@@ -1578,7 +1687,7 @@ impl Drop for CallGuard<'_> {
     }
 }
 
-fn push_inbound(inbound: &mut Inbound, stream: u32, item: Queued) -> Vec<Waker> {
+fn push_inbound(inbound: &mut Inbound, stream: u32, item: Queued) -> Wakers {
     if let Queued::Msg(_, len) = &item {
         inbound.bytes += len;
     }
@@ -1615,7 +1724,7 @@ fn take_all_waiters(st: &mut State) -> Vec<Waker> {
     w.append(&mut st.link_waiters);
     w.append(&mut st.event_waiters);
     for s in &mut st.inbound.streams {
-        w.append(&mut s.waiters);
+        w.extend(s.waiters.drain(..));
     }
     w
 }
@@ -1630,9 +1739,12 @@ fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
 /// close) into the send queue, before any data frame encoded after. Control
 /// frames are small: they are written on the stack and copied in.
 fn pump_control(st: &mut State) -> Result<(), Error> {
+    if !st.session.wants_transmit() {
+        return Ok(());
+    }
     let mut stack = [0u8; 256];
+    let now = clock::now();
     loop {
-        let now = clock::now();
         match st.session.poll_transmit(now, &mut stack) {
             Ok(Some(len)) => append_bytes(st, &stack[..len]),
             Ok(None) => return Ok(()),
@@ -1649,6 +1761,15 @@ fn pump_control(st: &mut State) -> Result<(), Error> {
             }
             Err(e) => return Err(Error::from_proto(e)),
         }
+    }
+}
+
+/// Data is about to go out: an acknowledgement the session owes goes with
+/// it (one write) instead of waiting for its own timer.
+fn piggyback_ack(st: &mut State) {
+    if st.out.has_data() && st.session.ack_if_pending() {
+        // A failure here surfaces on the next session call.
+        let _ = pump_control(st);
     }
 }
 

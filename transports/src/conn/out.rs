@@ -252,6 +252,38 @@ impl OutQueue {
         out
     }
 
+    /// Like [`take`](Self::take), into the caller's vectors (kept from batch
+    /// to batch, so that a flush allocates nothing): the buffers, and the
+    /// last sequence number each carries.
+    pub(crate) fn take_into(&mut self, bufs: &mut Vec<OutBuf>, seqs: &mut Vec<u64>) {
+        let mut bytes = 0;
+        if !self.control.is_empty() {
+            let control = std::mem::take(&mut self.control);
+            bytes += control.len();
+            bufs.push(OutBuf::Heap(HeapFrames(control)));
+            seqs.push(0);
+        }
+        if !self.hold_data {
+            self.seal();
+            for t in self.ready.drain(..) {
+                bytes += t.buf.len();
+                bufs.push(t.buf);
+                seqs.push(t.last_seq);
+            }
+            self.in_flight_messages += self.messages;
+            self.messages = 0;
+        }
+        self.in_flight_bytes += bytes;
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether data (not only control frames) would go out in the next
+    /// flush.
+    pub(crate) fn has_data(&self) -> bool {
+        !self.hold_data
+            && (!self.ready.is_empty() || self.cur.as_ref().is_some_and(|b| !b.is_empty()))
+    }
+
     /// Messages and bytes queued or in flight (what back-pressure counts).
     pub(crate) fn load(&self) -> (usize, usize) {
         (

@@ -31,7 +31,7 @@ use std::task::{Poll, Waker};
 use ringwire_proto::{frame_len, FrameHeader, FrameKind, Message, Session, HEADER_LEN};
 use rkyv::util::AlignedVec;
 
-use super::core::{Conn, Phase, State};
+use super::core::{Conn, Phase, State, Wakers};
 use super::out::{OutBuf, Tagged};
 use crate::clock;
 use crate::error::Error;
@@ -329,7 +329,7 @@ impl Conn {
 }
 
 /// The session on a new link answered: resume or start afresh.
-pub(super) fn relinked(st: &mut State, resumed: bool, resend_after: u64, wakers: &mut Vec<Waker>) {
+pub(super) fn relinked(st: &mut State, resumed: bool, resend_after: u64, wakers: &mut Wakers) {
     st.reattaching = false;
     st.down_since = None;
     if resumed {
@@ -340,7 +340,7 @@ pub(super) fn relinked(st: &mut State, resumed: bool, resend_after: u64, wakers:
         st.pending_fresh = true;
     }
     try_resend(st, wakers);
-    wakers.append(&mut st.event_waiters);
+    wakers.extend(st.event_waiters.drain(..));
 }
 
 /// Lets data flow on a new link once it is safe. Resumed: every batch taken
@@ -348,7 +348,7 @@ pub(super) fn relinked(st: &mut State, resumed: bool, resend_after: u64, wakers:
 /// before what the peer lacks is queued again, ahead of newer data; frames
 /// resent later than newer ones would reach the peer out of sequence. Fresh
 /// session: the old session's batches must be in (handed back).
-pub(super) fn try_resend(st: &mut State, wakers: &mut Vec<Waker>) {
+pub(super) fn try_resend(st: &mut State, wakers: &mut Wakers) {
     if st.pending_fresh {
         if st.old_batches > 0 {
             return;
