@@ -31,14 +31,15 @@ pub mod peers;
 pub mod rdma;
 pub mod stats;
 mod stream;
+mod tls;
 
 #[doc = include_str!("../../docs/TRANSPORTS.md")]
 pub mod guide {}
 
-pub use config::{BackPressure, Config, Types};
+pub use config::{BackPressure, Config, TlsCipherSuite, TlsConfig, Types};
 pub use conn::{Connection, Incoming, Msg, Receipt, StreamRef};
 pub use endpoint::{Address, Endpoint, EndpointError, Host, Interface, Options, Scheme};
-pub use error::Error;
+pub use error::{Error, TlsFailure};
 pub use handle::{ConnHandle, Owned, OwnedAny, Reply};
 pub use listener::Listener;
 pub use peers::Peers;
@@ -64,6 +65,14 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
                 endpoint,
             })
         }
+        (Scheme::Tls, _) => {
+            let l = tls::bind(endpoint, config)?;
+            let endpoint = l.local.clone();
+            Ok(Listener {
+                kind: listener::Kind::Stream(l),
+                endpoint,
+            })
+        }
         (scheme, _) => Err(not_enabled(scheme)),
     }
 }
@@ -78,6 +87,7 @@ pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection,
     match (endpoint.scheme(), endpoint.address()) {
         (Scheme::Mem, Address::Mem(name)) => mem::connect(endpoint, name, config).await,
         (Scheme::Tcp | Scheme::Unix, _) => stream::connect(endpoint, config).await,
+        (Scheme::Tls, _) => tls::connect(endpoint, config).await,
         (scheme, _) => Err(not_enabled(scheme)),
     }
 }
