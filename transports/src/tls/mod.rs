@@ -24,16 +24,20 @@
 //!      so a frame spanning records is assembled by the framer;
 //!    - the **flusher** seals each batch the engine queued (frames encoded in
 //!      registered send buffers, shared broadcast payloads, bulk segments)
-//!      into records, which go out in one gather send per flush; once the
-//!      session closed in an orderly way it sends `close_notify` and shuts
-//!      the socket's sending side.
+//!      into records written straight into registered send buffers
+//!      ([`seal`]: the plaintext is gathered once, then sealed in place; full
+//!      records are padded to 16 KiB on the wire, one receive buffer), which
+//!      go out in one gather send per flush; once the session closed in an
+//!      orderly way it sends `close_notify` and shuts the socket's sending
+//!      side.
 //!
 //! Why rustls's kernel API after the handshake: in rustls 0.23 the
 //! unbuffered API decrypts in place but then copies each record's plaintext
-//! into a vector of its own before handing it out, and encrypts through an
-//! intermediate vector too; taking the secrets after the handshake keeps the
-//! cryptography in rustls (its provider's AEAD, its key schedule for key
-//! updates) while the plaintext stays in the receive buffer.
+//! into a vector of its own before handing it out, and its encrypter copies
+//! the plaintext into a fresh heap buffer per record; taking the secrets
+//! after the handshake keeps key derivation (handshake, key updates) and
+//! record opening in rustls while the plaintext stays in the receive buffer
+//! and records are sealed in the send buffers.
 //!
 //! Crypto provider: *ring*. It builds with a C compiler alone (aws-lc-rs,
 //! rustls's default, also needs CMake and takes several times longer to
@@ -44,6 +48,7 @@
 
 mod handshake;
 mod record;
+mod seal;
 mod settings;
 
 use std::cell::RefCell;
@@ -68,6 +73,7 @@ use crate::stats;
 use crate::stream::{accept_failed, apply_tcp_options, with_addr, StreamListener};
 use handshake::Established;
 use record::{Carry, Records};
+use seal::Output;
 
 // ---------------------------------------------------------------------------
 // Connect and listen
@@ -250,11 +256,11 @@ fn start(conn: &Rc<Conn>, socket: TcpStream, writer: WriteHalf, established: Est
 /// Seals each batch of queued buffers into records and hands them to the
 /// kernel in one submission.
 async fn flusher(conn: Rc<Conn>, writer: WriteHalf, records: Rc<RefCell<Records>>) {
-    let mut sealed: Vec<Vec<u8>> = Vec::new();
+    let mut out = Output::new();
     while let Some((batch, messages, bytes)) = conn.next_batch().await {
         let res = {
             let slices: Vec<&[u8]> = batch.iter().map(|t| t.buf.bytes()).collect();
-            records.borrow_mut().seal(&slices, &mut sealed)
+            records.borrow_mut().seal(&slices, &mut out)
         };
         // The frames are in the records now: their buffers go back at once.
         drop(batch);
@@ -262,11 +268,14 @@ async fn flusher(conn: Rc<Conn>, writer: WriteHalf, records: Rc<RefCell<Records>
             conn.fail(e);
             return;
         }
-        let res = if sealed.len() == 1 {
-            let record = sealed.pop().unwrap_or_default();
-            writer.send_all(record).await.0
-        } else {
-            writer.send_vectored(std::mem::take(&mut sealed)).await.0
+        let mut sealed = out.finish();
+        let res = match sealed.pop() {
+            Some(one) if sealed.is_empty() => writer.send_all(one).await.0,
+            Some(last) => {
+                sealed.push(last);
+                writer.send_vectored(sealed).await.0
+            }
+            None => Ok(()),
         };
         if let Err(e) = res {
             conn.fail(Error::io(format!("send to {}", conn.remote), e));
@@ -281,9 +290,9 @@ async fn flusher(conn: Rc<Conn>, writer: WriteHalf, records: Rc<RefCell<Records>
         Some(_) => false,
     };
     if orderly {
-        let notify = records.borrow_mut().close_notify();
-        if let Ok(record) = notify {
-            let _ = writer.send_all(record).await;
+        let notify = records.borrow_mut().close_notify(&mut out);
+        if notify.is_ok() {
+            let _ = writer.send_vectored(out.finish()).await;
         }
     }
     let _ = writer.shutdown(std::net::Shutdown::Write).await;

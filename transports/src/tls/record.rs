@@ -2,11 +2,12 @@
 //! in place in the memory they arrived in and sealed from the frames queued
 //! for sending.
 //!
-//! rustls does the cryptography (its provider's `MessageDecrypter` and
-//! `MessageEncrypter`, keyed from the secrets the handshake established) and
-//! derives every new key ([`KernelConnection`]); this module only splits the
-//! byte stream into records, keeps the sequence numbers, and acts on what
-//! TLS 1.3 may send after the handshake (RFC 8446 §4.6, §5, §6):
+//! rustls derives every key ([`KernelConnection`]: the traffic secrets of
+//! the handshake, then one per key update) and opens records (its provider's
+//! `MessageDecrypter`, which also strips padding and finds the content
+//! type); records are sealed by [`super::seal`]. This module splits the byte
+//! stream into records, keeps the sequence numbers, and acts on what TLS 1.3
+//! may send after the handshake (RFC 8446 §4.6, §5, §6):
 //!
 //! - `application_data`: plaintext for the framer;
 //! - `alert`: `close_notify` ends the peer's stream, `user_canceled` is
@@ -21,18 +22,14 @@
 //! chunk's end is carried into a buffer of its own, completed from the next
 //! chunk and opened there.
 //!
-//! Sealing ([`Tx::seal`]) encrypts the queued buffers into records of at
-//! most 16 KiB of plaintext; rustls's encrypter gathers the plaintext into
-//! the record's buffer (the one copy on the send path) and seals it in
-//! place.
+//! Sealing ([`Records::seal`]) protects the queued buffers as records
+//! written straight into registered send buffers ([`super::seal`]).
 
 use std::ops::Range;
 
 use rkyv::util::AlignedVec;
 use rustls::client::ClientConnectionData;
-use rustls::crypto::cipher::{
-    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
-};
+use rustls::crypto::cipher::{InboundOpaqueMessage, MessageDecrypter};
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{
@@ -40,6 +37,7 @@ use rustls::{
     SupportedCipherSuite, Tls13CipherSuite,
 };
 
+use super::seal::{Gather, Output, Sealer, FULL_CONTENT};
 use crate::error::{Error, TlsFailure};
 
 /// Record header: type, legacy version, length.
@@ -56,6 +54,9 @@ const ALIGN: usize = ringwire_proto::PAYLOAD_ALIGN;
 /// starts at `ALIGN`.
 const CARRY_AT: usize = ALIGN - HEADER;
 
+const CT_ALERT: u8 = 21;
+const CT_HANDSHAKE: u8 = 22;
+const CT_APPLICATION_DATA: u8 = 23;
 const HS_NEW_SESSION_TICKET: u8 = 4;
 const HS_KEY_UPDATE: u8 = 24;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
@@ -125,23 +126,6 @@ fn decrypter(
     }
 }
 
-fn encrypter(
-    suite: &Tls13CipherSuite,
-    secrets: ConnectionTrafficSecrets,
-) -> Result<Box<dyn MessageEncrypter>, Error> {
-    match secrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-            Ok(suite.aead_alg.encrypter(key, iv))
-        }
-        _ => Err(Error::tls(
-            TlsFailure::Handshake,
-            "traffic keys of an unsupported AEAD",
-        )),
-    }
-}
-
 /// One connection's record layer, both directions.
 pub(crate) struct Records {
     kernel: Kernel,
@@ -176,8 +160,7 @@ impl Records {
                 closed: false,
             },
             tx: Tx {
-                enc: encrypter(suite, tx_secrets)?,
-                seq: tx_seq,
+                sealer: Sealer::new(&tx_secrets, tx_seq)?,
                 update_at,
                 update_requested: false,
             },
@@ -208,46 +191,43 @@ impl Records {
 
     /// Seals `bufs` (in order) into records appended to `out`, preceded by a
     /// key update when one is due.
-    pub(crate) fn seal(&mut self, bufs: &[&[u8]], out: &mut Vec<Vec<u8>>) -> Result<(), Error> {
-        if self.tx.update_requested || self.tx.seq >= self.tx.update_at {
-            self.update_tx_key(out)?;
-        }
-        let chunks = OutboundChunks::new(bufs);
-        let mut at = 0;
-        while at < chunks.len() {
-            let n = MAX_PLAINTEXT.min(chunks.len() - at);
-            let (_, rest) = chunks.split_at(at);
-            let (part, _) = rest.split_at(n);
-            out.push(self.tx.seal_one(ContentType::ApplicationData, part)?);
-            at += n;
-            if self.tx.seq >= self.tx.update_at && at < chunks.len() {
+    pub(crate) fn seal(&mut self, bufs: &[&[u8]], out: &mut Output) -> Result<(), Error> {
+        let mut src = Gather::new(bufs);
+        let mut left = src.remaining();
+        while left > 0 {
+            if self.tx.update_requested || self.tx.sealer.seq >= self.tx.update_at {
                 self.update_tx_key(out)?;
             }
+            let n = FULL_CONTENT.min(left);
+            out.record(&mut self.tx.sealer, CT_APPLICATION_DATA, &mut src, n)?;
+            left -= n;
         }
         Ok(())
     }
 
-    /// A `close_notify` alert record: this side sends nothing more.
-    pub(crate) fn close_notify(&mut self) -> Result<Vec<u8>, Error> {
-        let alert = [1u8, ALERT_CLOSE_NOTIFY];
-        self.tx
-            .seal_one(ContentType::Alert, OutboundChunks::Single(&alert))
+    /// Seals a `close_notify` alert: this side sends nothing more.
+    pub(crate) fn close_notify(&mut self, out: &mut Output) -> Result<(), Error> {
+        let alert: [u8; 2] = [1, ALERT_CLOSE_NOTIFY];
+        let bufs: [&[u8]; 1] = [&alert];
+        out.record(&mut self.tx.sealer, CT_ALERT, &mut Gather::new(&bufs), 2)
     }
 
     /// Sends a `KeyUpdate` under the current key, then switches to the next.
-    fn update_tx_key(&mut self, out: &mut Vec<Vec<u8>>) -> Result<(), Error> {
+    fn update_tx_key(&mut self, out: &mut Output) -> Result<(), Error> {
         // KeyUpdate, length 1, update_not_requested.
-        let msg = [HS_KEY_UPDATE, 0, 0, 1, 0];
-        out.push(
-            self.tx
-                .seal_one(ContentType::Handshake, OutboundChunks::Single(&msg))?,
-        );
+        let msg: [u8; 5] = [HS_KEY_UPDATE, 0, 0, 1, 0];
+        let bufs: [&[u8]; 1] = [&msg];
+        out.record(
+            &mut self.tx.sealer,
+            CT_HANDSHAKE,
+            &mut Gather::new(&bufs),
+            5,
+        )?;
         let secrets = self
             .kernel
             .update_tx()
             .map_err(|e| record_error(format!("key update: {e}")))?;
-        self.tx.enc = encrypter(self.suite, secrets)?;
-        self.tx.seq = 0;
+        self.tx.sealer = Sealer::new(&secrets, 0)?;
         self.tx.update_requested = false;
         Ok(())
     }
@@ -462,32 +442,11 @@ fn aligned_start(base: usize, start: usize, floor: usize) -> usize {
 
 /// The send direction.
 pub(crate) struct Tx {
-    enc: Box<dyn MessageEncrypter>,
-    seq: u64,
+    sealer: Sealer,
     /// Sequence number at which the key is updated.
     update_at: u64,
     /// The peer asked for a key update (done before the next record).
     update_requested: bool,
-}
-
-impl Tx {
-    fn seal_one(
-        &mut self,
-        typ: ContentType,
-        payload: OutboundChunks<'_>,
-    ) -> Result<Vec<u8>, Error> {
-        let msg = OutboundPlainMessage {
-            typ,
-            version: ProtocolVersion::TLSv1_2,
-            payload,
-        };
-        let sealed = self
-            .enc
-            .encrypt(msg, self.seq)
-            .map_err(|e| record_error(format!("sealing a record: {e}")))?;
-        self.seq += 1;
-        Ok(sealed.encode())
-    }
 }
 
 /// A record cut by the end of a receive buffer, completed from the next ones
@@ -510,7 +469,13 @@ impl Carry {
 
     /// Starts carrying `bytes` (the start of a record).
     pub(crate) fn start(&mut self, bytes: &[u8]) {
-        self.buf = AlignedVec::with_capacity(CARRY_AT + HEADER + bytes.len().max(1024));
+        // The whole record's size when its header is there.
+        let size = match bytes.get(3..5) {
+            Some(&[a, b]) => HEADER + u16::from_be_bytes([a, b]) as usize,
+            _ => HEADER + 1024,
+        };
+        self.buf =
+            AlignedVec::with_capacity(CARRY_AT + size.clamp(bytes.len(), HEADER + MAX_CIPHERTEXT));
         self.buf.extend_from_slice(&[0; CARRY_AT]);
         self.buf.extend_from_slice(bytes);
     }
