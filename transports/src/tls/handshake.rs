@@ -253,3 +253,239 @@ pub(crate) fn server(config: Arc<rustls::ServerConfig>) -> Result<Handshaking, E
         .map(Handshaking::Server)
         .map_err(|e| Error::tls(TlsFailure::Settings, e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Our handshake driver and record layer against rustls's own
+    //! connections, in memory: handshakes, data both ways, padded full
+    //! records, key updates asked for by either side, session tickets,
+    //! `close_notify` both ways, a tampered record.
+
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ConnectionCommon, RootCertStore};
+
+    use super::*;
+    use crate::tls::seal::Output;
+
+    fn identity() -> (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        RootCertStore,
+    ) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        (vec![cert], key, roots)
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn configs() -> (rustls::ServerConfig, rustls::ClientConfig) {
+        let (chain, key, roots) = identity();
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (server, client)
+    }
+
+    /// Everything `peer` has to send.
+    fn drain<D>(peer: &mut ConnectionCommon<D>) -> Vec<u8> {
+        let mut v = Vec::new();
+        while peer.wants_write() {
+            peer.write_tls(&mut v).unwrap();
+        }
+        v
+    }
+
+    /// Gives `bytes` to `peer`; returns the plaintext it read from them.
+    fn feed<D>(peer: &mut ConnectionCommon<D>, bytes: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let mut rd = bytes;
+        let mut plain = Vec::new();
+        while !rd.is_empty() {
+            peer.read_tls(&mut rd).unwrap();
+            peer.process_new_packets()?;
+            let mut buf = [0u8; 4096];
+            loop {
+                match peer.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => plain.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        Ok(plain)
+    }
+
+    /// Runs `ours` against `peer` until our side's handshake is complete;
+    /// returns the record layer and the bytes left over.
+    fn establish<D>(mut ours: Handshaking, peer: &mut ConnectionCommon<D>) -> (Records, Vec<u8>) {
+        let mut incoming = Vec::new();
+        let mut outgoing = Vec::new();
+        let mut early = Vec::new();
+        for _ in 0..100 {
+            incoming.extend(drain(peer));
+            let (discard, res) = ours.step(&mut incoming, &mut outgoing, &mut early);
+            incoming.drain(..discard);
+            let step = res.unwrap();
+            assert!(feed(peer, &std::mem::take(&mut outgoing))
+                .unwrap()
+                .is_empty());
+            if matches!(step, Step::Traffic) && !ours.is_handshaking() {
+                let (secrets, kernel) = ours.into_kernel().unwrap();
+                assert!(early.is_empty());
+                return (Records::new(secrets, kernel, Some(2)).unwrap(), incoming);
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// Opens `wire` (whole records) with `records`; the plaintext.
+    fn open(records: &mut Records, mut wire: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let mut ranges = Vec::new();
+        let used = records.open(&mut wire, &mut ranges)?;
+        assert_eq!(used, wire.len(), "whole records");
+        let mut plain = Vec::new();
+        for r in ranges {
+            assert_eq!(
+                (wire.as_ptr() as usize + r.start) % 16,
+                0,
+                "aligned plaintext"
+            );
+            plain.extend_from_slice(&wire[r]);
+        }
+        Ok(plain)
+    }
+
+    /// Seals `data` with `records` (the send pool needs a ringwire core).
+    fn seal(records: &mut Records, data: &[u8]) -> Vec<u8> {
+        let mut out = Output::new();
+        records.seal(&[data], &mut out).unwrap();
+        out.finish()
+            .iter()
+            .flat_map(|b| b.bytes().to_vec())
+            .collect()
+    }
+
+    fn on_a_core(f: impl FnOnce() + Send + 'static) {
+        let rt = ringwire_runtime::Runtime::builder()
+            .placement(ringwire_runtime::Placement::Unpinned(1))
+            .recv_buffers(16)
+            .send_buffers(4)
+            .build()
+            .unwrap();
+        rt.block_on(0, move || async move { f() }).unwrap();
+        rt.shutdown(std::time::Duration::from_secs(1));
+    }
+
+    fn payload(n: usize, salt: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
+    }
+
+    #[test]
+    fn our_server_side_against_a_rustls_client() {
+        on_a_core(|| {
+            let (server, client) = configs();
+            let mut server = server;
+            server.enable_secret_extraction = true;
+            let ours =
+                Handshaking::Server(UnbufferedServerConnection::new(Arc::new(server)).unwrap());
+            let mut peer =
+                rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap())
+                    .unwrap();
+            let (mut records, leftover) = establish(ours, &mut peer);
+            assert!(leftover.is_empty());
+            // The peer's data, with a key update it asks us to answer.
+            peer.writer().write_all(b"first").unwrap();
+            peer.refresh_traffic_keys().unwrap();
+            peer.writer().write_all(b" second").unwrap();
+            let wire = drain(&mut peer);
+            assert_eq!(open(&mut records, wire).unwrap(), b"first second");
+            // Ours, several records (full ones padded to 16 KiB), with key
+            // updates: the one asked for, then every 2 records.
+            let big = payload(100_000, 7);
+            let wire = seal(&mut records, &big);
+            // First the key update the peer asked for (a 27-byte record),
+            // then full records of exactly 16 KiB on the wire.
+            assert_eq!(&wire[..5], &[23, 3, 3, 0, 22]);
+            assert_eq!(&wire[27..32], &[23, 3, 3, 0x3f, 0xfb]);
+            assert_eq!(feed(&mut peer, &wire).unwrap(), big);
+            for i in 0..5u8 {
+                let small = payload(100 + i as usize, i);
+                assert_eq!(feed(&mut peer, &seal(&mut records, &small)).unwrap(), small);
+            }
+            // A record changed on the way costs the connection.
+            peer.writer().write_all(b"tampered").unwrap();
+            let mut wire = drain(&mut peer);
+            let last = wire.len() - 1;
+            wire[last] ^= 1;
+            let e = open(&mut records, wire).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Tls {
+                        kind: TlsFailure::Record,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        });
+    }
+
+    #[test]
+    fn our_client_side_against_a_rustls_server() {
+        on_a_core(|| {
+            let (server, client) = configs();
+            let mut client = client;
+            client.enable_secret_extraction = true;
+            let ours = Handshaking::Client(
+                UnbufferedClientConnection::new(Arc::new(client), "localhost".try_into().unwrap())
+                    .unwrap(),
+            );
+            let mut peer = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+            let (mut records, leftover) = establish(ours, &mut peer);
+            // The server's session tickets (and anything after) come as
+            // records after our handshake.
+            let mut wire = leftover;
+            peer.writer().write_all(b"hello").unwrap();
+            wire.extend(drain(&mut peer));
+            assert_eq!(open(&mut records, wire).unwrap(), b"hello");
+            let data = payload(40_000, 3);
+            assert_eq!(feed(&mut peer, &seal(&mut records, &data)).unwrap(), data);
+            // close_notify both ways.
+            let mut out = Output::new();
+            records.close_notify(&mut out).unwrap();
+            let wire: Vec<u8> = out
+                .finish()
+                .iter()
+                .flat_map(|b| b.bytes().to_vec())
+                .collect();
+            assert!(feed(&mut peer, &wire).unwrap().is_empty());
+            let mut rest = Vec::new();
+            assert_eq!(
+                peer.reader().read_to_end(&mut rest).unwrap(),
+                0,
+                "a clean end"
+            );
+            peer.send_close_notify();
+            assert!(open(&mut records, drain(&mut peer)).unwrap().is_empty());
+            assert!(records.peer_closed());
+        });
+    }
+}
