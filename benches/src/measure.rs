@@ -13,6 +13,7 @@
 //! server CPU-second and shows how much else was running.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -83,6 +84,8 @@ pub struct ClientArgs {
     pub label: String,
     /// Keep retrying the first connect this long while the server starts.
     pub wait: Duration,
+    /// `tls://`: the directory with `ca.pem` (see [`crate::tls`]).
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Usage text of the request/reply clients.
@@ -90,7 +93,8 @@ pub fn client_usage(name: &str) -> String {
     format!(
         "usage: {name} client [options]\n\
          \n\
-         \x20 --endpoint E        tcp://127.0.0.1:PORT or unix:///path (required)\n\
+         \x20 --endpoint E        tcp://127.0.0.1:PORT, tls://127.0.0.1:PORT or\n\
+         \x20                     unix:///path (required)\n\
          \x20 --mode M            throughput | pingpong (default throughput)\n\
          \x20 --conns C           connections (default 64 throughput, 1 pingpong)\n\
          \x20 --depth D           requests in flight per connection (default 16;\n\
@@ -106,6 +110,7 @@ pub fn client_usage(name: &str) -> String {
          \x20 --label NAME        stack name for the RESULT line\n\
          \x20 --wait T            retry the first connect for up to T (default 2s)\n\
          \x20 --stall-timeout T   fail if no reply arrives for T (default 5s)\n\
+         \x20 --tls-dir DIR       tls:// endpoints: DIR/ca.pem verifies the server\n\
          \n\
          Every reply is checked (id and payload); a wrong or missing reply fails\n\
          the run. Exit status: 0 ok, 1 runtime error, 2 usage error.\n"
@@ -127,6 +132,7 @@ impl ClientArgs {
         let mut core = None;
         let mut label = default_label.to_owned();
         let mut wait = Duration::from_secs(2);
+        let mut tls_dir = None;
         for arg in parse_args(args)? {
             let (name, value) = match arg {
                 Arg::Help => return Ok(None),
@@ -157,6 +163,7 @@ impl ClientArgs {
                 "label" => label = value,
                 "wait" => wait = parse_duration(&name, &value)?,
                 "stall-timeout" => meter.stall_timeout = parse_duration(&name, &value)?,
+                "tls-dir" => tls_dir = Some(PathBuf::from(value)),
                 _ => return Err(CliError(format!("unknown option `--{name}`"))),
             }
         }
@@ -204,6 +211,7 @@ impl ClientArgs {
             core,
             label,
             wait,
+            tls_dir,
         }))
     }
 
@@ -246,6 +254,9 @@ pub struct ServerArgs {
     pub cores: CoreSpec,
     /// Serialization (tokio only).
     pub codec: Codec,
+    /// `tls://`: the directory with `server.pem` and `server.key` (see
+    /// [`crate::tls`]).
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Usage text of the typed servers.
@@ -256,10 +267,12 @@ pub fn server_usage(name: &str) -> String {
          Answers every request with a reply of the size it asks for, until\n\
          SIGINT/SIGTERM. Prints `READY <endpoint>` on stderr once listening.\n\
          \n\
-         \x20 --endpoint E   tcp://127.0.0.1:PORT or unix:///path (required)\n\
+         \x20 --endpoint E   tcp://127.0.0.1:PORT, tls://127.0.0.1:PORT or\n\
+         \x20                unix:///path (required)\n\
          \x20 --cores C      CPU ids `0,1`, or a count N = the first N CPUs this\n\
          \x20                process may run on; default 1\n\
-         \x20 --codec C      rkyv | bincode (tokio only; default rkyv)\n"
+         \x20 --codec C      rkyv | bincode (tokio only; default rkyv)\n\
+         \x20 --tls-dir DIR  tls:// endpoints: DIR/server.pem and DIR/server.key\n"
     )
 }
 
@@ -273,6 +286,7 @@ impl ServerArgs {
         let mut endpoint = None;
         let mut cores = CoreSpec::Count(1);
         let mut codec = Codec::Rkyv;
+        let mut tls_dir = None;
         for arg in parse_args(args)? {
             match arg {
                 Arg::Help => return Ok(None),
@@ -280,6 +294,7 @@ impl ServerArgs {
                     "endpoint" => endpoint = Some(value),
                     "cores" => cores = parse_cores(&value)?,
                     "codec" => codec = parse_value(&name, &value)?,
+                    "tls-dir" => tls_dir = Some(PathBuf::from(value)),
                     _ => return Err(CliError(format!("unknown option `--{name}`"))),
                 },
             }
@@ -289,6 +304,7 @@ impl ServerArgs {
             endpoint,
             cores,
             codec,
+            tls_dir,
         }))
     }
 }
