@@ -674,7 +674,7 @@ mod tests {
             Target::Tcp("127.0.0.1:7000".parse().unwrap())
         );
         let unix = Target::parse("unix:///tmp/x.sock").unwrap();
-        assert_eq!(unix.zmq_endpoint(), "ipc:///tmp/x.sock");
+        assert_eq!(unix.zmq_endpoint().unwrap(), "ipc:///tmp/x.sock");
         assert_eq!(unix.to_string(), "unix:///tmp/x.sock");
         assert!(Target::parse("tcp://192.0.2.1:7000").is_err());
         assert!(Target::parse("unix://relative").is_err());
@@ -684,5 +684,8 @@ mod tests {
             Target::Tls("127.0.0.1:7000".parse().unwrap())
         );
         assert!(Target::parse("tls://192.0.2.1:7000").is_err());
+        let tls = Target::parse("tls://127.0.0.1:7000").unwrap();
+        assert!(tls.zmq_endpoint().is_err());
+        assert_eq!(tls.to_string(), "tls://127.0.0.1:7000");
     }
 }

@@ -181,11 +181,7 @@ impl Records {
             rx,
             tx,
         } = self;
-        let mut keys = Keys {
-            kernel,
-            suite: *suite,
-            tx,
-        };
+        let mut keys = Keys { kernel, suite, tx };
         rx.open(buf, plain, &mut keys)
     }
 
