@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::*;
 use ringwire_transports::{
-    connect, listen, stats, Config, Endpoint, Error, Scheme, TlsCipherSuite, TlsConfig, TlsFailure,
+    connect, listen, stats, Config, Endpoint, Error, Reconnect, Scheme, TlsCipherSuite, TlsConfig,
+    TlsFailure,
 };
 
 /// A certificate authority and certificates it signs.
@@ -398,6 +399,12 @@ fn certificate_files_named_in_the_endpoint() {
         .block_on(0, move || async move {
             let a = listen(&missing, &config()).await.map(|_| ()).unwrap_err();
             let b = listen(&no_cert, &config()).await.map(|_| ()).unwrap_err();
+            // Not built yet: a TLS connection that reconnects.
+            let c = connect(&any_port(), &config().reconnect(Reconnect::default()))
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert!(matches!(c, Error::Usage(_)), "{c}");
             (a, b)
         })
         .unwrap();

@@ -7,12 +7,13 @@
 mod batch;
 pub(crate) mod listener;
 mod readiness;
+pub(crate) mod send;
 pub(crate) mod stream;
 mod tcp;
 mod unix;
 
 pub use batch::BatchWriter;
 pub use readiness::{readable, Readable};
-pub use stream::WriteHalf;
+pub use send::WriteHalf;
 pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};

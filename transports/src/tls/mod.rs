@@ -75,12 +75,22 @@ use handshake::Established;
 use record::{Carry, Records};
 use seal::Output;
 
+/// A TLS connection has one link for its whole life: it neither reconnects
+/// nor resumes (a new TCP connection would need a new TLS handshake under
+/// the same session; not built yet).
+const LINK: u64 = 1;
+
 // ---------------------------------------------------------------------------
 // Connect and listen
 
 /// Connects to a `tls://` endpoint.
 pub(crate) async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection, Error> {
     let context = || format!("connect to {endpoint}");
+    if config.reconnect.is_some() {
+        return Err(Error::Usage(
+            "tls:// connections do not reconnect yet: drop Config::reconnect",
+        ));
+    }
     let client = settings::client_config(endpoint, &config.tls)?;
     let name = settings::server_name(endpoint, &config.tls)?;
     if !matches!(endpoint.address(), Address::Net { .. }) {
@@ -257,14 +267,13 @@ fn start(conn: &Rc<Conn>, socket: TcpStream, writer: WriteHalf, established: Est
 /// kernel in one submission.
 async fn flusher(conn: Rc<Conn>, writer: WriteHalf, records: Rc<RefCell<Records>>) {
     let mut out = Output::new();
-    while let Some((batch, messages, bytes)) = conn.next_batch().await {
+    while let Some((batch, messages, bytes)) = conn.next_batch(LINK).await {
         let res = {
             let slices: Vec<&[u8]> = batch.iter().map(|t| t.buf.bytes()).collect();
             records.borrow_mut().seal(&slices, &mut out)
         };
-        // The frames are in the records now: their buffers go back at once.
-        drop(batch);
         if let Err(e) = res {
+            conn.batch_done(batch, messages, bytes);
             conn.fail(e);
             return;
         }
@@ -277,11 +286,13 @@ async fn flusher(conn: Rc<Conn>, writer: WriteHalf, records: Rc<RefCell<Records>
             }
             None => Ok(()),
         };
+        // The frames go back to the engine (which keeps what a resumable
+        // session may have to resend).
+        conn.batch_done(batch, messages, bytes);
         if let Err(e) = res {
             conn.fail(Error::io(format!("send to {}", conn.remote), e));
             return;
         }
-        conn.batch_done(messages, bytes);
     }
     // Over. After an orderly end (or at shutdown, with the close frame out),
     // tell the peer that nothing more comes, then end the byte stream.
@@ -310,14 +321,14 @@ async fn reader(
     leftover: Vec<u8>,
 ) {
     let mut input = Input {
-        framer: Framer::new(conn.config.direct_threshold),
+        framer: Framer::new(conn.config.direct_threshold, LINK),
         records,
         carry: Carry::new(),
         plain: Vec::new(),
     };
     let res = input.run(&conn, &mut socket, early, leftover).await;
     match res {
-        Ok(()) => conn.on_eof(),
+        Ok(()) => conn.on_eof(LINK),
         Err(e) => conn.fail(e),
     }
 }
