@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Model-checks the lock-free mailbox ring with loom: every interleaving of the
-# `#[cfg(loom)]` tests in runtime/src/mailbox/ up to LOOM_MAX_PREEMPTIONS
+# `#[cfg(loom)]` tests of the mailbox ring (crate ringwire-ring, runtime/ring/)
+# and of runtime/src/mailbox/ up to LOOM_MAX_PREEMPTIONS
 # preemptions per execution (5 finishes in about a minute on a laptop core;
 # unbounded takes far longer). Runnable locally and in CI:
 #   .ci/loom.sh                              # all mailbox loom tests
@@ -17,3 +18,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
 filter="${1:-mailbox}"
 echo "loom: LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS, filter '$filter'"
 cargo test -p ringwire-runtime --release --lib "$filter"
+cargo test -p ringwire-ring --release --lib "${1:-}"

@@ -15,3 +15,4 @@ export MIRIFLAGS="-Zmiri-strict-provenance ${MIRIFLAGS:-}"
 
 filter="${1:-mailbox}"
 cargo +nightly miri test -p ringwire-runtime --lib "$filter"
+cargo +nightly miri test -p ringwire-ring --lib "${1:-}"

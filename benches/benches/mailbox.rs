@@ -2,7 +2,7 @@
 //! crossbeam's `ArrayQueue` and glommio's `shared_channel`.
 //!
 //! The producer runs pinned to core 0, the consumer to core 1; each sample
-//! sends `iters` messages of 8 B or 64 B and is timed from the producer's
+//! sends `iters` messages of 8 B, 16 B or 64 B and is timed from the producer's
 //! first push to the consumer's last pop (thread and executor start-up are
 //! outside the timed region). "Batch" is how many messages each side moves
 //! per turn: ringwire publishes its index once per batch (`push_slice`,
@@ -232,6 +232,7 @@ fn bench_size<const N: usize>(c: &mut Criterion) {
 
 fn mailbox(c: &mut Criterion) {
     bench_size::<8>(c);
+    bench_size::<16>(c);
     bench_size::<64>(c);
 }
 

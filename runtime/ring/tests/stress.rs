@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringwire_runtime::mailbox::ring::{channel, Closed, TryRecvError, TrySendError};
+use ringwire_ring::{channel, Closed, TryRecvError, TrySendError};
 
 /// Messages per scenario.
 const MESSAGES: u64 = 200_000;
