@@ -8,8 +8,9 @@
 //!
 //! [`channel`] allocates a ring of `capacity` slots (rounded up to a power of
 //! two) and returns its two endpoints. The [`Producer`] and the [`Consumer`]
-//! may live on different threads (they are `Send` when `T: Send`), but each is
-//! used from one thread at a time (neither is `Clone` nor `Sync`).
+//! may live on different threads of one process (they are `Send` when
+//! `T: Send`), but each is used from one thread at a time (neither is `Clone`
+//! nor `Sync`).
 //!
 //! # Layout
 //!
@@ -41,14 +42,16 @@
 //! 1. [`Consumer::try_pop`] one value, or [`Consumer::pop_batch`] up to `max`
 //!    values (one publication of `head` when the batch is dropped).
 //! 2. When the ring is empty and the consumer has nothing else to do:
-//!    [`Consumer::prepare_park`]; park only if it returns `true`.
+//!    [`Consumer::prepare_park`] (or [`Consumer::prepare_park_all`] for all
+//!    the rings a thread consumes, with one barrier for all); park only if it
+//!    returns `true`.
 //! 3. After waking up (for any reason): [`Consumer::cancel_park`], then drain.
 //!
 //! # Park / wake protocol
 //!
 //! The consumer may sleep (e.g. in `io_uring_enter`) when its rings are
 //! empty; a producer must then ring a doorbell (an `IORING_OP_MSG_RING`
-//! completion or an eventfd write, outside this module). Ringing it on every
+//! completion or an eventfd write, outside this crate). Ringing it on every
 //! push would cost a syscall per message, so the ring carries a `parked` word
 //! and the two sides run a Dekker-style handshake. `parked` is written only by
 //! the consumer: it holds a park sequence number, odd while the consumer is
@@ -58,31 +61,23 @@
 //! ```text
 //! consumer (prepare_park)              producer (push + needs_wakeup)
 //!   seq += 2                             slot write; tail.store(t+1, Release)
-//!   parked.store(seq | 1)                fence(SeqCst)
-//!   fence(SeqCst)                        p = parked.load()
+//!   parked.store(seq | 1)                FENCE_P
+//!   FENCE_C                              p = parked.load()
 //!   t = tail.load(Acquire)               if p is odd and p != woken:
 //!   if t != head or closed:                  woken = p; ring the doorbell
 //!       parked.store(seq); don't park
 //!   else park; on waking parked.store(seq)   (cancel_park)
 //! ```
 //!
-//! The two `SeqCst` fences are totally ordered. If the consumer's fence comes
-//! first, the producer's load after its own fence sees `seq | 1` (or a later
-//! value: `seq`, written only once the consumer is awake, or a newer park that
-//! runs its own handshake) and it rings; if the producer's fence comes first,
-//! the consumer's `tail` load sees the new value and it does not park. Either
-//! way no wake-up is lost. `woken` makes one park cost at most one doorbell.
+//! Read `FENCE_P` and `FENCE_C` as two `SeqCst` fences (the form loom
+//! checks). They are totally ordered. If the consumer's fence comes first,
+//! the producer's load after its own fence sees `seq | 1` (or a later value:
+//! `seq`, written only once the consumer is awake, or a newer park that runs
+//! its own handshake) and it rings; if the producer's fence comes first, the
+//! consumer's `tail` load sees the new value and it does not park. Either way
+//! no wake-up is lost. `woken` makes one park cost at most one doorbell.
 //! Closing the producer runs the same handshake with the `closed` flag in
 //! place of `tail`.
-//!
-//! Outside loom the producer's fence is encoded more cheaply: a SeqCst swap
-//! of its own `tail` (one `xchg` on x86-64, on a line it owns) followed by a
-//! SeqCst load of `parked`. By C++20's rules for SC fences this orders the
-//! same way: if that load read the old `parked`, it precedes the consumer's
-//! fence in the single total order, so does the swap sequenced before it, and
-//! the consumer's `tail` load after its fence sees the published tail. loom
-//! checks the fence form (it models fences exactly but treats SeqCst accesses
-//! as AcqRel); miri and the stress test run the swap form.
 //!
 //! Only the consumer writes `parked`, so the producer's check is a plain load
 //! of a line that stays shared in both caches while nobody parks, and no
@@ -95,6 +90,59 @@
 //! after the producer read `seq | 1`) and must be tolerated: a woken consumer
 //! calls [`Consumer::cancel_park`] and drains; an empty ring then is not an
 //! error.
+//!
+//! ## Where the barriers are paid
+//!
+//! The producer runs its half after every batch, one message at a time after
+//! every message; the consumer runs its half only before it sleeps. A ring's
+//! [`WakeBarrier`] says how the two fences are made:
+//!
+//! - [`WakeBarrier::Asymmetric`] (what [`channel`] gives where the kernel
+//!   allows it): `FENCE_P` is a compiler fence only, so `needs_wakeup` is a
+//!   plain load, and `FENCE_C` is a `SeqCst` fence, the system call
+//!   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, and another `SeqCst`
+//!   fence (`F_c1`, the call, `F_c2`).
+//! - [`WakeBarrier::Symmetric`] (no kernel support needed): `FENCE_P` is a
+//!   `SeqCst` swap of the producer's own `tail` (one `xchg` on a line it
+//!   owns) followed by a `SeqCst` load of `parked`, `FENCE_C` a `SeqCst`
+//!   fence. By C++20's rules for SC fences this orders like two fences: if the
+//!   producer's load read the old `parked`, it precedes the consumer's fence
+//!   in the single total order, so does the swap sequenced before it, and the
+//!   consumer's `tail` load after its fence sees the published tail.
+//!
+//! Why the asymmetric pair is enough. `membarrier` guarantees that every
+//! thread of the process that runs during the call passes, between the
+//! call's entry and its return, a point where it executes a full barrier (an
+//! IPI to each CPU running one; a thread that is not running passes through
+//! the scheduler's barriers when it is switched in or out). Call the
+//! producer's barrier `F_p`. The compiler fence keeps the producer's
+//! publication and its load of `parked` in program order, so `F_p` falls
+//! before both, between them, or after both, and `F_c1 < F_p < F_c2` in the
+//! SC fences' total order (the consumer's entry causes the IPI, and the call
+//! returns only once every IPI has been handled):
+//!
+//! - `F_p` before the load of `parked`: the consumer's `parked` store is
+//!   sequenced before `F_c1`, `F_c1 < F_p`, and the load is sequenced after
+//!   `F_p`, so the load sees `seq | 1` (or later) and the producer rings.
+//! - `F_p` after the publication: the publication is sequenced before `F_p`,
+//!   `F_p < F_c2`, and the consumer's `tail` load is sequenced after `F_c2`,
+//!   so it sees the publication and the consumer does not park.
+//!
+//! Every placement of `F_p` is covered by one of the two cases (placed
+//! between the two accesses it is covered by both), so the asymmetric
+//! handshake never loses a wake-up either; it is the two-fence protocol with
+//! the producer's fence supplied by the kernel, at a point the consumer does
+//! not choose. loom checks the two-fence protocol (for both modes), miri and
+//! the stress tests run the symmetric and the asymmetric code.
+//!
+//! The mode is decided once per process ([`asymmetric_available`]) and both
+//! endpoints of a ring carry it; a ring's endpoints never disagree. Where
+//! the kernel refuses `membarrier` (old kernel, seccomp, miri) rings are
+//! symmetric. Should a `membarrier` call fail after the process registered
+//! for it, [`Consumer::prepare_park`] answers that the consumer must not park:
+//! it keeps polling rather than risk a lost wake-up. The cost of an
+//! asymmetric park is an IPI to every other CPU running a thread of the
+//! process (about 1 us when one such CPU is busy, 0.1 us when none is).
 //!
 //! # Closing
 //!
@@ -140,22 +188,24 @@
 //! assert_sync::<ringwire_ring::Consumer<u32>>();
 //! ```
 
-use std::alloc::{self, Layout};
+mod barrier;
+mod loom;
+mod slots;
+
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
 use std::ops::Deref;
-use std::ptr::NonNull;
 
-mod loom;
-
-use crate::loom::cell::UnsafeCell;
-use crate::loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use crate::loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::loom::sync::Arc;
+use crate::slots::Slots;
+
+pub use crate::barrier::{asymmetric_available, WakeBarrier};
 
 /// Creates a ring with room for `capacity` values, rounded up to the next
-/// power of two (0 becomes 1).
+/// power of two (0 becomes 1), with the asymmetric park barrier where the
+/// kernel allows it ([`WakeBarrier::Asymmetric`]).
 ///
 /// Memory: `capacity.next_power_of_two() * size_of::<T>()` bytes for the
 /// slots plus about 512 bytes of cache-padded counters and flags.
@@ -164,16 +214,36 @@ use crate::loom::sync::Arc;
 ///
 /// If the rounded capacity overflows `usize` or the allocation fails.
 pub fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
-    channel_starting_at(capacity, 0)
+    channel_with(capacity, WakeBarrier::Asymmetric)
 }
 
-/// [`channel`] with both counters starting at `start`; tests use it to cross
-/// the `usize` wrap-around quickly.
-fn channel_starting_at<T>(capacity: usize, start: usize) -> (Producer<T>, Consumer<T>) {
+/// [`channel`] with the park barrier chosen: [`WakeBarrier::Symmetric`] for a
+/// ring whose consumer parks very often (each asymmetric park is a system
+/// call that interrupts the process's other running threads),
+/// [`WakeBarrier::Asymmetric`] for the cheapest `needs_wakeup`. Asymmetric
+/// falls back to symmetric where the kernel refuses `membarrier`; the
+/// endpoints' [`wake_barrier`](Producer::wake_barrier) tells which one the
+/// ring got.
+///
+/// # Panics
+///
+/// As [`channel`].
+pub fn channel_with<T>(capacity: usize, barrier: WakeBarrier) -> (Producer<T>, Consumer<T>) {
+    channel_starting_at(capacity, barrier, 0)
+}
+
+/// [`channel_with`] with both counters starting at `start`; tests use it to
+/// cross the `usize` wrap-around quickly.
+fn channel_starting_at<T>(
+    capacity: usize,
+    barrier: WakeBarrier,
+    start: usize,
+) -> (Producer<T>, Consumer<T>) {
     let capacity = capacity
         .max(1)
         .checked_next_power_of_two()
         .expect("ring capacity overflows usize");
+    let asymmetric = barrier == WakeBarrier::Asymmetric && asymmetric_available();
     let slots = Slots::new(capacity);
     let shared = Arc::new(Shared {
         head: CachePadded(AtomicUsize::new(start)),
@@ -189,6 +259,7 @@ fn channel_starting_at<T>(capacity: usize, start: usize) -> (Producer<T>, Consum
         cached_head: start,
         capacity,
         woken: 0,
+        asymmetric,
         closed: false,
         _not_sync: PhantomData,
     };
@@ -197,6 +268,7 @@ fn channel_starting_at<T>(capacity: usize, start: usize) -> (Producer<T>, Consum
         head: start,
         cached_tail: start,
         park_seq: 0,
+        asymmetric,
         _not_sync: PhantomData,
     };
     (producer, consumer)
@@ -234,85 +306,10 @@ struct Shared<T> {
     producer_closed: AtomicBool,
     /// The consumer is gone: pushes fail with `Closed`.
     consumer_closed: AtomicBool,
-    /// `capacity` slots, a power of two. Slot `i & (capacity - 1)` is
-    /// initialized exactly when `head <= i < tail` (in wrapping arithmetic),
-    /// counting the endpoints' private, possibly not yet published, counters.
+    /// `capacity` slots, a power of two. The slot of index `i` is initialized
+    /// exactly when `head <= i < tail` (in wrapping arithmetic), counting the
+    /// endpoints' private, possibly not yet published, counters.
     slots: Slots<T>,
-}
-
-/// Alignment of the slot array: a cache-line pair, so that a value whose
-/// size divides 128 (8 B, 64 B, ...) never straddles two cache lines, which
-/// would double the lines that move between the cores per message.
-const SLOTS_ALIGN: usize = 128;
-
-/// The slot array, allocated on a [`SLOTS_ALIGN`] boundary.
-struct Slots<T> {
-    ptr: NonNull<UnsafeCell<MaybeUninit<T>>>,
-    len: usize,
-}
-
-impl<T> Slots<T> {
-    fn layout(len: usize) -> Layout {
-        Layout::array::<UnsafeCell<MaybeUninit<T>>>(len)
-            .and_then(|l| l.align_to(SLOTS_ALIGN))
-            .expect("ring capacity overflows the address space")
-    }
-
-    fn new(len: usize) -> Slots<T> {
-        let layout = Self::layout(len);
-        let ptr = if layout.size() == 0 {
-            // Zero-sized slots: any well-aligned pointer will do.
-            NonNull::<UnsafeCell<MaybeUninit<T>>>::dangling()
-        } else {
-            // SAFETY: the layout has a non-zero size.
-            let raw = unsafe { alloc::alloc(layout) };
-            match NonNull::new(raw.cast::<UnsafeCell<MaybeUninit<T>>>()) {
-                Some(p) => p,
-                None => alloc::handle_alloc_error(layout),
-            }
-        };
-        for i in 0..len {
-            // SAFETY: `i < len`, inside the allocation made for `len` cells
-            // (or a zero-sized write through a dangling, aligned pointer).
-            unsafe {
-                ptr.as_ptr()
-                    .add(i)
-                    .write(UnsafeCell::new(MaybeUninit::uninit()))
-            };
-        }
-        Slots { ptr, len }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-}
-
-impl<T> std::ops::Index<usize> for Slots<T> {
-    type Output = UnsafeCell<MaybeUninit<T>>;
-
-    fn index(&self, i: usize) -> &Self::Output {
-        assert!(i < self.len, "slot index out of range");
-        // SAFETY: `i < len` and every cell was initialised in `new`; the
-        // cells live until `drop`, which needs `&mut self`.
-        unsafe { &*self.ptr.as_ptr().add(i) }
-    }
-}
-
-impl<T> Drop for Slots<T> {
-    fn drop(&mut self) {
-        // The cells themselves (not the values in them, which `Shared`'s
-        // drop handles) may need dropping: loom's cells track state.
-        for i in 0..self.len {
-            // SAFETY: each cell was initialised in `new` and is dropped once.
-            unsafe { std::ptr::drop_in_place(self.ptr.as_ptr().add(i)) };
-        }
-        let layout = Self::layout(self.len);
-        if layout.size() != 0 {
-            // SAFETY: allocated in `new` with this same layout.
-            unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
-        }
-    }
 }
 
 // SAFETY: `Shared` is only reachable through one `Producer` and one
@@ -330,11 +327,6 @@ unsafe impl<T: Send> Send for Shared<T> {}
 unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
-    #[inline(always)]
-    fn slot(&self, index: usize) -> &UnsafeCell<MaybeUninit<T>> {
-        &self.slots[index & (self.slots.len() - 1)]
-    }
-
     /// Moves `value` into the slot of `index`.
     ///
     /// # Safety
@@ -344,7 +336,7 @@ impl<T> Shared<T> {
     /// with Acquire (so the consumer is done with the slot).
     #[inline(always)]
     unsafe fn write(&self, index: usize, value: T) {
-        self.slot(index).with_mut(|slot| {
+        self.slots.get(index).with_mut(|slot| {
             // SAFETY: the caller guarantees exclusive access to this free
             // slot; the pointer comes from a live `UnsafeCell`.
             unsafe { (*slot).write(value) };
@@ -362,7 +354,7 @@ impl<T> Shared<T> {
     /// value is read only once.
     #[inline(always)]
     unsafe fn read(&self, index: usize) -> T {
-        self.slot(index).with(|slot| {
+        self.slots.get(index).with(|slot| {
             // SAFETY: the caller guarantees that the slot is initialized and
             // that nobody writes it concurrently or reads it again.
             unsafe { (*slot).assume_init_read() }
@@ -373,26 +365,10 @@ impl<T> Shared<T> {
     /// `producer_closed`, tells whether the consumer may be parked in a park
     /// the producer has not rung for yet (`woken`: the last one it rang for).
     #[inline]
-    fn take_parked(&self, woken: &mut usize) -> bool {
-        // Orders the preceding publication before the load of `parked`; pairs
-        // with the fence in `Consumer::prepare_park` (see the crate docs).
-        #[cfg(loom)]
-        fence(Ordering::SeqCst);
-        #[cfg(loom)]
-        let parked = self.parked.load(Ordering::Relaxed);
-        // Outside loom: re-publish the tail with a SeqCst swap (one `xchg`,
-        // a full barrier, on the producer's own line) and load `parked`
-        // SeqCst. By C++20's rules for SC fences this pairs with the
-        // consumer's fence like the fence above: if the producer's load saw
-        // the old `parked`, it precedes the consumer's fence in the total
-        // order, so does the swap sequenced before it, and the consumer's
-        // tail load after its fence sees the published tail.
-        #[cfg(not(loom))]
-        let parked = {
-            let t = self.tail.load(Ordering::Relaxed);
-            self.tail.swap(t, Ordering::SeqCst);
-            self.parked.load(Ordering::SeqCst)
-        };
+    fn take_parked(&self, asymmetric: bool, woken: &mut usize) -> bool {
+        // Orders the preceding publication before the load of `parked`;
+        // pairs with the consumer's barrier (see the crate docs).
+        let parked = barrier::producer_load_parked(asymmetric, &self.tail, &self.parked);
         if parked & 1 == 1 && parked != *woken {
             *woken = parked;
             true
@@ -431,6 +407,8 @@ pub struct Producer<T> {
     capacity: usize,
     /// The consumer's last park (odd `parked` value) we rang for.
     woken: usize,
+    /// The ring's barrier mode: `WakeBarrier::Asymmetric` in effect.
+    asymmetric: bool,
     /// `close` already ran.
     closed: bool,
     /// `Send` but not `Sync`.
@@ -513,14 +491,17 @@ impl<T> Producer<T> {
     /// Tells whether the consumer may be parked and must be woken up (its
     /// doorbell rung) to see what was pushed so far.
     ///
-    /// Call it after publishing (after a push or a batch of pushes; it costs
-    /// a full fence, so not after every value of a batch). Returns `true` at
-    /// most once per [`Consumer::prepare_park`] that returned `true`. See the
+    /// Call it after publishing (after a push or a batch of pushes, not after
+    /// every value of a batch). It is a load of a line the consumer writes
+    /// only when it parks, ordered after the publication by a compiler fence
+    /// ([`WakeBarrier::Asymmetric`]) or by a locked instruction
+    /// ([`WakeBarrier::Symmetric`]). Returns `true` at most once per
+    /// [`Consumer::prepare_park`] that returned `true`. See the
     /// [crate docs](crate) for the protocol.
     #[must_use = "if this returns true the consumer's doorbell must be rung"]
     #[inline]
     pub fn needs_wakeup(&mut self) -> bool {
-        self.shared.take_parked(&mut self.woken)
+        self.shared.take_parked(self.asymmetric, &mut self.woken)
     }
 
     /// Closes the ring from the producer's side and tells whether the
@@ -539,7 +520,7 @@ impl<T> Producer<T> {
         // no-op otherwise.
         self.shared.tail.store(self.tail, Ordering::Release);
         self.shared.producer_closed.store(true, Ordering::Release);
-        self.shared.take_parked(&mut self.woken)
+        self.shared.take_parked(self.asymmetric, &mut self.woken)
     }
 
     /// Whether the consumer is gone (pushes would fail with `Closed`).
@@ -550,6 +531,19 @@ impl<T> Producer<T> {
     /// Number of slots in the ring.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The ring's park barrier (the same at both endpoints).
+    pub fn wake_barrier(&self) -> WakeBarrier {
+        mode(self.asymmetric)
+    }
+}
+
+fn mode(asymmetric: bool) -> WakeBarrier {
+    if asymmetric {
+        WakeBarrier::Asymmetric
+    } else {
+        WakeBarrier::Symmetric
     }
 }
 
@@ -567,6 +561,7 @@ impl<T> fmt::Debug for Producer<T> {
         f.debug_struct("Producer")
             .field("capacity", &self.capacity)
             .field("tail", &self.tail)
+            .field("wake_barrier", &self.wake_barrier())
             .finish_non_exhaustive()
     }
 }
@@ -581,6 +576,8 @@ pub struct Consumer<T> {
     cached_tail: usize,
     /// Even park sequence number; `parked` holds it (not parked) or it + 1.
     park_seq: usize,
+    /// The ring's barrier mode: `WakeBarrier::Asymmetric` in effect.
+    asymmetric: bool,
     /// `Send` but not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -653,22 +650,72 @@ impl<T> Consumer<T> {
     /// [`Producer::needs_wakeup`] or [`Producer::close`] returns `true`. Call
     /// [`cancel_park`](Self::cancel_park) when the consumer wakes up (for any
     /// reason) or decides not to park after all.
+    ///
+    /// On an asymmetric ring this is a `membarrier` system call; a thread
+    /// consuming several rings parks on all of them with one call through
+    /// [`prepare_park_all`](Self::prepare_park_all). Also returns `false` (do
+    /// not park, keep polling) if that call fails, which it does not once the
+    /// process registered for it.
     #[must_use = "park only if this returns true"]
     pub fn prepare_park(&mut self) -> bool {
+        Self::prepare_park_all(std::slice::from_mut(self))
+    }
+
+    /// [`prepare_park`](Self::prepare_park) on every ring in `consumers` (the
+    /// inbound rings of one thread) with a single barrier: announces the park
+    /// on all of them, makes one barrier (one `membarrier` call if any ring is
+    /// asymmetric), then checks them all. Returns `true` if the thread may
+    /// park; then every producer's next `needs_wakeup` or `close` returns
+    /// `true`. Returns `false`, with every park already cancelled, if any
+    /// ring has values (or its producer's closure) visible. An empty slice
+    /// returns `true`.
+    ///
+    /// After waking up, call [`cancel_park`](Self::cancel_park) on each.
+    #[must_use = "park only if this returns true"]
+    pub fn prepare_park_all(consumers: &mut [Consumer<T>]) -> bool {
+        let mut asymmetric = false;
+        for c in consumers.iter_mut() {
+            c.announce_park();
+            asymmetric |= c.asymmetric;
+        }
+        if consumers.is_empty() {
+            return true;
+        }
+        // Orders every `parked` store above before every load below; pairs
+        // with each producer's `needs_wakeup` (see the crate docs).
+        let barrier_made = barrier::consumer_barrier(asymmetric);
+        let mut may_park = barrier_made;
+        if barrier_made {
+            for c in consumers.iter_mut() {
+                if c.has_news() {
+                    may_park = false;
+                    break;
+                }
+            }
+        }
+        if !may_park {
+            for c in consumers.iter_mut() {
+                c.cancel_park();
+            }
+        }
+        may_park
+    }
+
+    /// The first half of a park: publishes `head` and marks this consumer as
+    /// (about to be) parked.
+    fn announce_park(&mut self) {
         // A leaked `PopBatch` may have left `head` unpublished.
         self.shared.head.store(self.head, Ordering::Release);
         self.park_seq = self.park_seq.wrapping_add(2);
         self.shared
             .parked
             .store(self.park_seq | 1, Ordering::Relaxed);
-        // Orders the store of `parked` before the loads below; pairs with the
-        // fence in `Shared::take_parked` (see the crate docs).
-        fence(Ordering::SeqCst);
-        if self.refresh_tail() != 0 || self.shared.producer_closed.load(Ordering::Acquire) {
-            self.cancel_park();
-            return false;
-        }
-        true
+    }
+
+    /// The second half, after the barrier: whether values or the producer's
+    /// closure are visible (then the consumer must not park).
+    fn has_news(&mut self) -> bool {
+        self.refresh_tail() != 0 || self.shared.producer_closed.load(Ordering::Acquire)
     }
 
     /// Withdraws a [`prepare_park`](Self::prepare_park): the producer stops
@@ -700,6 +747,11 @@ impl<T> Consumer<T> {
     /// Number of slots in the ring.
     pub fn capacity(&self) -> usize {
         self.shared.slots.len()
+    }
+
+    /// The ring's park barrier (the same at both endpoints).
+    pub fn wake_barrier(&self) -> WakeBarrier {
+        mode(self.asymmetric)
     }
 }
 
@@ -956,7 +1008,7 @@ mod tests {
 
     #[test]
     fn counters_wrap_past_usize_max() {
-        let (mut tx, mut rx) = channel_starting_at(4, usize::MAX - 5);
+        let (mut tx, mut rx) = channel_starting_at(4, WakeBarrier::Symmetric, usize::MAX - 5);
         let mut expected = 0;
         for i in 0..40 {
             tx.try_push(i).unwrap();
@@ -975,7 +1027,7 @@ mod tests {
         }
         assert_eq!(expected, 40);
         // Full detection across the wrap.
-        let (mut tx, mut rx) = channel_starting_at(2, usize::MAX);
+        let (mut tx, mut rx) = channel_starting_at(2, WakeBarrier::Asymmetric, usize::MAX);
         tx.try_push(1).unwrap();
         tx.try_push(2).unwrap();
         assert!(tx.try_push(3).unwrap_err().is_full());
@@ -1185,48 +1237,123 @@ mod tests {
         assert_eq!(rx.pop_batch(5).unwrap().count(), 2);
     }
 
+    /// Both park barriers; `Asymmetric` is symmetric where the kernel (or
+    /// miri) has no `membarrier`, which `wake_barrier_reports_the_mode`
+    /// checks.
+    const MODES: [WakeBarrier; 2] = [WakeBarrier::Symmetric, WakeBarrier::Asymmetric];
+
+    #[test]
+    fn wake_barrier_reports_the_mode() {
+        let (tx, rx) = channel_with::<u8>(4, WakeBarrier::Symmetric);
+        assert_eq!(tx.wake_barrier(), WakeBarrier::Symmetric);
+        assert_eq!(rx.wake_barrier(), WakeBarrier::Symmetric);
+        let expected = if asymmetric_available() {
+            WakeBarrier::Asymmetric
+        } else {
+            WakeBarrier::Symmetric
+        };
+        let (tx, rx) = channel::<u8>(4);
+        assert_eq!(tx.wake_barrier(), expected);
+        assert_eq!(rx.wake_barrier(), expected);
+        // Decided once: the same answer every time.
+        assert_eq!(asymmetric_available(), asymmetric_available());
+    }
+
+    /// The kernels this runs on (Linux 4.14 and later, no seccomp filter)
+    /// grant `membarrier`; a `false` here means rings silently lost the
+    /// cheap `needs_wakeup`.
+    #[test]
+    #[cfg(all(target_os = "linux", not(miri)))]
+    fn membarrier_is_available_here() {
+        assert!(asymmetric_available());
+    }
+
     #[test]
     fn park_protocol_single_thread() {
-        let (mut tx, mut rx) = channel(4);
-        // Nobody parked: no doorbell.
-        tx.try_push(1).unwrap();
-        assert!(!tx.needs_wakeup());
-        // Items visible: refuse to park, and leave no flag behind.
-        assert!(!rx.prepare_park());
-        tx.try_push(2).unwrap();
-        assert!(!tx.needs_wakeup());
-        assert_eq!(rx.pop_batch(4).unwrap().count(), 2);
-        // Empty: park.
-        assert!(rx.prepare_park());
-        tx.try_push(3).unwrap();
-        assert!(tx.needs_wakeup());
+        for mode in MODES {
+            let (mut tx, mut rx) = channel_with(4, mode);
+            // Nobody parked: no doorbell.
+            tx.try_push(1).unwrap();
+            assert!(!tx.needs_wakeup());
+            // Items visible: refuse to park, and leave no flag behind.
+            assert!(!rx.prepare_park());
+            tx.try_push(2).unwrap();
+            assert!(!tx.needs_wakeup());
+            assert_eq!(rx.pop_batch(4).unwrap().count(), 2);
+            // Empty: park.
+            assert!(rx.prepare_park());
+            tx.try_push(3).unwrap();
+            assert!(tx.needs_wakeup(), "{mode:?}");
+        }
     }
 
     #[test]
     fn needs_wakeup_once_per_park() {
-        let (mut tx, mut rx) = channel(4);
-        assert!(rx.prepare_park());
-        tx.try_push(1).unwrap();
-        assert!(tx.needs_wakeup());
-        tx.try_push(2).unwrap();
-        assert!(!tx.needs_wakeup(), "one park, one doorbell");
-        rx.cancel_park();
-        assert_eq!(rx.try_pop(), Ok(1));
-        assert_eq!(rx.try_pop(), Ok(2));
-        // Woken by something else and cancelled: no doorbell.
-        assert!(rx.prepare_park());
-        rx.cancel_park();
-        tx.try_push(3).unwrap();
-        assert!(!tx.needs_wakeup());
-        assert_eq!(rx.try_pop(), Ok(3));
-        // Closing wakes a parked consumer, which then sees Closed.
-        assert!(rx.prepare_park());
-        assert!(tx.close());
-        rx.cancel_park();
-        assert_eq!(rx.try_pop(), Err(TryRecvError::Closed));
-        // Closing without a parked consumer needs no doorbell.
-        let (tx, _rx) = channel::<u8>(1);
-        assert!(!tx.close());
+        for mode in MODES {
+            let (mut tx, mut rx) = channel_with(4, mode);
+            assert!(rx.prepare_park());
+            tx.try_push(1).unwrap();
+            assert!(tx.needs_wakeup());
+            tx.try_push(2).unwrap();
+            assert!(!tx.needs_wakeup(), "one park, one doorbell");
+            rx.cancel_park();
+            assert_eq!(rx.try_pop(), Ok(1));
+            assert_eq!(rx.try_pop(), Ok(2));
+            // Woken by something else and cancelled: no doorbell.
+            assert!(rx.prepare_park());
+            rx.cancel_park();
+            tx.try_push(3).unwrap();
+            assert!(!tx.needs_wakeup());
+            assert_eq!(rx.try_pop(), Ok(3));
+            // Closing wakes a parked consumer, which then sees Closed.
+            assert!(rx.prepare_park());
+            assert!(tx.close());
+            rx.cancel_park();
+            assert_eq!(rx.try_pop(), Err(TryRecvError::Closed));
+            // Closing without a parked consumer needs no doorbell.
+            let (tx, _rx) = channel_with::<u8>(1, mode);
+            assert!(!tx.close());
+        }
+    }
+
+    #[test]
+    fn prepare_park_all_one_barrier_for_all_rings() {
+        for mode in MODES {
+            let (mut txs, mut rxs): (Vec<_>, Vec<_>) =
+                (0..3).map(|_| channel_with::<u32>(4, mode)).unzip();
+            // All empty: park; every producer then rings exactly once.
+            assert!(Consumer::prepare_park_all(&mut rxs));
+            for tx in &mut txs {
+                tx.try_push(1).unwrap();
+                assert!(tx.needs_wakeup());
+                tx.try_push(2).unwrap();
+                assert!(!tx.needs_wakeup());
+            }
+            for rx in &mut rxs {
+                rx.cancel_park();
+                assert_eq!(rx.pop_batch(4).unwrap().count(), 2);
+            }
+            // One ring has a value: no park, and no park left announced on
+            // any ring (the others' producers need not ring).
+            txs[1].try_push(3).unwrap();
+            assert!(!txs[1].needs_wakeup());
+            assert!(!Consumer::prepare_park_all(&mut rxs));
+            for tx in &mut txs {
+                tx.try_push(4).unwrap();
+                assert!(!tx.needs_wakeup(), "a refused park left a flag behind");
+            }
+            for rx in &mut rxs {
+                while rx.try_pop().is_ok() {}
+            }
+            // A closed ring also refuses the park.
+            let tx = txs.pop().unwrap();
+            drop(tx);
+            assert!(!Consumer::prepare_park_all(&mut rxs));
+            rxs.pop();
+            assert!(Consumer::prepare_park_all(&mut rxs));
+            // Nothing to park on: nothing stops the park.
+            assert!(Consumer::<u32>::prepare_park_all(&mut []));
+        }
     }
 
     #[test]
@@ -1237,18 +1364,17 @@ mod tests {
         assert_send(&rx);
     }
 
-    #[test]
-    fn two_threads_in_order() {
-        // Small under miri, which also checks this for data races.
-        const N: u64 = if cfg!(miri) { 200 } else { 100_000 };
-        let (mut tx, mut rx) = channel(4);
+    /// Sends `0..n` from a second thread in batches of varying size; the
+    /// consumer pops in batches of varying size and checks the order.
+    fn two_threads(capacity: usize, mode: WakeBarrier, n: u64) {
+        let (mut tx, mut rx) = channel_with(capacity, mode);
         let producer = std::thread::spawn(move || {
             let mut next = 0;
-            while next < N {
-                let end = (next + next % 7 + 1).min(N);
+            while next < n {
+                let end = (next + next % 7 + 1).min(n);
                 let mut source = next..end;
                 match tx.push_iter(&mut source) {
-                    Ok(n) => next += n as u64,
+                    Ok(k) => next += k as u64,
                     Err(Closed) => panic!("consumer left early"),
                 }
                 if tx.needs_wakeup() {
@@ -1270,8 +1396,17 @@ mod tests {
                 Err(TryRecvError::Closed) => break,
             }
         }
-        assert_eq!(expected, N);
+        assert_eq!(expected, n);
         producer.join().unwrap();
+    }
+
+    #[test]
+    fn two_threads_in_order() {
+        // Small under miri, which also checks this for data races.
+        let n = if cfg!(miri) { 200 } else { 100_000 };
+        for mode in MODES {
+            two_threads(4, mode, n);
+        }
     }
 }
 
@@ -1495,5 +1630,50 @@ mod loom_tests {
     #[test]
     fn park_wake_two_values_never_loses_a_wakeup() {
         park_wake(2);
+    }
+
+    /// One consumer parks on two rings with one barrier
+    /// (`prepare_park_all`); the producer of both (one thread, to keep the
+    /// model small) pushes a value into each. A lost wake-up on either ring
+    /// leaves the consumer waiting forever, which loom reports as a deadlock.
+    #[test]
+    fn park_all_two_rings_never_loses_a_wakeup() {
+        ::loom::model(|| {
+            let bell = ::loom::sync::Arc::new(Notify::new());
+            let (mut txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| channel::<u32>(2)).unzip();
+            let producer = {
+                let bell = bell.clone();
+                thread::spawn(move || {
+                    for (i, tx) in txs.iter_mut().enumerate() {
+                        push_all(tx, [i as u32]);
+                        if tx.needs_wakeup() {
+                            bell.notify();
+                        }
+                    }
+                    // Keep the rings open until the consumer is done: a
+                    // closed ring refuses every park.
+                    txs
+                })
+            };
+            let mut got = [None, None];
+            loop {
+                for (i, rx) in rxs.iter_mut().enumerate() {
+                    if let Ok(v) = rx.try_pop() {
+                        got[i] = Some(v);
+                    }
+                }
+                if got.iter().all(Option::is_some) {
+                    break;
+                }
+                if Consumer::prepare_park_all(&mut rxs) {
+                    bell.wait();
+                    for rx in &mut rxs {
+                        rx.cancel_park();
+                    }
+                }
+            }
+            assert_eq!(got, [Some(0), Some(1)]);
+            drop(producer.join().unwrap());
+        });
     }
 }

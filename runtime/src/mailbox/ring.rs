@@ -7,5 +7,6 @@
 //! the park / wake protocol.
 
 pub use ringwire_ring::{
-    channel, Closed, Consumer, PopBatch, Producer, TryRecvError, TrySendError,
+    asymmetric_available, channel, channel_with, Closed, Consumer, PopBatch, Producer,
+    TryRecvError, TrySendError, WakeBarrier,
 };
