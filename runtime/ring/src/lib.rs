@@ -25,6 +25,12 @@
 //! and touches nothing the consumer owns (the design of rigtorp's
 //! `SPSCQueue`).
 //!
+//! Small values share cache lines (16 values of 8 bytes per 128-byte line
+//! pair). So that a producer waiting on a full ring does not write, message
+//! by message, into the line the consumer is reading, [`Consumer::try_pop`]
+//! hands popped slots back to the producer in groups (see there, and
+//! `slots.rs` for the layout that was measured against it).
+//!
 //! # Calling order
 //!
 //! Producer side:
@@ -243,6 +249,19 @@ fn channel_starting_at<T>(
         .max(1)
         .checked_next_power_of_two()
         .expect("ring capacity overflows usize");
+    channel_inner(capacity, barrier, start, release_group(capacity))
+}
+
+/// Builds a ring of `capacity` slots (a power of two) whose consumer hands
+/// slots back in groups of `release_group` (a power of two; loom tests give
+/// small rings large groups).
+fn channel_inner<T>(
+    capacity: usize,
+    barrier: WakeBarrier,
+    start: usize,
+    release_group: usize,
+) -> (Producer<T>, Consumer<T>) {
+    debug_assert!(capacity.is_power_of_two() && release_group.is_power_of_two());
     let asymmetric = barrier == WakeBarrier::Asymmetric && asymmetric_available();
     let slots = Slots::new(capacity);
     let shared = Arc::new(Shared {
@@ -267,11 +286,24 @@ fn channel_starting_at<T>(
         shared,
         head: start,
         cached_tail: start,
+        released: start,
+        release_mask: release_group - 1,
         park_seq: 0,
         asymmetric,
         _not_sync: PhantomData,
     };
     (producer, consumer)
+}
+
+/// Most slots [`Consumer::try_pop`] pops before handing them back to the
+/// producer (see there).
+const RELEASE_GROUP: usize = 16;
+
+/// The release group of a ring of `capacity` slots (a power of two): at most
+/// a quarter of the ring, so that a small ring is not held full by slots
+/// already popped.
+fn release_group(capacity: usize) -> usize {
+    (capacity / 4).clamp(1, RELEASE_GROUP)
 }
 
 /// Aligns `T` to 128 bytes so that it shares its cache line (and the
@@ -574,6 +606,10 @@ pub struct Consumer<T> {
     head: usize,
     /// The producer's `tail` when last loaded; never ahead of the real one.
     cached_tail: usize,
+    /// `head` when last published to the producer.
+    released: usize,
+    /// `release_group - 1`: `try_pop` publishes `head` when `head & mask` is 0.
+    release_mask: usize,
     /// Even park sequence number; `parked` holds it (not parked) or it + 1.
     park_seq: usize,
     /// The ring's barrier mode: `WakeBarrier::Asymmetric` in effect.
@@ -587,9 +623,19 @@ impl<T> Consumer<T> {
     ///
     /// Returns [`TryRecvError::Empty`] when there is nothing to pop and
     /// [`TryRecvError::Closed`] when, in addition, the producer is gone.
+    ///
+    /// The slots popped one at a time are handed back to the producer in
+    /// groups of [`release_group`](Self::release_group) (16 in rings of 64
+    /// slots or more), and all of them whenever the ring is found empty:
+    /// a producer waiting on a full ring then refills lines the consumer has
+    /// left instead of writing, message by message, into the line the
+    /// consumer is reading (and the line holding `head` moves once per
+    /// group). Until then the producer may see the ring as full while up to
+    /// `release_group - 1` popped slots are not yet handed back.
     #[inline]
     pub fn try_pop(&mut self) -> Result<T, TryRecvError> {
         if self.head == self.cached_tail && self.refresh_tail() == 0 {
+            self.release();
             return Err(self.empty_or_closed());
         }
         // SAFETY: we are the consumer and `head < tail` for a `tail` loaded
@@ -597,12 +643,15 @@ impl<T> Consumer<T> {
         // advances right after, so it is read once.
         let value = unsafe { self.shared.read(self.head) };
         self.head = self.head.wrapping_add(1);
-        self.shared.head.store(self.head, Ordering::Release);
+        if self.head & self.release_mask == 0 {
+            self.release();
+        }
         Ok(value)
     }
 
     /// Pops up to `max` values as an iterator; `head` is published once, when
-    /// the batch is dropped.
+    /// the batch is dropped (this also hands back slots popped by
+    /// [`try_pop`](Self::try_pop) and not yet released).
     ///
     /// Returns [`TryRecvError::Empty`] or [`TryRecvError::Closed`] instead of
     /// an empty batch (also when `max` is 0). Values the batch does not yield
@@ -613,6 +662,7 @@ impl<T> Consumer<T> {
             available = self.refresh_tail();
         }
         if available == 0 || max == 0 {
+            self.release();
             return Err(self.empty_or_closed());
         }
         let end = self.head.wrapping_add(available.min(max));
@@ -704,8 +754,8 @@ impl<T> Consumer<T> {
     /// The first half of a park: publishes `head` and marks this consumer as
     /// (about to be) parked.
     fn announce_park(&mut self) {
-        // A leaked `PopBatch` may have left `head` unpublished.
-        self.shared.head.store(self.head, Ordering::Release);
+        // `try_pop` or a leaked `PopBatch` may have left `head` unpublished.
+        self.release();
         self.park_seq = self.park_seq.wrapping_add(2);
         self.shared
             .parked
@@ -716,6 +766,21 @@ impl<T> Consumer<T> {
     /// closure are visible (then the consumer must not park).
     fn has_news(&mut self) -> bool {
         self.refresh_tail() != 0 || self.shared.producer_closed.load(Ordering::Acquire)
+    }
+
+    /// Hands every popped slot back to the producer (publishes `head`).
+    #[inline]
+    fn release(&mut self) {
+        if self.released != self.head {
+            self.released = self.head;
+            self.shared.head.store(self.head, Ordering::Release);
+        }
+    }
+
+    /// How many slots [`try_pop`](Self::try_pop) pops before handing them
+    /// back to the producer: a quarter of the capacity, at most 16.
+    pub fn release_group(&self) -> usize {
+        self.release_mask + 1
     }
 
     /// Withdraws a [`prepare_park`](Self::prepare_park): the producer stops
@@ -822,10 +887,7 @@ impl<T> ExactSizeIterator for PopBatch<'_, T> {}
 
 impl<T> Drop for PopBatch<'_, T> {
     fn drop(&mut self) {
-        self.consumer
-            .shared
-            .head
-            .store(self.consumer.head, Ordering::Release);
+        self.consumer.release();
     }
 }
 
@@ -1408,6 +1470,119 @@ mod tests {
             two_threads(4, mode, n);
         }
     }
+
+    #[test]
+    fn two_threads_in_order_release_groups() {
+        // 64 slots: try_pop hands slots back 16 at a time.
+        let n = if cfg!(miri) { 300 } else { 100_000 };
+        for mode in MODES {
+            let (mut tx, mut rx) = channel_with(64, mode);
+            assert_eq!(rx.release_group(), 16);
+            let producer = std::thread::spawn(move || {
+                let mut next = 0u64;
+                while next < n {
+                    match tx.try_push(next) {
+                        Ok(()) => next += 1,
+                        Err(TrySendError::Full(_)) => std::thread::yield_now(),
+                        Err(TrySendError::Closed(_)) => panic!("consumer left early"),
+                    }
+                }
+            });
+            let mut expected = 0;
+            loop {
+                match rx.try_pop() {
+                    Ok(v) => {
+                        assert_eq!(v, expected);
+                        expected += 1;
+                    }
+                    Err(TryRecvError::Empty) => std::thread::yield_now(),
+                    Err(TryRecvError::Closed) => break,
+                }
+            }
+            assert_eq!(expected, n);
+            producer.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn try_pop_releases_slots_in_groups() {
+        for (capacity, group) in [
+            (1, 1),
+            (2, 1),
+            (4, 1),
+            (8, 2),
+            (16, 4),
+            (64, 16),
+            (1024, 16),
+        ] {
+            let (_, rx) = channel::<u8>(capacity);
+            assert_eq!(rx.release_group(), group, "capacity {capacity}");
+        }
+        let (mut tx, mut rx) = channel(64);
+        assert_eq!(tx.push_iter(0..64), Ok(64));
+        // Popped but not yet handed back: the producer still sees a full ring.
+        for i in 0..15 {
+            assert_eq!(rx.try_pop(), Ok(i));
+        }
+        assert!(tx.try_push(64).unwrap_err().is_full());
+        // The 16th pop hands back the whole group.
+        assert_eq!(rx.try_pop(), Ok(15));
+        assert_eq!(tx.push_iter(64..100), Ok(16));
+        for i in 16..80 {
+            assert_eq!(rx.try_pop(), Ok(i));
+        }
+        // A partial group is handed back when the ring is found empty...
+        assert_eq!(tx.push_iter(80..83), Ok(3));
+        for i in 80..83 {
+            assert_eq!(rx.try_pop(), Ok(i));
+        }
+        assert_eq!(rx.try_pop(), Err(TryRecvError::Empty));
+        assert_eq!(tx.push_iter(0..100), Ok(64), "61 if 3 slots were held");
+        // ...by a batch...
+        assert_eq!(rx.try_pop(), Ok(0));
+        assert_eq!(rx.pop_batch(2).unwrap().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(tx.push_iter(100..200), Ok(3));
+        // ...and by a park, even a refused one (after a leaked batch here).
+        assert_eq!(rx.try_pop(), Ok(3));
+        let mut batch = rx.pop_batch(1).unwrap();
+        assert_eq!(batch.next(), Some(4));
+        std::mem::forget(batch);
+        assert!(!rx.prepare_park());
+        assert_eq!(tx.push_iter(200..300), Ok(2));
+    }
+
+    #[test]
+    fn release_groups_across_the_wrap_drop_each_value_once() {
+        // 32 slots: groups of 8.
+        let count = counter();
+        let make = |i| Counted(i, count.clone());
+        let mut built = 0;
+        {
+            let (mut tx, mut rx) = channel_starting_at(32, WakeBarrier::Symmetric, usize::MAX - 40);
+            let mut next_out = 0;
+            // Uneven pushes and pops cross every slot and the counter wrap.
+            for round in 0..200u64 {
+                let want = (round * 7) % 23;
+                let pushed = tx.push_iter((built..built + want).map(make)).unwrap() as u64;
+                built += pushed;
+                if let Ok(mut batch) = rx.pop_batch((round % 11 + 1) as usize) {
+                    // Leave some in the batch now and then: they stay queued.
+                    let take = if round % 3 == 0 { 1 } else { usize::MAX };
+                    for c in batch.by_ref().take(take) {
+                        assert_eq!(c.0, next_out);
+                        next_out += 1;
+                    }
+                }
+                if let Ok(c) = rx.try_pop() {
+                    assert_eq!(c.0, next_out);
+                    next_out += 1;
+                }
+            }
+            assert!(next_out > 100, "the ring barely moved: {next_out}");
+            // Both endpoints dropped with values left in the ring.
+        }
+        assert_eq!(drops(&count), built as usize);
+    }
 }
 
 #[cfg(all(test, loom))]
@@ -1674,6 +1849,33 @@ mod loom_tests {
             }
             assert_eq!(got, [Some(0), Some(1)]);
             drop(producer.join().unwrap());
+        });
+    }
+
+    /// `try_pop` hands slots back in groups (here a group of 2 in a ring of
+    /// 2, larger than any real ring's, so that loom's small model meets every
+    /// case) and all of them when it finds the ring empty: the producer gets
+    /// every slot back, never writes one the consumer is still reading (loom
+    /// checks the cells), and the values arrive in order.
+    #[test]
+    fn release_groups_hand_back_every_slot() {
+        ::loom::model(|| {
+            let (mut tx, mut rx) = channel_inner::<u32>(2, WakeBarrier::Asymmetric, 0, 2);
+            assert_eq!(rx.release_group(), 2);
+            // Two laps: the second reuses both cells.
+            let producer = thread::spawn(move || push_all(&mut tx, 0..4));
+            let mut expected = 0;
+            while expected < 4 {
+                match rx.try_pop() {
+                    Ok(v) => {
+                        assert_eq!(v, expected);
+                        expected += 1;
+                    }
+                    Err(TryRecvError::Empty) => spin_loop(),
+                    Err(TryRecvError::Closed) => panic!("closed before all values arrived"),
+                }
+            }
+            producer.join().unwrap();
         });
     }
 }

@@ -1,6 +1,21 @@
 //! The slot array: `capacity` cells of `T`, a power of two, on a 128-byte
 //! boundary. Index `i` (a free-running counter) lives in cell
 //! `i & (capacity - 1)`.
+//!
+//! Consecutive indices share cache lines: with 8-byte values, 16 messages sit
+//! on one 128-byte line pair (x86_64's spatial prefetcher moves lines in
+//! pairs). When the producer writes right behind the consumer (a full ring,
+//! where the consumer is the bottleneck), that line moves between the cores
+//! for every message; the consumer therefore hands slots back in groups (see
+//! `Consumer::try_pop`), so that a producer waiting on a full ring refills
+//! lines the consumer has left. (With an empty ring the consumer reads right
+//! behind the producer, but then it waits for the producer anyway.)
+//!
+//! Spreading consecutive indices over different lines instead (index `i` on
+//! line `i % lines`) was measured too: it costs a line transfer per message
+//! where the plain layout moves up to 16 messages per transfer, and one
+//! message at a time 8-byte values fell from about 290 to about 27 M msgs/s
+//! in the same two-core test.
 
 use std::alloc::{self, Layout};
 use std::mem::MaybeUninit;
