@@ -117,7 +117,7 @@ pub(crate) fn producer_load_parked(
 /// the loads of `tail` and the closed flags that follow. Returns `false` if
 /// the barrier could not be made (the `membarrier` call failed after the
 /// process had registered for it): the consumer must not park then.
-#[cfg_attr(not(any(loom, miri)), inline)]
+#[inline]
 pub(crate) fn consumer_barrier(asymmetric: bool) -> bool {
     fence(Ordering::SeqCst);
     if !asymmetric {
