@@ -7,10 +7,11 @@
 //! outside the timed region). "Batch" is how many messages each side moves
 //! per turn: ringwire publishes its index once per batch (`push_slice`,
 //! `pop_batch`) and checks `needs_wakeup` once per batch, as the runtime
-//! will; crossbeam and glommio have no batch API and move the same number of
-//! messages one call at a time. All queues hold 1024 messages. Both sides
-//! spin (ringwire, crossbeam) or await (glommio, its normal use) when the
-//! queue is full or empty.
+//! does (the ring's park barrier, printed at the start, decides what that
+//! check costs); crossbeam and glommio have no batch API and move the same
+//! number of messages one call at a time. All queues hold 1024 messages.
+//! Both sides spin (ringwire, crossbeam) or await (glommio, its normal use)
+//! when the queue is full or empty.
 //!
 //! Run: `nice -n 10 cargo bench -p ringwire-benches --bench mailbox`
 
@@ -231,6 +232,9 @@ fn bench_size<const N: usize>(c: &mut Criterion) {
 }
 
 fn mailbox(c: &mut Criterion) {
+    // Asymmetric unless the kernel refuses membarrier (see ringwire-ring).
+    let (tx, _rx) = channel::<u8>(1);
+    eprintln!("ringwire ring park barrier: {:?}", tx.wake_barrier());
     bench_size::<8>(c);
     bench_size::<16>(c);
     bench_size::<64>(c);
