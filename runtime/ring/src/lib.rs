@@ -459,6 +459,10 @@ impl<T> Producer<T> {
     /// in [`TrySendError::Closed`] when the consumer is gone (checked first:
     /// retrying cannot help then). Follow a successful push (or a batch of
     /// them) with [`needs_wakeup`](Self::needs_wakeup).
+    ///
+    /// "Full" counts the slots the consumer has popped one at a time but not
+    /// yet handed back (fewer than [`Consumer::release_group`]; see
+    /// [`Consumer::try_pop`]).
     #[inline]
     pub fn try_push(&mut self, value: T) -> Result<(), TrySendError<T>> {
         if self.shared.consumer_closed.load(Ordering::Relaxed) {
