@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod cores;
 pub mod cpu;
+pub mod report;
 pub mod server;
 pub mod wire;

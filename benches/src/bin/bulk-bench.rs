@@ -1337,10 +1337,14 @@ fn print_results(args: &Args, results: &[(Test, Impl, Summary)], skipped: &[Stri
             ])
         );
         let mut line = format!(
-            "RESULT bench=bulk impl={} test={} rounds={} bytes={} ops={} secs={:.4} gbit_per_s={:.3} ops_per_s={:.1} \
-             server_cpu_s={:.3} client_cpu_s={:.3} server_peak_rss_kib={:.0} client_peak_rss_kib={:.0} verify={}",
+            "RESULT impl={} test={}{} rounds={} bytes={} ops={} secs={:.4} gbit_per_s={:.3} ops_per_s={:.1} \
+             server_cpu_s={:.3} client_cpu_s={:.3} server_peak_rss_kib={:.0} client_peak_rss_kib={:.0}",
             imp.as_str(),
             test.as_str(),
+            match test {
+                Test::Mix => String::new(),
+                Test::Sync | Test::Async => format!(" size={}", args.size),
+            },
             args.rounds,
             s.bytes,
             s.ops,
@@ -1351,7 +1355,6 @@ fn print_results(args: &Args, results: &[(Test, Impl, Summary)], skipped: &[Stri
             s.client_cpu_s,
             s.server_rss_kib,
             s.client_rss_kib,
-            args.verify.as_str()
         );
         if let (Some(t), false) = (tcp, *imp == Impl::Tcp) {
             line.push_str(&format!(
