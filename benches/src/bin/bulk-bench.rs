@@ -596,19 +596,38 @@ impl Side {
 /// Counts of one side's transfer, before costs are added.
 struct Transfer {
     start_ns: u64,
+    /// This process's CPU time when the transfer started.
+    start_cpu_s: f64,
     end_ns: u64,
     sent: u64,
     received: u64,
 }
 
+/// CPU time of this process (all threads) so far, in seconds.
+fn cpu_now_s() -> f64 {
+    self_cpu_time().map_or(0.0, |d| d.as_secs_f64())
+}
+
 impl Transfer {
+    fn new() -> Transfer {
+        Transfer {
+            start_ns: monotonic_ns(),
+            start_cpu_s: cpu_now_s(),
+            end_ns: 0,
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    /// The side's report: CPU time over the transfer (and the orderly close
+    /// after it), peak RSS over the process's life.
     fn into_side(self) -> Side {
         Side {
             start_ns: self.start_ns,
             end_ns: self.end_ns,
             sent: self.sent,
             received: self.received,
-            cpu_s: self_cpu_time().map_or(0.0, |d| d.as_secs_f64()),
+            cpu_s: cpu_now_s() - self.start_cpu_s,
             peak_rss_kib: peak_rss_kib().unwrap_or(0),
         }
     }
@@ -716,15 +735,9 @@ fn tcp_run(stream: TcpStream, who: Who, plan: &Plan, table: &Table) -> Result<Si
     stream
         .set_nodelay(true)
         .map_err(|e| format!("setsockopt: {e}"))?;
-    let start_ns = monotonic_ns();
     let sizes = plan.sizes();
     let mut buf = vec![0u8; plan.max_size()];
-    let mut t = Transfer {
-        start_ns,
-        end_ns: 0,
-        sent: 0,
-        received: 0,
-    };
+    let mut t = Transfer::new();
     if plan.test.concurrent() {
         let mut writer = stream.try_clone().map_err(|e| format!("dup: {e}"))?;
         let (sizes_w, table_bytes) = (sizes.clone(), table.bytes);
@@ -894,14 +907,8 @@ async fn ringwire_transfer(
     plan: &Plan,
     table: Table,
 ) -> Result<Transfer, String> {
-    let start_ns = monotonic_ns();
     let sizes = plan.sizes();
-    let mut t = Transfer {
-        start_ns,
-        end_ns: 0,
-        sent: 0,
-        received: 0,
-    };
+    let mut t = Transfer::new();
     if plan.test.concurrent() {
         let sender = {
             let conn = conn.clone();
