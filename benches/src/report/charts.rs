@@ -47,6 +47,8 @@ pub struct Bars {
     pub values: Vec<Vec<Option<f64>>>,
     /// Logarithmic y axis (for values spanning orders of magnitude).
     pub log_y: bool,
+    /// Whether to draw the legend (the group names).
+    pub legend: bool,
 }
 
 /// Lines through points, one per series.
@@ -219,7 +221,7 @@ fn draw_bars_on(bars: &Bars, root: &DrawingArea<SVGBackend<'_>, Shift>) -> Resul
                     $chart.draw_series(labels).map_err(err)?;
                 }
             }
-            if bars.groups.len() > 1 {
+            if bars.legend {
                 $chart
                     .configure_series_labels()
                     .position(SeriesLabelPosition::UpperRight)
@@ -400,6 +402,7 @@ mod tests {
             groups: vec!["p50".into(), "p99".into()],
             values: vec![vec![Some(17.3), Some(24.2)], vec![Some(33.7), None]],
             log_y: false,
+            legend: true,
         };
         let p = tmp("bars.svg");
         draw_bars(&bars, &p).unwrap();

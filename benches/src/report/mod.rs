@@ -473,6 +473,12 @@ fn results_table(step: &Step, rows: &[Row]) -> String {
         })
         .collect();
     let mut s = table(&headers, &body, 2, &[]);
+    if cols.iter().any(|c| c == "other_cpu_s") {
+        s.push_str(
+            "\n`other CPU s`: CPU time of everything else on the machine during the measured \
+             interval (other processes, interrupts); a large value means the run was disturbed.\n",
+        );
+    }
     if !refs.is_empty() {
         s.push_str(
             "\n`x REF` columns: this series over REF in the same case; above 1 is more for rates, \
@@ -520,6 +526,7 @@ fn metric_bars(title: &str, y_desc: &str, key: &str, rows: &[&Row], scale: f64) 
                 .map(|s| rows.iter().find(|r| &r.series == s).and_then(|r| v(r)))
                 .collect()],
             log_y: false,
+            legend: false,
         }
     } else {
         Bars {
@@ -541,6 +548,7 @@ fn metric_bars(title: &str, y_desc: &str, key: &str, rows: &[&Row], scale: f64) 
                 })
                 .collect(),
             log_y: false,
+            legend: true,
         }
     })
 }
@@ -600,6 +608,7 @@ fn step_charts(step: &Step, rows: &[Row]) -> Vec<(&'static str, Chart)> {
                     .map(|(k, _)| lat_rows.iter().map(|r| r.value(k)).collect())
                     .collect(),
                 log_y: false,
+                legend: true,
             }),
         ));
     }
@@ -681,6 +690,7 @@ fn step_charts(step: &Step, rows: &[Row]) -> Vec<(&'static str, Chart)> {
                     })
                     .collect(),
                 log_y: false,
+                legend: true,
             }),
         ));
     }
@@ -899,6 +909,7 @@ fn criterion_chart(group: &str, list: &[&Estimate]) -> Bars {
             })
             .collect(),
         log_y: !elements,
+        legend: true,
     }
 }
 
