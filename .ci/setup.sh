@@ -7,6 +7,11 @@ set -euo pipefail
 need_apt=()
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# The ZeroMQ peer of benches/typed.sh links Debian's libzmq (the zmq crate
+# finds it through pkg-config when its build script runs, for clippy too).
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+dpkg-query -W -f='${Status}' libzmq3-dev 2>/dev/null | grep -q 'install ok installed' ||
+    need_apt+=(libzmq3-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "== installing Debian packages: ${need_apt[*]}"
     apt-get update -qq

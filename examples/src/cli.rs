@@ -52,7 +52,8 @@ impl Args {
 
 /// `--cores 0,2,3` or `--cores 0-3` (a CPU list, ranges allowed; a single
 /// CPU is written with a trailing comma, `--cores 3,`) or `--cores 2` (that
-/// many cores, pinned to the first CPUs this process may use).
+/// many cores, pinned to CPUs this process may use, one per physical core
+/// before any hyperthread sibling).
 pub fn parse_cores(v: &str) -> Result<Placement, String> {
     if v.contains(',') || v.contains('-') {
         let mut cpus = Vec::new();

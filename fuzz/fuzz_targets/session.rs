@@ -24,11 +24,9 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let schema = Arc::new(Schema::new().with::<Sample>().expect("one type"));
-    let config = Config {
-        max_payload: 4096,
-        max_bulk_segment: 1 << 16,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .max_payload(4096)
+        .max_bulk_segment(1 << 16);
     let now = Instant::ZERO;
     // A real client hello first, so the fuzzer reaches the established state.
     let mut client: Session = Session::connect(config.clone(), schema.clone(), now, 42);

@@ -5,7 +5,8 @@
 //! whether it ends the connection; [`ProtoError::is_fatal`] answers that
 //! question for code that only needs to know whether to drop the connection.
 
-use crate::hello::Mismatch;
+use crate::close_reason::CloseReason;
+use crate::mismatch::Mismatch;
 
 /// Everything that can go wrong while encoding, decoding or running a
 /// session.
@@ -182,7 +183,7 @@ pub enum ProtoError {
     },
     /// The peer reported a protocol error and closed.
     #[error("peer closed the connection with reason {0:?}")]
-    PeerClosed(crate::control::CloseReason),
+    PeerClosed(CloseReason),
 }
 
 impl ProtoError {

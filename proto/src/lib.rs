@@ -39,6 +39,7 @@
 
 pub mod access;
 pub mod bulk;
+mod close_reason;
 pub mod control;
 pub mod decoder;
 pub mod encoder;
@@ -47,6 +48,7 @@ pub mod format;
 pub mod header;
 pub mod hello;
 pub mod message;
+mod mismatch;
 pub mod replay;
 pub mod schema;
 pub mod session;

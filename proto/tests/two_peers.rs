@@ -262,10 +262,7 @@ fn schema() -> Arc<Schema> {
 }
 
 fn config(node_id: u64) -> Config {
-    Config {
-        node_id,
-        ..Config::default()
-    }
+    Config::default().node_id(node_id)
 }
 
 impl Net {
@@ -418,10 +415,7 @@ fn incompatible_schemas_are_refused_with_the_difference() {
 
 #[test]
 fn missing_capability_and_foreign_format_are_refused() {
-    let needs = Config {
-        required_capabilities: 0x8000,
-        ..config(2)
-    };
+    let needs = config(2).required_capabilities(0x8000);
     let net = Net::with(config(1), schema(), needs, schema(), 64);
     let b = net.b.error.as_ref().unwrap().to_string();
     assert!(b.contains("lacks required capabilities 0x8000"), "{b}");

@@ -2,62 +2,26 @@
 //!
 //! - [`IoBuf`]: what a send takes. The runtime holds the buffer until the
 //!   kernel is done with it and then gives it back, so the same allocation is
-//!   reused without copying.
+//!   reused without copying. [`IoBufMut`]: what a direct receive fills
+//!   (`recv_exact_into`).
 //! - [`RecvBuf`]: a buffer the kernel filled from the core's provided buffer
 //!   ring. It derefs to the received bytes and goes back to the ring when
 //!   dropped. It can be sent as-is (echoing without a copy).
+//! - [`SendBuf`]: a registered buffer from the core's send pool, filled in
+//!   place. Lent to other cores, it becomes a
+//!   [`RemoteBuf`](crate::mailbox::RemoteBuf) (see [`SendBuf::into_remote`]).
+//! - [`AlignedBuf`]: a zeroed heap buffer with a chosen alignment, to receive
+//!   into when the bytes must be aligned (rkyv archives, O_DIRECT-style I/O).
 
-use std::ops::Deref;
+use std::alloc::{self, Layout};
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::rc::Rc;
 
-use crate::core::try_with_core;
 use crate::driver::bufring::BufMem;
-
-/// A buffer whose bytes the kernel may read after the value has been moved.
-///
-/// # Safety
-///
-/// `stable_ptr()` must point to `bytes_init()` initialised bytes that stay at
-/// the same address, unmodified and valid, for as long as the value lives,
-/// even when the value itself is moved (heap memory, or `'static` memory).
-pub unsafe trait IoBuf: Unpin + 'static {
-    /// Start of the bytes.
-    fn stable_ptr(&self) -> *const u8;
-    /// Number of initialised bytes to send.
-    fn bytes_init(&self) -> usize;
-}
-
-// SAFETY: a Vec's contents live on the heap; moving the Vec moves only its
-// (pointer, length, capacity) triple, and nothing can modify the contents
-// while the runtime owns the Vec.
-unsafe impl IoBuf for Vec<u8> {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-}
-
-// SAFETY: as for `Vec<u8>`: the slice lives on the heap.
-unsafe impl IoBuf for Box<[u8]> {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-}
-
-// SAFETY: `'static` slices never move and are never freed.
-unsafe impl IoBuf for &'static [u8] {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-}
+pub use crate::driver::op::buf::{IoBuf, IoBufMut};
+use crate::driver::op::recv_multi::Chunk;
+use crate::driver::sendpool::PoolMem;
 
 // SAFETY: a `RecvBuf` points into its core's buffer memory, which it keeps
 // alive through an `Rc`; the buffer id is not returned to the ring (so the
@@ -88,9 +52,14 @@ pub struct RecvBuf {
 }
 
 impl RecvBuf {
-    /// Wraps buffer `bid`, holding `len` received bytes.
-    pub(crate) fn new(ptr: *const u8, len: usize, bid: u16, mem: Rc<BufMem>) -> RecvBuf {
-        RecvBuf { ptr, len, bid, mem }
+    /// Takes ownership of a received chunk.
+    pub(crate) fn from_chunk(chunk: Chunk) -> RecvBuf {
+        RecvBuf {
+            ptr: chunk.ptr,
+            len: chunk.len,
+            bid: chunk.bid,
+            mem: chunk.mem,
+        }
     }
 
     /// Number of received bytes.
@@ -156,8 +125,8 @@ impl Drop for RecvBuf {
         let mem = &self.mem;
         // Only the core that owns the ring may recycle into it; a guard that
         // outlived its core just releases its reference to the memory.
-        try_with_core(|core| {
-            let mut bufs = core.bufs.borrow_mut();
+        crate::driver::try_with(|cx| {
+            let mut bufs = cx.bufs.borrow_mut();
             if Rc::ptr_eq(bufs.mem(), mem) {
                 bufs.recycle(bid);
             }
@@ -180,7 +149,15 @@ pub struct SendBuf {
     cap: usize,
     len: usize,
     id: u16,
-    mem: Rc<crate::driver::sendpool::PoolMem>,
+    mem: Rc<PoolMem>,
+}
+
+/// A send-pool buffer's bytes, detached from its guard to be lent to other
+/// cores (see [`SendBuf::lend`]).
+pub(crate) struct Lent {
+    pub(crate) ptr: *const u8,
+    pub(crate) len: usize,
+    pub(crate) id: u16,
 }
 
 impl SendBuf {
@@ -190,8 +167,8 @@ impl SendBuf {
     ///
     /// Off a ringwire core thread.
     pub fn try_acquire() -> Option<SendBuf> {
-        crate::core::with_core(|core| {
-            let mut pool = core.send_pool.borrow_mut();
+        crate::driver::with(|cx| {
+            let mut pool = cx.pool.borrow_mut();
             let id = pool.take()?;
             Some(SendBuf {
                 ptr: pool.ptr(id),
@@ -215,8 +192,8 @@ impl SendBuf {
             if let Some(b) = SendBuf::try_acquire() {
                 return std::task::Poll::Ready(b);
             }
-            crate::core::with_core(|core| {
-                let mut pool = core.send_pool.borrow_mut();
+            crate::driver::with(|d| {
+                let mut pool = d.pool.borrow_mut();
                 assert!(
                     pool.count() > 0,
                     "the send pool is disabled (send_buffers(0))"
@@ -228,37 +205,37 @@ impl SendBuf {
         .await
     }
 
-    /// Lends this buffer to other cores: the returned [`RemoteBuf`] is `Send`,
-    /// reads the same bytes in place (no copy), can be sent on any core's
-    /// socket, and goes back to this core's pool when dropped (through the
-    /// mailboxes). Use it to pass an archived message built in a registered
-    /// buffer to another core.
+    /// Whether the current core's pool has a free buffer.
+    pub(crate) fn available() -> bool {
+        crate::driver::with(|cx| cx.pool.borrow().free_count() > 0)
+    }
+
+    /// Detaches the bytes from the guard, to lend them to other cores: the
+    /// buffer stays taken (the pool gets its id back through
+    /// [`give_back`]) and the pool memory stays allocated while any buffer
+    /// is lent (the core leaks it at exit otherwise).
     ///
     /// # Panics
     ///
     /// Off the core whose pool the buffer came from.
-    pub fn into_remote(self) -> RemoteBuf {
-        let home = crate::core::with_core(|core| {
+    pub(crate) fn lend(self) -> Lent {
+        crate::driver::with(|cx| {
             assert!(
-                Rc::ptr_eq(core.send_pool.borrow().mem(), &self.mem),
+                Rc::ptr_eq(cx.pool.borrow().mem(), &self.mem),
                 "SendBuf::into_remote must be called on the buffer's own core"
             );
-            core.mesh.me().clone()
         });
-        let remote = RemoteBuf {
+        let lent = Lent {
             ptr: self.ptr,
             len: self.len,
             id: self.id,
-            home,
         };
-        // The buffer now belongs to `remote`: skip the guard's return to the
-        // pool, but release its reference to the memory (the core keeps the
-        // memory alive while any buffer is lent, see `run_core`).
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is never used or dropped again, so the field is moved
-        // out exactly once; the other fields are plain data.
+        // out exactly once (and dropped, releasing this guard's reference to
+        // the memory); the other fields are plain data.
         drop(unsafe { std::ptr::read(&me.mem) });
-        remote
+        lent
     }
 
     /// Index of this buffer among the ring's registered buffers.
@@ -329,6 +306,11 @@ impl SendBuf {
     }
 }
 
+/// Returns send-pool buffer `id` (lent earlier) to the current core's pool.
+pub(crate) fn give_back(id: u16) {
+    crate::driver::with(|cx| cx.pool.borrow_mut().give_back(id));
+}
+
 impl Deref for SendBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -350,8 +332,8 @@ impl Drop for SendBuf {
     fn drop(&mut self) {
         let id = self.id;
         let mem = &self.mem;
-        try_with_core(|core| {
-            let mut pool = core.send_pool.borrow_mut();
+        crate::driver::try_with(|cx| {
+            let mut pool = cx.pool.borrow_mut();
             if Rc::ptr_eq(pool.mem(), mem) {
                 pool.give_back(id);
             }
@@ -370,100 +352,169 @@ unsafe impl IoBuf for SendBuf {
     }
 }
 
-/// A send-pool buffer lent to another core (see [`SendBuf::into_remote`]).
+/// A zero-initialised heap buffer whose start is aligned to a chosen power of
+/// two (at least 16 bytes), e.g. to receive an rkyv archive straight into
+/// memory it can be read from in place.
 ///
-/// Derefs to the bytes written into it, in place, on whatever thread holds it,
-/// and can be sent on any core's socket. Dropping it returns the buffer to its
-/// home core's pool: directly on that core, through the core mesh from
-/// another core of the same runtime, or through the home core's control queue
-/// from any other thread.
-pub struct RemoteBuf {
-    ptr: *const u8,
+/// Its length is fixed at creation; every byte is initialised, so as an
+/// [`IoBufMut`] all of it can be received into and as an [`IoBuf`] all of it
+/// is sent.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
     len: usize,
-    id: u16,
-    home: std::sync::Arc<crate::mailbox::doorbell::Peer>,
+    align: usize,
 }
 
-// SAFETY: the bytes are only read, and the memory they live in stays
-// allocated while the buffer is lent: the home core frees its pool memory at
-// exit only if every buffer is back, and leaks it otherwise. Returning the id
-// happens on the home core, through its queues.
-unsafe impl Send for RemoteBuf {}
-
-// SAFETY: shared references only read the lent bytes (`Deref`, `len`), which
-// nobody writes while the buffer is lent; dropping (which returns the buffer)
-// needs ownership. So one `RemoteBuf` may be read from many threads at once,
-// e.g. a broadcast payload behind an `Arc`.
-unsafe impl Sync for RemoteBuf {}
-
-impl RemoteBuf {
-    /// Number of bytes.
-    pub fn len(&self) -> usize {
-        self.len
+impl AlignedBuf {
+    /// `len` zero bytes aligned to `align`.
+    ///
+    /// # Panics
+    ///
+    /// When `align` is not a power of two, is below 16, or the size
+    /// overflows (`len` rounded up to `align` exceeds `isize::MAX`); aborts
+    /// when the memory cannot be allocated, like `Vec`.
+    pub fn new(len: usize, align: usize) -> AlignedBuf {
+        assert!(
+            align.is_power_of_two() && align >= 16,
+            "AlignedBuf alignment must be a power of two of at least 16, got {align}"
+        );
+        if len == 0 {
+            // A dangling but aligned pointer: nothing is read or written.
+            // The address is `align`, a valid non-null address for zero bytes.
+            let ptr =
+                NonNull::new(std::ptr::without_provenance_mut(align)).expect("align is not zero");
+            return AlignedBuf { ptr, len, align };
+        }
+        let layout = Layout::from_size_align(len, align).expect("AlignedBuf size overflows");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf { ptr, len, align }
     }
 
-    /// Whether the buffer holds no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// The alignment of the start.
+    pub fn align(&self) -> usize {
+        self.align
     }
 }
 
-impl Deref for RemoteBuf {
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: allocated in `new` with exactly this size and alignment
+        // (valid there, so valid here).
+        unsafe {
+            alloc::dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align_unchecked(self.len, self.align),
+            )
+        };
+    }
+}
+
+impl Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` was written through the `SendBuf` before it
-        // was lent and is not written again while lent; the memory outlives
-        // every lent buffer (see the `Send` impl).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        // SAFETY: `ptr` points to `len` initialised (zeroed, then written)
+        // bytes owned by `self` (or `len == 0` with an aligned non-null
+        // pointer); the shared borrow of `self` keeps them from being
+        // written meanwhile.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl std::fmt::Debug for RemoteBuf {
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `Deref`, with exclusive access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteBuf")
-            .field("id", &self.id)
+        f.debug_struct("AlignedBuf")
             .field("len", &self.len)
-            .field("home_core", &self.home.index)
+            .field("align", &self.align)
             .finish()
     }
 }
 
-// SAFETY: the bytes stay put and unmodified while the value lives (see the
-// `Send` impl); moving the value does not move them.
-unsafe impl IoBuf for RemoteBuf {
+// SAFETY: `AlignedBuf` owns its heap allocation exclusively (like a
+// `Box<[u8]>`); nothing about it is tied to a thread.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads (`Deref`), like `Box<[u8]>`.
+unsafe impl Sync for AlignedBuf {}
+
+// SAFETY: the bytes live in the heap allocation owned by `self`, which does
+// not move when `self` moves, are all initialised, and are not modified
+// while the runtime owns the value.
+unsafe impl IoBuf for AlignedBuf {
     fn stable_ptr(&self) -> *const u8 {
-        self.ptr
+        self.ptr.as_ptr()
     }
     fn bytes_init(&self) -> usize {
         self.len
     }
 }
 
-impl Drop for RemoteBuf {
-    fn drop(&mut self) {
-        let id = self.id;
-        let give_back = move || {
-            crate::core::try_with_core(|c| c.send_pool.borrow_mut().give_back(id));
-        };
-        let home = &self.home;
-        let sent = try_with_core(|core| {
-            if core.shared.exec_id == home.shared.exec_id {
-                core.send_pool.borrow_mut().give_back(id);
-                return true;
+// SAFETY: the allocation of `len` bytes is owned exclusively by `self`,
+// stays put when `self` moves and is initialised in full, so `set_init` has
+// nothing to record.
+unsafe impl IoBufMut for AlignedBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    fn bytes_total(&self) -> usize {
+        self.len
+    }
+    unsafe fn set_init(&mut self, _pos: usize) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buf_is_zeroed_aligned_and_writable() {
+        for align in [16, 64, 4096] {
+            for len in [0, 1, 100, 8192] {
+                let mut b = AlignedBuf::new(len, align);
+                assert_eq!(b.len(), len);
+                assert_eq!(b.as_ptr() as usize % align, 0);
+                assert!(b.iter().all(|&x| x == 0));
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = i as u8;
+                }
+                assert!(b.iter().enumerate().all(|(i, &x)| x == i as u8));
+                assert_eq!(IoBufMut::bytes_total(&b), len);
+                assert_eq!(IoBuf::bytes_init(&b), len);
             }
-            // Another core of the same runtime: the mesh ring to home.
-            let same_runtime = core
-                .mesh
-                .peers
-                .get(home.index)
-                .is_some_and(|p| std::sync::Arc::ptr_eq(p, home));
-            same_runtime && crate::mailbox::try_post(home.index, give_back).is_ok()
-        })
-        .unwrap_or(false);
-        if !sent {
-            // A full ring, another runtime or a plain thread: the home
-            // core's control queue (a gone core simply never runs it).
-            home.shared.run(Box::new(give_back));
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "power of two")]
+    fn aligned_buf_refuses_small_alignments() {
+        let _ = AlignedBuf::new(10, 8);
+    }
+
+    #[test]
+    fn vec_set_init_only_grows() {
+        let mut v: Vec<u8> = Vec::with_capacity(32);
+        v.extend_from_slice(&[1, 2, 3]);
+        let p = IoBufMut::stable_mut_ptr(&mut v);
+        // SAFETY: writing inside the capacity of the vector we own.
+        unsafe { p.add(3).write_bytes(9, 5) };
+        // SAFETY: bytes 0..8 are now initialised.
+        unsafe { IoBufMut::set_init(&mut v, 8) };
+        assert_eq!(v, [1, 2, 3, 9, 9, 9, 9, 9]);
+        // SAFETY: a smaller count is a no-op.
+        unsafe { IoBufMut::set_init(&mut v, 2) };
+        assert_eq!(v.len(), 8);
+        assert_eq!(IoBufMut::bytes_total(&v), v.capacity());
     }
 }

@@ -4,12 +4,12 @@
 //! of tasks to poll. A task's [`Waker`] is a plain integer (the executor's id
 //! in the upper 32 bits, the task key in the lower 32), so cloning and dropping
 //! it costs nothing. Waking on the owning core pushes the key on the ready
-//! queue; waking from another thread goes through that core's remote queue
-//! and eventfd (the core's control queue). A stale waker of a finished task
-//! whose slot was reused causes one spurious poll, which futures tolerate.
+//! queue; waking from another thread goes through that core's control queue
+//! (`remote`). A stale waker of a finished task whose slot was
+//! reused causes one spurious poll, which futures tolerate.
 //!
-//! Calls: [`spawn_local`] from any task on a core; the core's loop calls
-//! `Executor::run_ready`.
+//! Calls: [`spawn_local`] from any task on a core; the core's loop publishes
+//! its `Executor` for the core's lifetime and calls `Executor::run_ready`.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -21,7 +21,7 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use slab::Slab;
 
-use crate::core::{try_with_core, with_core};
+use crate::scoped::scoped_thread_local;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -37,7 +37,34 @@ pub(crate) struct Executor {
     ready: RefCell<VecDeque<u32>>,
 }
 
+scoped_thread_local!(static CURRENT: Executor);
+
+/// Runs `f` with the current core's executor.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+fn with<R>(f: impl FnOnce(&Executor) -> R) -> R {
+    CURRENT.with(f)
+}
+
+/// Number of live tasks on the current core.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub(crate) fn task_count() -> usize {
+    with(Executor::task_count)
+}
+
 impl Executor {
+    /// Publishes `self` as the current core's executor while `f` runs.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.set(self, f)
+    }
+
+    /// An executor whose wakers carry `id` (the core's control queue is
+    /// registered under the same id).
     pub(crate) fn new(id: u32) -> Executor {
         Executor {
             id,
@@ -171,17 +198,18 @@ fn wake_raw(data: *const ()) {
     let data = data as usize;
     let exec_id = (data >> 32) as u32;
     let key = data as u32;
-    let local = try_with_core(|core| {
-        if core.exec.id == exec_id {
-            core.exec.schedule(key);
-            true
-        } else {
-            false
-        }
-    })
-    .unwrap_or(false);
+    let local = CURRENT
+        .try_with(|exec| {
+            if exec.id == exec_id {
+                exec.schedule(key);
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false);
     if !local {
-        crate::core::wake_remote(exec_id, key);
+        crate::remote::wake_remote(exec_id, key);
     }
 }
 
@@ -285,7 +313,7 @@ where
         guard.state.borrow_mut().result = Some(out);
         // `guard` drops here and wakes the joiner.
     };
-    with_core(|core| core.exec.spawn(Box::pin(task)));
+    with(|exec| exec.spawn(Box::pin(task)));
     JoinHandle { state }
 }
 
@@ -303,7 +331,7 @@ where
         .await;
         on_done(out);
     };
-    with_core(|core| core.exec.spawn(Box::pin(task)));
+    with(|exec| exec.spawn(Box::pin(task)));
 }
 
 /// Catches a panic while polling the inner future.

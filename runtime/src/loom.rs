@@ -24,7 +24,7 @@
 
 #[cfg(loom)]
 pub(crate) mod sync {
-    pub(crate) use loom::sync::Arc;
+    pub(crate) use loom::sync::{Arc, Mutex};
 
     pub(crate) mod atomic {
         pub(crate) use loom::sync::atomic::{
@@ -35,7 +35,7 @@ pub(crate) mod sync {
 
 #[cfg(not(loom))]
 pub(crate) mod sync {
-    pub(crate) use std::sync::Arc;
+    pub(crate) use std::sync::{Arc, Mutex};
 
     pub(crate) mod atomic {
         pub(crate) use std::sync::atomic::{

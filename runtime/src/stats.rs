@@ -1,12 +1,20 @@
 //! Per-core counters.
 //!
 //! Each core keeps plain (non-atomic) counters that only its own thread
-//! touches. A [`CoreStats`] snapshot is taken on the core itself, on request
-//! from any thread ([`crate::Runtime::stats`]), and can be printed in the
-//! Prometheus text format with [`render_prometheus`].
+//! touches, reached through this module's accessor while the core runs. A
+//! [`CoreStats`] snapshot is taken on the core itself, on request from any
+//! thread ([`crate::Runtime::stats`]), and can be printed in the Prometheus
+//! text format with [`render_prometheus`].
+//!
+//! Besides the runtime's own counters, layers above (transports, applications)
+//! register [`Counter`]s by name once per process; each core then counts into
+//! its own cell, and snapshots and the Prometheus output include them.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write;
+use std::sync::Mutex;
+
+use crate::scoped::scoped_thread_local;
 
 /// The live counters of one core (owned by that core's thread).
 #[derive(Default)]
@@ -22,6 +30,8 @@ pub(crate) struct Stats {
     pub(crate) bufring_starvation: Cell<u64>,
     pub(crate) recv_copies_avoided: Cell<u64>,
     pub(crate) recv_copies_made: Cell<u64>,
+    pub(crate) recv_direct_bytes: Cell<u64>,
+    pub(crate) recv_direct_copied_bytes: Cell<u64>,
     pub(crate) remote_wakeups: Cell<u64>,
     pub(crate) zc_sends: Cell<u64>,
     pub(crate) zc_notifications: Cell<u64>,
@@ -32,12 +42,53 @@ pub(crate) struct Stats {
     pub(crate) doorbells_sent: Cell<u64>,
     pub(crate) doorbells_received: Cell<u64>,
     pub(crate) mailbox_received: Cell<u64>,
+    /// Values of the registered [`Counter`]s, by counter id (grown on first
+    /// use of a counter registered after the core started).
+    named: RefCell<Vec<u64>>,
 }
 
+scoped_thread_local!(static CURRENT: Stats);
+
 impl Stats {
+    /// Adds `n` to `cell`.
+    #[inline]
     pub(crate) fn add(cell: &Cell<u64>, n: u64) {
         cell.set(cell.get().wrapping_add(n));
     }
+
+    /// Publishes `self` as the current core's counters while `f` runs.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.set(self, f)
+    }
+
+    /// Values of the registered counters, by id.
+    pub(crate) fn named(&self) -> Vec<u64> {
+        self.named.borrow().clone()
+    }
+
+    fn add_named(&self, id: usize, n: u64) {
+        let mut named = self.named.borrow_mut();
+        if named.len() <= id {
+            named.resize(id + 1, 0);
+        }
+        named[id] = named[id].wrapping_add(n);
+    }
+}
+
+/// Runs `f` with the current core's counters.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+#[inline]
+pub(crate) fn with<R>(f: impl FnOnce(&Stats) -> R) -> R {
+    CURRENT.with(f)
+}
+
+/// Runs `f` with the current core's counters, if on a core.
+#[inline]
+pub(crate) fn try_with<R>(f: impl FnOnce(&Stats) -> R) -> Option<R> {
+    CURRENT.try_with(f)
 }
 
 /// Records, on the calling core, frames handed to user code in place in the
@@ -49,11 +100,127 @@ impl Stats {
 ///
 /// Off a ringwire core thread.
 pub fn count_frames(in_place: u64, copied: u64) {
-    crate::core::with_core(|c| {
-        Stats::add(&c.stats.recv_copies_avoided, in_place);
-        Stats::add(&c.stats.recv_copies_made, copied);
+    with(|s| {
+        Stats::add(&s.recv_copies_avoided, in_place);
+        Stats::add(&s.recv_copies_made, copied);
     });
 }
+
+// ---------------------------------------------------------------------------
+// Named counters
+
+/// What the process-wide registry knows about one [`Counter`].
+struct CounterInfo {
+    name: String,
+    help: String,
+    labels: Vec<(String, String)>,
+}
+
+static REGISTRY: Mutex<Vec<CounterInfo>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<CounterInfo>> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A named per-core counter, registered once per process.
+///
+/// Registration ([`Counter::register`]) takes a process-wide lock and belongs
+/// at start-up (keep the `Counter` in a `static`/`OnceLock` or in the object
+/// that counts); [`Counter::add`] then costs a thread-local lookup and a plain
+/// (non-atomic) add on the calling core. Every [`CoreStats`] snapshot carries
+/// the values ([`CoreStats::counter`]) and [`render_prometheus`] prints them as
+/// `ringwire_<name>{core="..",cpu="..",<labels>}`.
+///
+/// ```no_run
+/// use ringwire_runtime::stats::Counter;
+///
+/// let sent = Counter::register(
+///     "transport_messages_sent_total",
+///     "messages sent by the transports",
+///     &[("scheme", "tcp")],
+/// );
+/// // On a core, per message:
+/// sent.add(1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Counter {
+    id: usize,
+}
+
+impl Counter {
+    /// Registers (or finds, when the same name and labels were registered
+    /// before) a counter. `name` is the Prometheus metric name without the
+    /// `ringwire_` prefix (by convention ending in `_total`); `labels` are
+    /// extra `(name, value)` pairs.
+    ///
+    /// # Panics
+    ///
+    /// When `name` or a label name is not a valid Prometheus name
+    /// (`[a-zA-Z_][a-zA-Z0-9_]*`), or a label is named `core` or `cpu`
+    /// (those are set per core).
+    pub fn register(name: &str, help: &str, labels: &[(&str, &str)]) -> Counter {
+        assert!(valid_name(name), "invalid counter name {name:?}");
+        for (label, _) in labels {
+            assert!(valid_name(label), "invalid label name {label:?}");
+            assert!(
+                *label != "core" && *label != "cpu",
+                "the label {label:?} is set by the runtime"
+            );
+        }
+        let labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut reg = registry();
+        if let Some(id) = reg
+            .iter()
+            .position(|c| c.name == name && c.labels == labels)
+        {
+            return Counter { id };
+        }
+        reg.push(CounterInfo {
+            name: name.to_string(),
+            help: help.to_string(),
+            labels,
+        });
+        Counter { id: reg.len() - 1 }
+    }
+
+    /// Adds `n` on the calling core (does nothing off a ringwire core).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let _ = try_with(|s| s.add_named(self.id, n));
+    }
+
+    /// The calling core's value (0 off a ringwire core).
+    pub fn get(&self) -> u64 {
+        try_with(|s| s.named.borrow().get(self.id).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// The name it was registered under.
+    pub fn name(&self) -> String {
+        registry()
+            .get(self.id)
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots
 
 /// A snapshot of one core's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,8 +228,8 @@ pub fn count_frames(in_place: u64, copied: u64) {
 pub struct CoreStats {
     /// Index of the core in the runtime (0-based).
     pub core: usize,
-    /// CPU the core's thread is pinned to.
-    pub cpu: usize,
+    /// CPU the core's thread is pinned to (`None`: not pinned).
+    pub cpu: Option<usize>,
     /// SQEs handed to the kernel.
     pub ops_submitted: u64,
     /// CQEs reaped.
@@ -85,6 +252,12 @@ pub struct CoreStats {
     pub recv_copies_avoided: u64,
     /// Received frames that had to be copied (spanning buffers).
     pub recv_copies_made: u64,
+    /// Bytes received straight into caller memory (`recv_exact_into`): the
+    /// kernel's copy was the only one.
+    pub recv_direct_bytes: u64,
+    /// Bytes `recv_exact_into` copied from chunks the multishot receive had
+    /// already taken from the socket.
+    pub recv_direct_copied_bytes: u64,
     /// Wake-ups that arrived from other threads.
     pub remote_wakeups: u64,
     /// Sends submitted as `SEND_ZC`.
@@ -121,14 +294,57 @@ pub struct CoreStats {
     pub send_buffers_free: u64,
     /// Send-pool buffers in total.
     pub send_buffers_total: u64,
+    /// Values of the registered [`Counter`]s, by counter id.
+    pub(crate) named: Vec<u64>,
+}
+
+impl CoreStats {
+    /// Copies the counters of `stats` (the gauges are filled in by the loop).
+    pub(crate) fn counters(core: usize, cpu: Option<usize>, s: &Stats) -> CoreStats {
+        CoreStats {
+            core,
+            cpu,
+            ops_submitted: s.ops_submitted.get(),
+            ops_completed: s.ops_completed.get(),
+            bytes_received: s.bytes_received.get(),
+            bytes_sent: s.bytes_sent.get(),
+            accepts: s.accepts.get(),
+            errors: s.errors.get(),
+            loop_turns: s.loop_turns.get(),
+            parks: s.parks.get(),
+            bufring_starvation: s.bufring_starvation.get(),
+            recv_copies_avoided: s.recv_copies_avoided.get(),
+            recv_copies_made: s.recv_copies_made.get(),
+            recv_direct_bytes: s.recv_direct_bytes.get(),
+            recv_direct_copied_bytes: s.recv_direct_copied_bytes.get(),
+            remote_wakeups: s.remote_wakeups.get(),
+            zc_sends: s.zc_sends.get(),
+            zc_notifications: s.zc_notifications.get(),
+            zc_copied: s.zc_copied.get(),
+            fixed_sends: s.fixed_sends.get(),
+            batch_sends: s.batch_sends.get(),
+            batched_messages: s.batched_messages.get(),
+            doorbells_sent: s.doorbells_sent.get(),
+            doorbells_received: s.doorbells_received.get(),
+            mailbox_received: s.mailbox_received.get(),
+            named: s.named(),
+            ..CoreStats::default()
+        }
+    }
+
+    /// The value of a registered counter at snapshot time.
+    pub fn counter(&self, counter: &Counter) -> u64 {
+        self.named.get(counter.id).copied().unwrap_or(0)
+    }
 }
 
 /// Renders snapshots in the Prometheus text exposition format, one sample
-/// per core and counter, labelled with `core` and `cpu`.
+/// per core and counter, labelled with `core` and `cpu` (no `cpu` label for
+/// an unpinned core), then the registered [`Counter`]s with their own labels.
 pub fn render_prometheus(stats: &[CoreStats]) -> String {
     let mut out = String::new();
     type Get = fn(&CoreStats) -> u64;
-    let metrics: [(&str, &str, &str, Get); 29] = [
+    let metrics: [(&str, &str, &str, Get); BUILTIN_METRICS] = [
         (
             "doorbells_sent_total",
             "counter",
@@ -245,6 +461,18 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
             |s| s.recv_copies_made,
         ),
         (
+            "recv_direct_bytes_total",
+            "counter",
+            "bytes received straight into caller memory",
+            |s| s.recv_direct_bytes,
+        ),
+        (
+            "recv_direct_copied_bytes_total",
+            "counter",
+            "bytes direct receives copied from already received chunks",
+            |s| s.recv_direct_copied_bytes,
+        ),
+        (
             "remote_wakeups_total",
             "counter",
             "wake-ups from other threads",
@@ -280,16 +508,49 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
         let _ = writeln!(out, "# HELP ringwire_{name} {help}");
         let _ = writeln!(out, "# TYPE ringwire_{name} {kind}");
         for s in stats {
-            let _ = writeln!(
-                out,
-                "ringwire_{name}{{core=\"{}\",cpu=\"{}\"}} {}",
-                s.core,
-                s.cpu,
-                get(s)
-            );
+            let _ = writeln!(out, "ringwire_{name}{{{}}} {}", core_labels(s), get(s));
+        }
+    }
+    // Registered counters, one family per name (HELP and TYPE once).
+    let reg = registry();
+    let mut done: Vec<&str> = Vec::new();
+    for info in reg.iter() {
+        if done.contains(&info.name.as_str()) {
+            continue;
+        }
+        done.push(&info.name);
+        let _ = writeln!(out, "# HELP ringwire_{} {}", info.name, info.help);
+        let _ = writeln!(out, "# TYPE ringwire_{} counter", info.name);
+        for (id, member) in reg.iter().enumerate() {
+            if member.name != info.name {
+                continue;
+            }
+            let mut labels = String::new();
+            for (k, v) in &member.labels {
+                let _ = write!(labels, ",{k}=\"{}\"", escape_label(v));
+            }
+            for s in stats {
+                let value = s.named.get(id).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "ringwire_{}{{{}{labels}}} {value}",
+                    info.name,
+                    core_labels(s)
+                );
+            }
         }
     }
     out
+}
+
+/// Number of built-in metrics in [`render_prometheus`].
+const BUILTIN_METRICS: usize = 31;
+
+fn core_labels(s: &CoreStats) -> String {
+    match s.cpu {
+        Some(cpu) => format!("core=\"{}\",cpu=\"{cpu}\"", s.core),
+        None => format!("core=\"{}\"", s.core),
+    }
 }
 
 #[cfg(test)]
@@ -300,20 +561,64 @@ mod tests {
     fn prometheus_has_one_sample_per_core_and_metric() {
         let a = CoreStats {
             core: 0,
-            cpu: 3,
+            cpu: Some(3),
             accepts: 7,
             ..Default::default()
         };
         let b = CoreStats {
             core: 1,
-            cpu: 5,
+            cpu: None,
             bytes_sent: 42,
             ..Default::default()
         };
         let text = render_prometheus(&[a, b]);
         assert!(text.contains("ringwire_accepts_total{core=\"0\",cpu=\"3\"} 7\n"));
-        assert!(text.contains("ringwire_bytes_sent_total{core=\"1\",cpu=\"5\"} 42\n"));
-        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 29 * 2);
+        assert!(text.contains("ringwire_bytes_sent_total{core=\"1\"} 42\n"));
+        // Counters registered by other tests of this process are named
+        // `test_*`; every built-in metric has one sample per core.
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("ringwire_test_"))
+            .count();
+        assert_eq!(samples, BUILTIN_METRICS * 2);
+    }
+
+    #[test]
+    fn registered_counters_are_counted_per_core_and_rendered_with_labels() {
+        let c = Counter::register("test_unit_events_total", "events", &[("kind", "a\"b")]);
+        let same = Counter::register("test_unit_events_total", "events", &[("kind", "a\"b")]);
+        let other = Counter::register("test_unit_events_total", "events", &[("kind", "c")]);
+        assert_eq!(c, same);
+        assert_ne!(c, other);
+        // Off a core, adding does nothing.
+        c.add(5);
+        assert_eq!(c.get(), 0);
+        let stats = Stats::default();
+        stats.enter(|| {
+            c.add(2);
+            c.add(3);
+            other.add(1);
+            assert_eq!(c.get(), 5);
+        });
+        let snap = CoreStats::counters(0, Some(1), &stats);
+        assert_eq!(snap.counter(&c), 5);
+        assert_eq!(snap.counter(&other), 1);
+        let text = render_prometheus(&[snap]);
+        assert_eq!(
+            text.matches("# TYPE ringwire_test_unit_events_total counter")
+                .count(),
+            1
+        );
+        assert!(text
+            .contains("ringwire_test_unit_events_total{core=\"0\",cpu=\"1\",kind=\"a\\\"b\"} 5\n"));
+        assert!(
+            text.contains("ringwire_test_unit_events_total{core=\"0\",cpu=\"1\",kind=\"c\"} 1\n")
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid counter name")]
+    fn invalid_names_are_refused() {
+        Counter::register("bad name", "", &[]);
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! Every direct `libc` call of the runtime lives here, each turning the C
 //! convention (`-1` and `errno`) into [`io::Error`] through [`cvt`].
+//! Descriptors cross this boundary as [`OwnedFd`] (closing one is dropping
+//! it): no function here closes a raw number it does not own.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -32,10 +34,14 @@ pub(crate) fn eventfd_signal(fd: RawFd) {
     let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
 }
 
-/// Closes a raw descriptor that nothing else owns (a late completion's fd).
-pub(crate) fn close(fd: RawFd) {
-    // SAFETY: callers pass a descriptor that they own and never use again.
-    let _ = unsafe { libc::close(fd) };
+/// A close-on-exec duplicate of `fd` (which the caller keeps open for the
+/// duration of the call).
+pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes no pointers; an invalid `fd` only makes
+    // the call fail with EBADF.
+    let dup = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` was just returned by fcntl and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
 /// Current CLOCK_MONOTONIC time, the clock io_uring absolute timeouts use.

@@ -10,8 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use io_uring::{opcode, types};
-
+use crate::driver::op::timeout::Timeout as TimeoutOp;
 use crate::driver::op::Op;
 
 /// A point in time on CLOCK_MONOTONIC (the clock io_uring timeouts use).
@@ -32,13 +31,16 @@ impl Deadline {
 
     /// Time left until this deadline (zero if passed).
     pub fn remaining(&self) -> Duration {
-        self.0.saturating_sub(Deadline::now().0)
+        self.remaining_from(Deadline::now())
     }
 
-    fn timespec(&self) -> types::Timespec {
-        types::Timespec::new()
-            .sec(self.0.as_secs())
-            .nsec(self.0.subsec_nanos())
+    /// Time from `now` until this deadline (zero if passed).
+    fn remaining_from(&self, now: Deadline) -> Duration {
+        self.0.saturating_sub(now.0)
+    }
+
+    fn timer(&self) -> TimeoutOp {
+        TimeoutOp::at(self.0.as_secs(), self.0.subsec_nanos())
     }
 }
 
@@ -53,7 +55,7 @@ impl std::ops::Add<Duration> for Deadline {
 #[must_use = "futures do nothing unless awaited"]
 pub struct Sleep {
     deadline: Deadline,
-    op: Option<Op<Box<types::Timespec>>>,
+    op: Option<Op<TimeoutOp>>,
     done: bool,
 }
 
@@ -86,18 +88,10 @@ impl Future for Sleep {
         if this.done {
             return Poll::Ready(());
         }
-        let op = this.op.get_or_insert_with(|| {
-            let ts = Box::new(this.deadline.timespec());
-            let entry = opcode::Timeout::new(&*ts as *const types::Timespec)
-                .flags(types::TimeoutFlags::ABS)
-                .build();
-            // SAFETY: the entry points into the boxed timespec, owned by the op.
-            unsafe { Op::submit(ts, entry) }
-        });
+        let deadline = this.deadline;
+        let op = this.op.get_or_insert_with(|| Op::new(deadline.timer()));
         match Pin::new(op).poll(cx) {
-            Poll::Ready(_) => {
-                // -ETIME is the normal expiry; any other result (it can only be
-                // a cancellation, which needs the op to be dropped) also ends it.
+            Poll::Ready(()) => {
                 this.op = None;
                 this.done = true;
                 Poll::Ready(())
@@ -176,5 +170,31 @@ impl Interval {
             self.next = now + self.period;
         }
         due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_counts_down_to_zero_and_stays_there() {
+        let start = Deadline(Duration::from_secs(100));
+        let deadline = start + Duration::from_millis(1500);
+        assert_eq!(deadline.remaining_from(start), Duration::from_millis(1500));
+        assert_eq!(
+            deadline.remaining_from(start + Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(deadline.remaining_from(deadline), Duration::ZERO);
+        assert_eq!(
+            deadline.remaining_from(deadline + Duration::from_secs(7)),
+            Duration::ZERO
+        );
+        // Adding saturates instead of wrapping.
+        assert_eq!(
+            Deadline(Duration::MAX) + Duration::from_secs(1),
+            Deadline(Duration::MAX)
+        );
     }
 }

@@ -2,8 +2,6 @@
 //! channels with both doorbells, back-pressure, and connection hand-off.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ringwire_runtime::mailbox::{self, channel, MailboxError};
@@ -123,20 +121,15 @@ fn a_full_ring_hands_the_value_back() {
         .mailbox_capacity(2)
         .build()
         .unwrap();
-    let blocked = Arc::new(AtomicBool::new(false));
-    let release = Arc::new(AtomicBool::new(false));
-    let (b2, r2) = (blocked.clone(), release.clone());
-    // Core 1 is kept busy inside one task (deliberately blocking), so it
-    // cannot drain its inbound ring.
+    let (blocked_tx, blocked_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    // Core 1 is kept busy inside one task (deliberately blocking its
+    // thread), so it cannot drain its inbound ring.
     let hold = rt.spawn_on(1, move || async move {
-        b2.store(true, Ordering::Release);
-        while !r2.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        blocked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
     });
-    while !blocked.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    blocked_rx.recv().unwrap();
     let outcome = rt
         .block_on(0, move || async move {
             let mut results = Vec::new();
@@ -147,15 +140,20 @@ fn a_full_ring_hands_the_value_back() {
                 results.push(match r {
                     Ok(()) => "sent",
                     Err(e) if e.is_full() => "full",
-                    Err(_) => "closed",
+                    Err(_) => "refused",
                 });
             }
-            release.store(true, Ordering::Release);
-            results
+            // A core that does not exist: the error `post` reports, not a
+            // panic, and the closure comes back.
+            let missing = mailbox::try_post(9, || {});
+            let missing = missing.err().and_then(|e| e.mailbox_error());
+            release_tx.send(()).unwrap();
+            (results, missing)
         })
         .unwrap();
     hold.join().unwrap();
-    assert_eq!(outcome, vec!["sent", "sent", "full"]);
+    assert_eq!(outcome.0, vec!["sent", "sent", "full"]);
+    assert_eq!(outcome.1, Some(MailboxError::NoSuchCore(9)));
 }
 
 #[test]
@@ -206,10 +204,12 @@ fn a_stream_with_an_armed_receive_cannot_change_cores() {
     let rt = runtime(Doorbell::MsgRing);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let peer = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         s.write_all(b"x").unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // Hold the connection until the client is done.
+        let _ = done_rx.recv();
     });
     let refused = rt
         .block_on(0, move || async move {
@@ -221,6 +221,7 @@ fn a_stream_with_an_armed_receive_cannot_change_cores() {
             }
         })
         .unwrap();
+    done_tx.send(()).unwrap();
     peer.join().unwrap();
     assert!(refused);
 }

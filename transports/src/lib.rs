@@ -17,32 +17,33 @@
 //! mailboxes) and `ringwire-proto` (frames, sessions); neither knows the
 //! other. See `docs/TRANSPORTS.md` for each scheme and operation.
 
-pub mod buf;
 mod clock;
 pub mod config;
 pub mod conn;
 pub mod endpoint;
 pub mod error;
+mod framing;
+mod handle;
 pub mod listener;
 mod mem;
 pub mod peers;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod stats;
+mod stream;
 
 #[doc = include_str!("../../docs/TRANSPORTS.md")]
 pub mod guide {}
 
-use crate::endpoint::Address;
-
-pub use buf::IoBufMut;
 pub use config::{BackPressure, Config, Types};
 pub use conn::{Connection, Incoming, Msg, Receipt, StreamRef};
-pub use endpoint::{Endpoint, EndpointError, Host, Interface, Options, Scheme};
+pub use endpoint::{Address, Endpoint, EndpointError, Host, Interface, Options, Scheme};
 pub use error::Error;
+pub use handle::{ConnHandle, Owned, OwnedAny, Reply};
 pub use listener::Listener;
 pub use peers::Peers;
 pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
+pub use ringwire_runtime::{AlignedBuf, IoBufMut};
 
 /// Listens on `endpoint` on the current core.
 ///
@@ -50,16 +51,21 @@ pub use ringwire_proto::{type_id, Message, PeerInfo, ReplyTo, Schema};
 ///
 /// Off a ringwire core thread.
 pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Error> {
-    let kind = match (endpoint.scheme(), endpoint.address()) {
-        (Scheme::Mem, Address::Mem(name)) => {
-            listener::Kind::Mem(mem::MemListener::bind(endpoint, name, config)?)
+    match (endpoint.scheme(), endpoint.address()) {
+        (Scheme::Mem, Address::Mem(name)) => Ok(Listener {
+            kind: listener::Kind::Mem(mem::MemListener::bind(endpoint, name, config)?),
+            endpoint: endpoint.clone(),
+        }),
+        (Scheme::Tcp | Scheme::Unix, _) => {
+            let l = stream::bind(endpoint, config)?;
+            let endpoint = l.local.clone();
+            Ok(Listener {
+                kind: listener::Kind::Stream(l),
+                endpoint,
+            })
         }
-        (scheme, _) => return Err(not_enabled(scheme)),
-    };
-    Ok(Listener {
-        kind,
-        endpoint: endpoint.clone(),
-    })
+        (scheme, _) => Err(not_enabled(scheme)),
+    }
 }
 
 /// Connects to `endpoint` from the current core; returns once the handshake
@@ -71,6 +77,7 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
 pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection, Error> {
     match (endpoint.scheme(), endpoint.address()) {
         (Scheme::Mem, Address::Mem(name)) => mem::connect(endpoint, name, config).await,
+        (Scheme::Tcp | Scheme::Unix, _) => stream::connect(endpoint, config).await,
         (scheme, _) => Err(not_enabled(scheme)),
     }
 }

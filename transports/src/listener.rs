@@ -45,6 +45,11 @@ impl AcceptQueue {
         }
     }
 
+    /// Whether the listener is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.borrow().closed
+    }
+
     /// No more connections will come.
     pub(crate) fn close(&self) {
         let waker = {
@@ -76,6 +81,7 @@ impl AcceptQueue {
 
 pub(crate) enum Kind {
     Mem(MemListener),
+    Stream(crate::stream::StreamListener),
 }
 
 /// Accepts connections on one endpoint, on the current core. Not `Send`.
@@ -91,6 +97,7 @@ impl Listener {
     pub async fn accept(&mut self) -> Option<Result<Connection, Error>> {
         match &self.kind {
             Kind::Mem(m) => m.queue.next().await,
+            Kind::Stream(s) => s.queue.next().await,
         }
     }
 

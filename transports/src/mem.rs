@@ -200,7 +200,7 @@ fn start(conn: &Rc<Conn>, tx: Sender<Item>, rx: Receiver<Item>) {
 async fn flusher(conn: Rc<Conn>, mut tx: Sender<Item>) {
     while let Some((bufs, messages, bytes)) = conn.next_batch().await {
         let mut items = Vec::with_capacity(bufs.len());
-        let mut bufs = bufs.into_iter().peekable();
+        let mut bufs = bufs.into_iter().map(|t| t.buf).peekable();
         while let Some(buf) = bufs.next() {
             match buf {
                 OutBuf::Pool(b) => items.push(Item::Lent(b.into_remote())),

@@ -2,10 +2,16 @@
 //! per scheme, rejections, connection errors, back-pressure waits and drops,
 //! bulk bytes received direct and by copy, frames assembled by copy.
 //!
-//! Each core owns its own counters (plain `Cell`s in a thread-local, no
-//! atomics on the message path); [`snapshot`] reads the calling core's.
+//! They are the runtime's named per-core counters
+//! ([`ringwire_runtime::Counter`]: plain adds on the calling core, no
+//! atomics), so they appear in every [`CoreStats`](ringwire_runtime::CoreStats)
+//! snapshot and in the Prometheus rendering as
+//! `ringwire_transport_<name>{core,cpu,scheme}`; [`snapshot`] reads the
+//! calling core's as a struct.
 
-use std::cell::Cell;
+use std::sync::OnceLock;
+
+use ringwire_runtime::Counter;
 
 use crate::endpoint::Scheme;
 
@@ -15,84 +21,125 @@ fn idx(s: Scheme) -> usize {
     s as usize
 }
 
-#[derive(Default)]
+/// One counter per scheme.
+type PerScheme = [Counter; SCHEMES];
+
 struct Counters {
-    messages_in: [Cell<u64>; SCHEMES],
-    bytes_in: [Cell<u64>; SCHEMES],
-    messages_out: [Cell<u64>; SCHEMES],
-    bytes_out: [Cell<u64>; SCHEMES],
-    rejected: [Cell<u64>; SCHEMES],
-    connection_errors: [Cell<u64>; SCHEMES],
-    back_pressure_waits: [Cell<u64>; SCHEMES],
-    dropped: [Cell<u64>; SCHEMES],
-    bulk_bytes_direct: [Cell<u64>; SCHEMES],
-    bulk_bytes_copied: [Cell<u64>; SCHEMES],
-    frames_assembled: [Cell<u64>; SCHEMES],
-    frames_direct: [Cell<u64>; SCHEMES],
-    send_pool_empty: Cell<u64>,
+    messages_in: PerScheme,
+    bytes_in: PerScheme,
+    messages_out: PerScheme,
+    bytes_out: PerScheme,
+    rejected: PerScheme,
+    connection_errors: PerScheme,
+    back_pressure_waits: PerScheme,
+    dropped: PerScheme,
+    bulk_bytes_direct: PerScheme,
+    bulk_bytes_copied: PerScheme,
+    frames_assembled: PerScheme,
+    frames_direct: PerScheme,
+    send_pool_empty: Counter,
 }
 
-thread_local! {
-    static COUNTERS: Counters = Counters::default();
+fn per_scheme(name: &str, help: &str) -> PerScheme {
+    Scheme::ALL.map(|s| Counter::register(name, help, &[("scheme", s.name())]))
 }
 
-fn add(f: impl FnOnce(&Counters) -> &Cell<u64>, n: u64) {
-    // A thread that is being torn down has no counters left: nothing to do.
-    let _ = COUNTERS.try_with(|c| {
-        let cell = f(c);
-        cell.set(cell.get().wrapping_add(n));
-    });
+fn counters() -> &'static Counters {
+    static COUNTERS: OnceLock<Counters> = OnceLock::new();
+    COUNTERS.get_or_init(|| Counters {
+        messages_in: per_scheme("transport_messages_in_total", "messages received"),
+        bytes_in: per_scheme("transport_bytes_in_total", "payload bytes received"),
+        messages_out: per_scheme("transport_messages_out_total", "messages sent"),
+        bytes_out: per_scheme("transport_bytes_out_total", "frame bytes sent"),
+        rejected: per_scheme(
+            "transport_rejected_total",
+            "messages dropped on arrival (failed validation, unknown type)",
+        ),
+        connection_errors: per_scheme(
+            "transport_connection_errors_total",
+            "connections that ended with an error",
+        ),
+        back_pressure_waits: per_scheme(
+            "transport_back_pressure_waits_total",
+            "sends that waited for room in a full send queue",
+        ),
+        dropped: per_scheme(
+            "transport_dropped_total",
+            "messages dropped by the drop-newest policy or a full queue",
+        ),
+        bulk_bytes_direct: per_scheme(
+            "transport_bulk_bytes_direct_total",
+            "bulk bytes received by the kernel straight into their destination",
+        ),
+        bulk_bytes_copied: per_scheme(
+            "transport_bulk_bytes_copied_total",
+            "bulk bytes copied into their destination",
+        ),
+        frames_assembled: per_scheme(
+            "transport_frames_assembled_total",
+            "frames assembled by copying because they spanned receive buffers",
+        ),
+        frames_direct: per_scheme(
+            "transport_frames_direct_total",
+            "frames received straight into a buffer of their size",
+        ),
+        send_pool_empty: Counter::register(
+            "transport_send_pool_empty_total",
+            "frames encoded into heap memory because the send pool was empty",
+            &[],
+        ),
+    })
 }
 
 pub(crate) fn message_in(s: Scheme, bytes: usize) {
-    add(|c| &c.messages_in[idx(s)], 1);
-    add(|c| &c.bytes_in[idx(s)], bytes as u64);
+    let c = counters();
+    c.messages_in[idx(s)].add(1);
+    c.bytes_in[idx(s)].add(bytes as u64);
 }
 
 pub(crate) fn message_out(s: Scheme, bytes: usize) {
-    add(|c| &c.messages_out[idx(s)], 1);
-    add(|c| &c.bytes_out[idx(s)], bytes as u64);
+    let c = counters();
+    c.messages_out[idx(s)].add(1);
+    c.bytes_out[idx(s)].add(bytes as u64);
 }
 
 pub(crate) fn message_rejected(s: Scheme) {
-    add(|c| &c.rejected[idx(s)], 1);
+    counters().rejected[idx(s)].add(1);
 }
 
 pub(crate) fn connection_error(s: Scheme) {
-    add(|c| &c.connection_errors[idx(s)], 1);
+    counters().connection_errors[idx(s)].add(1);
 }
 
 pub(crate) fn back_pressure_wait(s: Scheme) {
-    add(|c| &c.back_pressure_waits[idx(s)], 1);
+    counters().back_pressure_waits[idx(s)].add(1);
 }
 
 pub(crate) fn dropped(s: Scheme) {
-    add(|c| &c.dropped[idx(s)], 1);
+    counters().dropped[idx(s)].add(1);
 }
 
 /// A bulk segment of `total` bytes arrived, `direct` of them received by
 /// the kernel straight into the destination.
 pub(crate) fn bulk_in(s: Scheme, total: usize, direct: usize) {
-    add(|c| &c.bulk_bytes_direct[idx(s)], direct as u64);
-    add(
-        |c| &c.bulk_bytes_copied[idx(s)],
-        total.saturating_sub(direct) as u64,
-    );
+    let c = counters();
+    c.bulk_bytes_direct[idx(s)].add(direct as u64);
+    c.bulk_bytes_copied[idx(s)].add(total.saturating_sub(direct) as u64);
 }
 
 /// A frame spanning receive buffers was assembled by copying.
 pub(crate) fn frame_assembled(s: Scheme) {
-    add(|c| &c.frames_assembled[idx(s)], 1);
+    counters().frames_assembled[idx(s)].add(1);
 }
 
 /// A frame larger than the rest of its receive buffer was received straight
 /// into a buffer of its size.
 pub(crate) fn frame_direct(s: Scheme) {
-    add(|c| &c.frames_direct[idx(s)], 1);
+    counters().frames_direct[idx(s)].add(1);
 }
 
 pub(crate) fn send_pool_empty() {
-    add(|c| &c.send_pool_empty, 1);
+    counters().send_pool_empty.add(1);
 }
 
 /// One scheme's counters on one core.
@@ -144,30 +191,34 @@ impl TransportStats {
     }
 }
 
-/// A snapshot of the calling core's transport counters.
+/// A snapshot of the calling core's transport counters (all zero off a
+/// ringwire core).
 pub fn snapshot() -> TransportStats {
-    COUNTERS
-        .try_with(|c| {
-            let mut out = TransportStats::default();
-            for s in Scheme::ALL {
-                let i = idx(s);
-                out.schemes[i] = SchemeStats {
-                    messages_in: c.messages_in[i].get(),
-                    bytes_in: c.bytes_in[i].get(),
-                    messages_out: c.messages_out[i].get(),
-                    bytes_out: c.bytes_out[i].get(),
-                    rejected: c.rejected[i].get(),
-                    connection_errors: c.connection_errors[i].get(),
-                    back_pressure_waits: c.back_pressure_waits[i].get(),
-                    dropped: c.dropped[i].get(),
-                    bulk_bytes_direct: c.bulk_bytes_direct[i].get(),
-                    bulk_bytes_copied: c.bulk_bytes_copied[i].get(),
-                    frames_assembled: c.frames_assembled[i].get(),
-                    frames_direct: c.frames_direct[i].get(),
-                };
-            }
-            out.send_pool_empty = c.send_pool_empty.get();
-            out
-        })
-        .unwrap_or_default()
+    let c = counters();
+    let mut out = TransportStats::default();
+    for s in Scheme::ALL {
+        let i = idx(s);
+        out.schemes[i] = SchemeStats {
+            messages_in: c.messages_in[i].get(),
+            bytes_in: c.bytes_in[i].get(),
+            messages_out: c.messages_out[i].get(),
+            bytes_out: c.bytes_out[i].get(),
+            rejected: c.rejected[i].get(),
+            connection_errors: c.connection_errors[i].get(),
+            back_pressure_waits: c.back_pressure_waits[i].get(),
+            dropped: c.dropped[i].get(),
+            bulk_bytes_direct: c.bulk_bytes_direct[i].get(),
+            bulk_bytes_copied: c.bulk_bytes_copied[i].get(),
+            frames_assembled: c.frames_assembled[i].get(),
+            frames_direct: c.frames_direct[i].get(),
+        };
+    }
+    out.send_pool_empty = c.send_pool_empty.get();
+    out
+}
+
+/// Registers the transport counters, so that they appear (at zero) in
+/// snapshots and Prometheus output before the first connection. Idempotent.
+pub fn register() {
+    let _ = counters();
 }

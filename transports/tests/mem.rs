@@ -291,9 +291,14 @@ fn back_pressure_policies_bound_the_queue_and_count_drops() {
             let mut l = listen(&server_ep, &cfg).await.unwrap();
             tx.send(()).unwrap();
             let conn = l.accept().await.unwrap().unwrap();
-            // Do not read until told to.
-            while go_rx.try_recv().is_err() {
-                ringwire_runtime::time::sleep(std::time::Duration::from_millis(1)).await;
+            // Do not read until told to (Wait: read after a pause on its
+            // own, so the blocked sender is released).
+            if policy == BackPressure::Wait {
+                ringwire_runtime::time::sleep(std::time::Duration::from_millis(50)).await;
+            } else {
+                while go_rx.try_recv().is_err() {
+                    ringwire_runtime::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
             }
             let mut n = 0;
             while let Ok(m) = conn.recv::<Order>().await {
@@ -316,9 +321,6 @@ fn back_pressure_policies_bound_the_queue_and_count_drops() {
                     200
                 };
                 for i in 0..attempts {
-                    if policy == BackPressure::Wait && i == 20 {
-                        go_tx.send(()).unwrap();
-                    }
                     match conn.send(&order(i)).await {
                         Ok(r) if r.dropped() => dropped += 1,
                         Ok(_) => sent += 1,
@@ -335,6 +337,12 @@ fn back_pressure_policies_bound_the_queue_and_count_drops() {
                 }
                 if policy != BackPressure::Wait {
                     go_tx.send(()).unwrap();
+                }
+                let waits = ringwire_transports::stats::snapshot()
+                    .scheme(ringwire_transports::Scheme::Mem)
+                    .back_pressure_waits;
+                if policy == BackPressure::Wait {
+                    assert!(waits > 0, "the sender waited for room");
                 }
                 let mut last = order(0);
                 last.id = u64::MAX;
@@ -371,4 +379,45 @@ fn back_pressure_policies_bound_the_queue_and_count_drops() {
         }
         shutdown(rt);
     }
+}
+
+#[test]
+fn a_reader_that_stops_for_longer_than_the_idle_timeout_keeps_its_connection() {
+    use std::time::Duration;
+    let rt = runtime();
+    let ep: Endpoint = format!("mem://{}?capacity=2", unique("slow"))
+        .parse()
+        .unwrap();
+    let server_ep = ep.clone();
+    let cfg = || {
+        config()
+            .keepalive(Duration::from_millis(20), Duration::from_millis(100))
+            .recv_queue(2, 1 << 20)
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = rt.spawn_on(1, move || async move {
+        let mut l = listen(&server_ep, &cfg()).await.unwrap();
+        tx.send(()).unwrap();
+        let conn = l.accept().await.unwrap().unwrap();
+        // Ten idle timeouts without reading: the connection is held back,
+        // not lost.
+        ringwire_runtime::time::sleep(Duration::from_millis(1000)).await;
+        let mut n = 0;
+        for _ in 0..50 {
+            conn.recv::<Order>().await.unwrap();
+            n += 1;
+        }
+        n
+    });
+    rx.recv().unwrap();
+    rt.block_on(0, move || async move {
+        let conn = connect(&ep, &cfg()).await.unwrap();
+        for i in 0..50 {
+            conn.send(&order(i)).await.unwrap();
+        }
+        conn.send_acked(&order(50)).await.unwrap();
+    })
+    .unwrap();
+    assert_eq!(server.join().unwrap(), 50);
+    shutdown(rt);
 }

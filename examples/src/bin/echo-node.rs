@@ -184,10 +184,7 @@ fn run(cfg: Config) -> io::Result<()> {
                     spawn_local(accept_loop(listener, wire, max_message));
                 }
                 Accept::Handoff if core == 0 => {
-                    let opts = TcpListenOptions {
-                        reuse_port: false,
-                        ..TcpListenOptions::default()
-                    };
+                    let opts = TcpListenOptions::default().reuse_port(false);
                     let listener = TcpListener::bind_with(listen, &opts)?;
                     spawn_local(handoff_loop(listener, cores, wire, max_message));
                 }
@@ -201,10 +198,15 @@ fn run(cfg: Config) -> io::Result<()> {
     for r in bound {
         r.map_err(io::Error::other)??;
     }
+    let cpus: Vec<String> = rt
+        .cpus()
+        .into_iter()
+        .map(|c| c.map_or_else(|| "unpinned".to_string(), |c| c.to_string()))
+        .collect();
     println!(
-        "echo-node listening on {listen} ({wire:?}) with {} cores on CPUs {:?}, idle {:?}",
+        "echo-node listening on {listen} ({wire:?}) with {} cores on CPUs [{}], idle {:?}",
         rt.core_count(),
-        rt.cpus(),
+        cpus.join(", "),
         cfg.idle
     );
     tracing::info!(features = ?rt.ring_features(), "ring features");

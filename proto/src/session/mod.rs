@@ -169,6 +169,16 @@ impl<B: AsMut<[u8]>> Session<B> {
         Ok(())
     }
 
+    /// The transport holds input back on purpose (flow control: the
+    /// application is not reading). Silence since `now` is not the peer's
+    /// doing, so the idle timeout restarts from `now`; call it again while
+    /// input stays held.
+    pub fn input_held(&mut self, now: Instant) {
+        if self.core.last_rx < now {
+            self.core.last_rx = now;
+        }
+    }
+
     /// The transport saw the connection end (EOF, reset). The session stays
     /// resumable.
     pub fn connection_lost(&mut self, _now: Instant) {

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
+use crate::error::StartError;
+
 // The raw-pointer writes in `BufRing::push` rely on the kernel's 16-byte
 // `struct io_uring_buf`.
 const _: () = assert!(std::mem::size_of::<BufRingEntry>() == 16);
@@ -49,8 +51,9 @@ impl BufMem {
 impl Drop for BufMem {
     fn drop(&mut self) {
         // SAFETY: allocated in `BufRing::new` with this layout; the last
-        // reference is gone, and the ring that could write into it is closed
-        // (a core whose kernel operations did not drain leaks its reference).
+        // reference is gone, and no receive can write into it any more: a
+        // `BufRing` that is still registered (or whose core did not drain its
+        // operations) leaks a reference instead of dropping it.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
@@ -67,41 +70,50 @@ pub(crate) struct BufRing {
     tail: u16,
     /// Buffers currently in the kernel's hands (free for receives).
     available: u16,
+    /// The entry array is registered with a ring (which may outlive the
+    /// core: other cores hold a duplicate of the ring's descriptor).
+    registered: bool,
 }
 
 impl BufRing {
     /// Allocates `count` buffers of `size` bytes and registers them with `ring`.
-    pub(crate) fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<BufRing> {
+    pub(crate) fn new(ring: &IoUring, count: u16, size: u32) -> Result<BufRing, StartError> {
         if count == 0 || !count.is_power_of_two() || count > 32768 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("receive buffer count must be a power of two in 1..=32768, got {count}"),
-            ));
+            return Err(StartError::RecvBufferCount { count });
         }
         if size == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "receive buffer size must not be zero",
-            ));
+            return Err(StartError::ZeroBufferSize { what: "receive" });
         }
-        let entries_layout = Layout::from_size_align(
-            usize::from(count) * std::mem::size_of::<BufRingEntry>(),
-            PAGE,
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mem_layout = Layout::from_size_align(usize::from(count) * size as usize, PAGE)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let ring_bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
+        let mem_bytes = usize::from(count) * size as usize;
+        let entries_layout =
+            Layout::from_size_align(ring_bytes, PAGE).map_err(|_| StartError::BufferMemory {
+                what: "receive ring",
+                bytes: ring_bytes,
+            })?;
+        let mem_layout =
+            Layout::from_size_align(mem_bytes, PAGE).map_err(|_| StartError::BufferMemory {
+                what: "receive",
+                bytes: mem_bytes,
+            })?;
         // SAFETY: both layouts have a non-zero size (count >= 1, size >= 1).
         let entries = NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) })
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?
+            .ok_or(StartError::BufferMemory {
+                what: "receive ring",
+                bytes: ring_bytes,
+            })?
             .cast::<BufRingEntry>();
         // SAFETY: as above.
         let mem = match NonNull::new(unsafe { alloc::alloc_zeroed(mem_layout) }) {
             Some(m) => m,
             None => {
-                // SAFETY: `entries` was allocated just above with this layout.
+                // SAFETY: `entries` was allocated just above with this layout
+                // and is not registered yet.
                 unsafe { alloc::dealloc(entries.as_ptr().cast(), entries_layout) };
-                return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+                return Err(StartError::BufferMemory {
+                    what: "receive",
+                    bytes: mem_bytes,
+                });
             }
         };
         let mut ring_bufs = BufRing {
@@ -116,29 +128,37 @@ impl BufRing {
             size,
             tail: 0,
             available: 0,
+            registered: false,
         };
         // SAFETY: the entry array is page aligned, `count` entries long, and
-        // lives until `Drop for BufRing`, which the core runs only after the
-        // ring is closed (the driver is dropped first).
+        // is freed only once unregistered (see `Drop for BufRing`).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(entries.as_ptr() as u64, count, BGID, 0)
         }
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "registering a provided buffer ring of {count} x {size} bytes failed ({e}); \
-                     the locked-memory limit (ulimit -l) is {}",
-                    super::describe_memlock()
-                ),
-            )
+        .map_err(|error| StartError::RegisterRecvBuffers {
+            count,
+            size,
+            memlock: crate::sys::memlock_limit(),
+            error,
         })?;
+        ring_bufs.registered = true;
         for bid in 0..count {
             ring_bufs.push(bid);
         }
         ring_bufs.publish();
         Ok(ring_bufs)
+    }
+
+    /// Unregisters the buffer ring from `ring`, so that its memory may be
+    /// freed. Call only once the kernel has finished every receive that could
+    /// pick a buffer from it.
+    pub(crate) fn unregister(&mut self, ring: &IoUring) -> io::Result<()> {
+        if self.registered {
+            ring.submitter().unregister_buf_ring(BGID)?;
+            self.registered = false;
+        }
+        Ok(())
     }
 
     /// Total number of buffers.
@@ -211,8 +231,15 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; the ring that read it is
-        // closed before the core drops this (field order of `Core`).
+        if self.registered {
+            // The ring context may outlive this core (a duplicate of its
+            // descriptor is held for doorbells) and still reads the entries
+            // and writes into the buffers: leak both rather than free them.
+            std::mem::forget(self.mem.clone());
+            return;
+        }
+        // SAFETY: allocated in `new` with this layout; unregistered, so the
+        // kernel no longer reads it.
         unsafe { alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout) };
     }
 }

@@ -1,161 +1,155 @@
 //! The per-core io_uring driver.
 //!
-//! One [`Driver`] per core owns that core's ring and the table of operations
-//! in flight. Each submission carries the key of its slot in that table as
-//! `user_data`; a completion is dispatched back to the slot, whose
-//! [`Lifecycle`] says what to do with it:
+//! One [`Context`] per core owns that core's ring and table of operations in
+//! flight ([`Driver`]), its provided buffer ring ([`bufring`]) and its pool of
+//! registered send buffers ([`sendpool`]). Code on the core reaches it through
+//! [`with`] / [`try_with`] while the core's loop runs.
 //!
-//! ```text
-//! Submitted --poll--> Waiting(waker) --CQE--> Completed(cqe) --poll--> (slot freed)
-//!     \                   |
-//!      \--future dropped--+--> Ignored(resources) --final CQE--> (resources dropped, slot freed)
-//! ```
+//! Every submission carries a `user_data` from the tag space of [`tags`]:
+//! mostly the key of its slot in the operation table. A completion goes back
+//! to its slot, whose [`lifecycle`] (a pure state machine) says what to do
+//! with it. Operation types ([`op`]) build their own SQEs from data they own,
+//! which is where the "everything the SQE names outlives the operation"
+//! contract is argued, once per type.
 //!
-//! Operations own their buffers and addresses ([`op::Op`]): when the future
-//! that started an operation is dropped before its completion, the resources
-//! move into the slot and stay there until the kernel is done with them, and an
-//! `ASYNC_CANCEL` is submitted. A descriptor returned by a late completion
-//! (accept, connect) is closed. Multishot operations keep a queue of
-//! completions in their slot ([`Multi`]).
+//! Files, by concern: [`setup`] (ring creation, flag and opcode probing),
+//! [`submit`] (pushing SQEs, the backlog, `io_uring_enter`), [`complete`]
+//! (reaping completions and dispatching them to slots), [`lifecycle`],
+//! [`op`] (one file per operation type), [`bufring`], [`sendpool`], [`tags`].
 //!
-//! The order of calls per loop turn is: ops push SQEs while tasks run
-//! ([`Driver::push`]), then the executor calls [`Driver::enter`] once, which
-//! submits and reaps in one `io_uring_enter`, then [`Driver::dispatch`].
+//! The order of calls per loop turn is: operations push SQEs while tasks
+//! run, then the loop calls [`Driver::enter`] once (submit and reap in one
+//! `io_uring_enter`), then [`Context::dispatch`].
 
 pub(crate) mod bufring;
+mod complete;
+pub(crate) mod lifecycle;
 pub(crate) mod op;
 pub(crate) mod sendpool;
+mod setup;
+mod submit;
+pub(crate) mod tags;
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io;
 use std::os::fd::RawFd;
-use std::task::Waker;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{squeue, IoUring};
 use slab::Slab;
 
-use crate::mailbox::doorbell::{DOORBELL_LOW_MASK, DOORBELL_SOURCE_BIT, DOORBELL_TARGET_BIT};
-use crate::stats::Stats;
+use self::bufring::BufRing;
+use self::lifecycle::{Multishot, Single};
+use self::op::eventfd_read::WakeRead;
+use self::sendpool::SendPool;
+pub(crate) use self::setup::RingConfig;
+pub use self::setup::RingFeatures;
+use crate::error::StartError;
+use crate::scoped::scoped_thread_local;
 
-/// `user_data` of completions nobody waits for (cancel requests).
-pub(crate) const TAG_IGNORE: u64 = u64::MAX;
-/// `user_data` of the eventfd read that wakes a parked core from other threads.
-pub(crate) const TAG_WAKE: u64 = u64::MAX - 1;
-/// `IORING_ENTER_GETEVENTS`: run deferred task work and reap completions.
-const IORING_ENTER_GETEVENTS: u32 = 1;
-/// Set in a zero-copy notification's result when the kernel copied anyway.
-const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
-
-/// One completion, copied out of the completion queue.
+/// How sockets on a core receive and send (switches kept for A/B measurement).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Cqe {
-    pub(crate) result: i32,
-    pub(crate) flags: u32,
-}
-
-impl Cqe {
-    /// The result as an `io::Result`: negative values are `-errno`.
-    pub(crate) fn io_result(&self) -> io::Result<u32> {
-        if self.result < 0 {
-            Err(io::Error::from_raw_os_error(-self.result))
-        } else {
-            Ok(self.result as u32)
-        }
-    }
-}
-
-/// State of a multishot operation's slot.
-#[derive(Default)]
-pub(crate) struct Multi {
-    /// Completions not yet taken by the owner.
-    pub(crate) queue: VecDeque<Cqe>,
-    /// Task to wake when a completion arrives.
-    pub(crate) waker: Option<Waker>,
-    /// Whether an SQE for this slot is in the kernel (no terminal CQE yet).
-    pub(crate) armed: bool,
-    /// Stopped for lack of buffers; waiting in the driver's starved list.
-    pub(crate) starved: bool,
-}
-
-/// Where an operation is in its life.
-pub(crate) enum Lifecycle {
-    /// In the kernel; nobody has polled it yet.
-    Submitted,
-    /// In the kernel; this task waits for it.
-    Waiting(Waker),
-    /// Done; the result waits for the owner's next poll.
-    Completed(Cqe),
-    /// A zero-copy send reported its result; the buffer stays with the
-    /// kernel until the notification CQE, which completes the op.
-    Notif(Cqe, Option<Waker>),
-    /// The owner went away; these resources stay until the final CQE.
-    Ignored(Box<dyn Any>),
-    /// A multishot operation.
-    Multi(Multi),
+pub(crate) struct IoConfig {
+    /// Multishot receive (one SQE per socket) rather than one SQE per receive.
+    pub(crate) recv_multishot: bool,
+    /// Send pool buffers through the registered-buffer path.
+    pub(crate) fixed_send: bool,
+    /// Sends of at least this many bytes use SEND_ZC.
+    pub(crate) zc_threshold: Option<usize>,
 }
 
 /// One slot of the operation table.
-pub(crate) struct Slot {
-    pub(crate) state: Lifecycle,
-    /// The operation returns a descriptor that must be closed if nobody takes it.
-    pub(crate) returns_fd: bool,
+pub(crate) enum Slot {
+    /// A single-shot operation.
+    Single(Single),
+    /// A multishot operation, with the SQE that (re-)arms it.
+    Multi(Box<MultiSlot>),
 }
 
-/// Ring set-up options, derived from the runtime builder.
-#[derive(Clone, Debug)]
-pub(crate) struct RingConfig {
-    pub(crate) entries: u32,
-    pub(crate) sqpoll_idle_ms: Option<u32>,
-    pub(crate) buf_count: u16,
-    pub(crate) buf_size: u32,
-    pub(crate) send_count: u16,
-    pub(crate) send_size: u32,
+/// A multishot operation's slot.
+pub(crate) struct MultiSlot {
+    pub(crate) life: Multishot,
+    /// The SQE that arms it (without `user_data`), re-submitted on re-arm.
+    /// It names only what the operation's owner keeps alive while the slot is
+    /// not abandoned (see [`op::multishot`]).
+    pub(crate) entry: squeue::Entry,
 }
 
-/// Which optional ring features this core ended up with.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RingFeatures {
-    /// `IORING_SETUP_SINGLE_ISSUER` is on.
-    pub single_issuer: bool,
-    /// `IORING_SETUP_COOP_TASKRUN` is on.
-    pub coop_taskrun: bool,
-    /// `IORING_SETUP_DEFER_TASKRUN` is on.
-    pub defer_taskrun: bool,
-    /// `IORING_SETUP_SQPOLL` is on.
-    pub sqpoll: bool,
-    /// `IORING_OP_SEND_ZC` is supported.
-    pub send_zc: bool,
-}
-
-/// The per-core io_uring driver: ring plus table of operations in flight.
+/// The ring and the table of operations in flight.
 pub(crate) struct Driver {
     ring: IoUring,
     slots: Slab<Slot>,
-    /// Multishot receives that ended for lack of buffers, to re-arm once
-    /// buffers come back.
-    pub(crate) starved: Vec<(usize, RawFd)>,
-    /// Resources of finished ignored ops, dropped after the driver borrow ends.
-    pub(crate) graveyard: Vec<Box<dyn Any>>,
+    /// Multishot slots that stopped for lack of provided buffers.
+    starved: Vec<usize>,
+    /// Resources of finished abandoned operations, dropped by the loop after
+    /// the driver borrow ends.
+    graveyard: Vec<Box<dyn Any>>,
     /// SQEs that did not fit the submission queue, in order.
     backlog: VecDeque<squeue::Entry>,
     /// Doorbell tokens received through MSG_RING this turn.
-    pub(crate) doorbells: Vec<u64>,
+    doorbells: Vec<u64>,
     /// Target cores of MSG_RING doorbells that failed (to ring by eventfd).
-    pub(crate) failed_doorbells: Vec<usize>,
-    /// 8-byte target of the wake eventfd read. Leaked on purpose (8 bytes per
-    /// core): the kernel may finish cancelling the read after the ring closes.
-    wake_buf: &'static mut u64,
-    wake_fd: RawFd,
-    pub(crate) features: RingFeatures,
+    failed_doorbells: Vec<usize>,
+    /// The read of the control eventfd that wakes a parked core.
+    wake: WakeRead,
+    features: RingFeatures,
 }
 
-impl Driver {
-    /// Creates the ring, probing the optional flags from most to least
-    /// capable, and checks that every opcode the runtime needs is there.
-    pub(crate) fn new(cfg: &RingConfig, wake_fd: RawFd) -> io::Result<Driver> {
-        let (ring, mut features) = build_ring(cfg)?;
-        features.send_zc = check_opcodes(&ring)?;
+/// Everything the driver owns on one core.
+///
+/// Field order matters for drop: the driver (and with it the ring) goes
+/// before the buffer memory the ring points into; see [`Context::close`] for
+/// the orderly end.
+pub(crate) struct Context {
+    pub(crate) driver: RefCell<Driver>,
+    pub(crate) bufs: RefCell<BufRing>,
+    pub(crate) pool: RefCell<SendPool>,
+    pub(crate) io: IoConfig,
+    /// Streams with a receive started (a proxy for how many completions a
+    /// busy loop turn can expect).
+    receiving: Cell<usize>,
+}
+
+scoped_thread_local!(static CURRENT: Context);
+
+/// Runs `f` with the current core's driver.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+#[inline]
+pub(crate) fn with<R>(f: impl FnOnce(&Context) -> R) -> R {
+    CURRENT.with(f)
+}
+
+/// Runs `f` with the current core's driver, if on a core.
+#[inline]
+pub(crate) fn try_with<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
+    CURRENT.try_with(f)
+}
+
+impl Context {
+    /// Creates the ring (probing flags and opcodes), registers the provided
+    /// buffer ring and the send pool, and arms the read of `wake_fd`, the
+    /// core's control eventfd.
+    ///
+    /// # Safety
+    ///
+    /// `wake_fd` must stay open for as long as the ring context may consume
+    /// the read's SQE: until the last descriptor of the ring (this driver's,
+    /// and any duplicate of it) is closed.
+    pub(crate) unsafe fn new(
+        cfg: &RingConfig,
+        io: IoConfig,
+        wake_fd: RawFd,
+    ) -> Result<Self, StartError> {
+        let (ring, features) = setup::build_ring(cfg)?;
+        let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size)?;
+        let pool = SendPool::new(&ring, cfg.send_count, cfg.send_size)?;
+        let mut io = io;
+        if !features.send_zc {
+            io.zc_threshold = None;
+        }
         let mut driver = Driver {
             ring,
             slots: Slab::with_capacity(256),
@@ -164,23 +158,111 @@ impl Driver {
             backlog: VecDeque::new(),
             doorbells: Vec::new(),
             failed_doorbells: Vec::new(),
-            wake_buf: Box::leak(Box::new(0)),
-            wake_fd,
+            // SAFETY: forwarded from this function's contract.
+            wake: unsafe { WakeRead::new(wake_fd) },
             features,
         };
         driver.arm_wake();
-        Ok(driver)
+        Ok(Context {
+            driver: RefCell::new(driver),
+            bufs: RefCell::new(bufs),
+            pool: RefCell::new(pool),
+            io,
+            receiving: Cell::new(0),
+        })
     }
 
-    /// The ring's descriptor (the target of other cores' MSG_RING doorbells).
+    /// Publishes `self` as the current core's driver while `f` runs.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.set(self, f)
+    }
+
+    /// Streams with a receive started.
+    pub(crate) fn receiving_streams(&self) -> usize {
+        self.receiving.get()
+    }
+
+    /// A stream started receiving (`true`) or stopped (`false`).
+    pub(crate) fn count_receiving(&self, started: bool) {
+        let n = self.receiving.get();
+        self.receiving
+            .set(if started { n + 1 } else { n.saturating_sub(1) });
+    }
+
+    /// Takes the resources of finished abandoned operations, for the loop to
+    /// drop outside any borrow.
+    pub(crate) fn take_graveyard(&self) -> Vec<Box<dyn Any>> {
+        let mut d = self.driver.borrow_mut();
+        if d.graveyard.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut d.graveyard)
+    }
+
+    /// Re-arms multishot receives that stopped for lack of buffers, once
+    /// buffers are back.
+    pub(crate) fn rearm_starved(&self) {
+        if self.bufs.borrow().available() == 0 {
+            return;
+        }
+        let mut driver = self.driver.borrow_mut();
+        if !driver.starved.is_empty() {
+            driver.rearm_starved();
+        }
+    }
+
+    /// Doorbell tokens and failed doorbell targets collected by the last
+    /// dispatch.
+    pub(crate) fn take_doorbells(&self) -> Option<(Vec<u64>, Vec<usize>)> {
+        let mut d = self.driver.borrow_mut();
+        if d.doorbells.is_empty() && d.failed_doorbells.is_empty() {
+            return None;
+        }
+        Some((
+            std::mem::take(&mut d.doorbells),
+            std::mem::take(&mut d.failed_doorbells),
+        ))
+    }
+
+    /// Ends the driver once the loop is over: with every operation finished
+    /// (`ops_leaked == 0`), unregisters the buffer ring and the send buffers
+    /// (the ring context may outlive this core: other cores hold a duplicate
+    /// of its descriptor for doorbells) and frees their memory; otherwise, or
+    /// when send buffers are still lent to other cores, leaks the memory
+    /// rather than free it while the kernel or another core may use it.
+    pub(crate) fn close(self, ops_leaked: usize) {
+        let Context {
+            driver, bufs, pool, ..
+        } = self;
+        let driver = driver.into_inner();
+        let mut bufs = bufs.into_inner();
+        let mut pool = pool.into_inner();
+        if ops_leaked == 0 {
+            if let Err(e) = bufs.unregister(&driver.ring) {
+                tracing::warn!(error = %e, "unregistering the buffer ring failed; its memory is leaked");
+            }
+            if let Err(e) = pool.unregister(&driver.ring) {
+                tracing::warn!(error = %e, "unregistering the send buffers failed; their memory is leaked");
+            }
+        }
+        // Registered or possibly in use: the buffer ring and pool leak their
+        // memory in their `Drop`; unregistered and idle: freed.
+        drop(driver);
+        drop(bufs);
+        drop(pool);
+    }
+}
+
+impl Driver {
+    /// The ring's descriptor (duplicated for other cores' MSG_RING doorbells).
     pub(crate) fn ring_fd(&self) -> RawFd {
         use std::os::fd::AsRawFd;
         self.ring.as_raw_fd()
     }
 
-    /// The ring, for registering buffers.
-    pub(crate) fn ring(&self) -> &IoUring {
-        &self.ring
+    /// Which optional ring features this core got.
+    pub(crate) fn features(&self) -> RingFeatures {
+        self.features
     }
 
     /// Number of operations whose slots are still taken (in flight or unread).
@@ -195,198 +277,11 @@ impl Driver {
     pub(crate) fn ops_in_kernel(&self) -> usize {
         self.slots
             .iter()
-            .filter(|(_, s)| match &s.state {
-                Lifecycle::Completed(_) => false,
-                Lifecycle::Multi(m) => m.armed,
-                _ => true,
+            .filter(|(_, s)| match s {
+                Slot::Single(s) => s.in_kernel(),
+                Slot::Multi(m) => m.life.in_kernel(),
             })
             .count()
-    }
-
-    /// Re-arms the read of the wake eventfd.
-    fn arm_wake(&mut self) {
-        let buf: *mut u64 = &mut *self.wake_buf;
-        let entry = opcode::Read::new(types::Fd(self.wake_fd), buf.cast(), 8)
-            .build()
-            .user_data(TAG_WAKE);
-        // SAFETY: `wake_buf` is leaked, so it outlives any read the kernel may
-        // still perform, and the eventfd is kept open by the core's shared
-        // state, which outlives the ring.
-        unsafe { self.push_raw(&entry) };
-    }
-
-    /// Pushes an SQE, submitting first when the submission queue is full.
-    ///
-    /// # Safety
-    ///
-    /// Every buffer, address and descriptor the entry names must stay valid
-    /// until its completion arrives.
-    pub(crate) unsafe fn push_raw(&mut self, entry: &squeue::Entry) {
-        if self.backlog.is_empty() {
-            // SAFETY: forwarded from this function's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return;
-            }
-            // Queue full: hand what is there to the kernel and retry once.
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if is_transient(&e) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "io_uring submit failed while the SQ was full")
-                }
-            }
-            // SAFETY: as above.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return;
-            }
-        }
-        // Still full (the kernel refuses more while completions wait to be
-        // reaped): keep the entry, in order, for the next `enter`, which
-        // pushes the backlog after the loop has reaped completions.
-        self.backlog.push_back(entry.clone());
-    }
-
-    /// Moves backlogged SQEs into the submission queue while there is room.
-    fn flush_backlog(&mut self) {
-        while let Some(entry) = self.backlog.front() {
-            // SAFETY: backlogged entries were pushed through `push_raw`,
-            // whose callers keep what they name alive until completion.
-            if unsafe { self.ring.submission().push(entry) }.is_err() {
-                return;
-            }
-            self.backlog.pop_front();
-        }
-    }
-
-    /// Takes a slot and pushes the entry built for it.
-    ///
-    /// # Safety
-    ///
-    /// As for [`push_raw`](Self::push_raw): the caller keeps everything the
-    /// entry names alive until completion (the [`op::Op`] machinery does).
-    pub(crate) unsafe fn submit(
-        &mut self,
-        state: Lifecycle,
-        returns_fd: bool,
-        build: impl FnOnce() -> squeue::Entry,
-    ) -> usize {
-        let key = self.slots.insert(Slot { state, returns_fd });
-        debug_assert!((key as u64) < DOORBELL_SOURCE_BIT);
-        let entry = build().user_data(key as u64);
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.push_raw(&entry) };
-        key
-    }
-
-    /// Pushes another SQE for an existing (multishot) slot.
-    ///
-    /// # Safety
-    ///
-    /// As for [`push_raw`](Self::push_raw).
-    pub(crate) unsafe fn resubmit(&mut self, key: usize, entry: squeue::Entry) {
-        let entry = entry.user_data(key as u64);
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.push_raw(&entry) };
-    }
-
-    /// Access to a slot.
-    pub(crate) fn slot_mut(&mut self, key: usize) -> &mut Slot {
-        &mut self.slots[key]
-    }
-
-    /// Frees a slot whose operation is finished.
-    pub(crate) fn remove(&mut self, key: usize) -> Slot {
-        self.slots.remove(key)
-    }
-
-    /// Asks the kernel to cancel the operation in `key`.
-    pub(crate) fn cancel(&mut self, key: usize) {
-        let entry = opcode::AsyncCancel::new(key as u64)
-            .build()
-            .user_data(TAG_IGNORE);
-        // SAFETY: a cancel request names no memory, only a user_data value.
-        unsafe { self.push_raw(&entry) };
-    }
-
-    /// The owner of `key` went away: keep `data` until the kernel is done.
-    pub(crate) fn abandon(&mut self, key: usize, data: Box<dyn Any>) {
-        let slot = &mut self.slots[key];
-        match slot.state {
-            Lifecycle::Completed(cqe) => {
-                if slot.returns_fd && cqe.result >= 0 {
-                    crate::sys::close(cqe.result);
-                }
-                self.slots.remove(key);
-                self.graveyard.push(data);
-            }
-            _ => {
-                slot.state = Lifecycle::Ignored(data);
-                self.cancel(key);
-            }
-        }
-    }
-
-    /// Submits queued SQEs and collects completions in one `io_uring_enter`.
-    /// `wait` asks to block until at least one completion is there.
-    pub(crate) fn enter(&mut self, wait: bool, stats: &Stats) -> io::Result<()> {
-        self.flush_backlog();
-        // Backlogged SQEs wait for room, which only reaping makes: do not
-        // block with work that cannot be submitted.
-        let wait = wait && self.backlog.is_empty();
-        let to_submit = self.ring.submission().len() as u32;
-        stats
-            .ops_submitted
-            .set(stats.ops_submitted.get() + u64::from(to_submit));
-        if self.features.sqpoll {
-            // The kernel thread submits; only wake it and wait if asked.
-            self.ring.submission().sync();
-            let want = usize::from(wait);
-            return transient_ok(self.ring.submitter().submit_and_wait(want));
-        }
-        let min_complete = u32::from(wait);
-        // SAFETY: no extra argument is passed; the SQEs in the queue obey the
-        // contract of `push_raw`.
-        let res = unsafe {
-            self.ring.submitter().enter::<libc::sigset_t>(
-                to_submit,
-                min_complete,
-                IORING_ENTER_GETEVENTS,
-                None,
-            )
-        };
-        transient_ok(res)
-    }
-
-    /// Like [`enter`](Self::enter) with `wait`, but gives up after `timeout`.
-    pub(crate) fn enter_timeout(
-        &mut self,
-        timeout: std::time::Duration,
-        stats: &Stats,
-    ) -> io::Result<()> {
-        self.enter_batch(1, timeout, stats)
-    }
-
-    /// Blocks until `want` completions are there or `max_wait` passed,
-    /// whichever comes first.
-    pub(crate) fn enter_batch(
-        &mut self,
-        want: u32,
-        max_wait: std::time::Duration,
-        stats: &Stats,
-    ) -> io::Result<()> {
-        self.flush_backlog();
-        let want = if self.backlog.is_empty() { want } else { 0 };
-        let to_submit = self.ring.submission().len() as u64;
-        Stats::add(&stats.ops_submitted, to_submit);
-        self.ring.submission().sync();
-        let ts = types::Timespec::from(max_wait);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        transient_ok(self.ring.submitter().submit_with_args(want as usize, &args))
-    }
-
-    /// Whether completions wait in the completion queue.
-    pub(crate) fn has_completions(&mut self) -> bool {
-        !self.ring.completion().is_empty()
     }
 
     /// Kernel-reported count of completions dropped for a full CQ.
@@ -394,147 +289,15 @@ impl Driver {
         self.ring.completion().overflow()
     }
 
-    /// Moves completions out of the completion queue into their slots, waking
-    /// the tasks that wait for them. Buffer ids of completions nobody will
-    /// read go back to `bufs`. Returns whether the wake eventfd fired.
-    pub(crate) fn dispatch(&mut self, bufs: &mut bufring::BufRing, stats: &Stats) -> bool {
-        let mut woke = false;
-        let mut completed = 0u64;
-        // Take completions in batches so that the CQ borrow ends before slots
-        // are touched.
-        let mut batch: [(u64, Cqe); 64] = [(
-            0,
-            Cqe {
-                result: 0,
-                flags: 0,
-            },
-        ); 64];
-        loop {
-            let mut n = 0;
-            {
-                let mut cq = self.ring.completion();
-                for cqe in &mut cq {
-                    batch[n] = (
-                        cqe.user_data(),
-                        Cqe {
-                            result: cqe.result(),
-                            flags: cqe.flags(),
-                        },
-                    );
-                    n += 1;
-                    if n == batch.len() {
-                        break;
-                    }
-                }
-                cq.sync();
-            }
-            if n == 0 {
-                break;
-            }
-            completed += n as u64;
-            for &(ud, cqe) in &batch[..n] {
-                match ud {
-                    TAG_IGNORE => {}
-                    TAG_WAKE => {
-                        woke = true;
-                        self.arm_wake();
-                    }
-                    ud if ud & DOORBELL_TARGET_BIT != 0 => {
-                        self.doorbells.push(ud & DOORBELL_LOW_MASK);
-                    }
-                    ud if ud & DOORBELL_SOURCE_BIT != 0 => {
-                        // Only failures post a source CQE (SKIP_SUCCESS).
-                        if cqe.result < 0 {
-                            self.failed_doorbells
-                                .push((ud & DOORBELL_LOW_MASK) as usize);
-                        }
-                    }
-                    key => self.complete(key as usize, cqe, bufs, stats),
-                }
-            }
-        }
-        stats
-            .ops_completed
-            .set(stats.ops_completed.get() + completed);
-        woke
+    /// Whether completions wait in the completion queue.
+    pub(crate) fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
     }
 
-    fn complete(&mut self, key: usize, cqe: Cqe, bufs: &mut bufring::BufRing, stats: &Stats) {
-        let Some(slot) = self.slots.get_mut(key) else {
-            // A multishot's trailing completion after its slot was released
-            // (cannot happen while slots are only freed on a final CQE, but a
-            // buffer must never be lost if it did).
-            if let Some(bid) = cqueue::buffer_select(cqe.flags) {
-                bufs.taken();
-                bufs.recycle(bid);
-            }
-            return;
-        };
-        let more = cqueue::more(cqe.flags);
-        if cqueue::buffer_select(cqe.flags).is_some() {
-            bufs.taken();
-        }
-        match &mut slot.state {
-            // A single-shot op whose CQE says "more to come" is a zero-copy
-            // send: the result is here, the buffer release is not.
-            Lifecycle::Submitted if more => slot.state = Lifecycle::Notif(cqe, None),
-            Lifecycle::Waiting(_) if more => {
-                let prev = std::mem::replace(&mut slot.state, Lifecycle::Notif(cqe, None));
-                if let (Lifecycle::Waiting(w), Lifecycle::Notif(_, slot_w)) =
-                    (prev, &mut slot.state)
-                {
-                    *slot_w = Some(w);
-                }
-            }
-            Lifecycle::Notif(result, waker) => {
-                Stats::add(&stats.zc_notifications, 1);
-                if cqe.result as u32 & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
-                    Stats::add(&stats.zc_copied, 1);
-                }
-                let result = *result;
-                let waker = waker.take();
-                slot.state = Lifecycle::Completed(result);
-                if let Some(w) = waker {
-                    w.wake();
-                }
-            }
-            Lifecycle::Submitted => slot.state = Lifecycle::Completed(cqe),
-            Lifecycle::Waiting(_) => {
-                let prev = std::mem::replace(&mut slot.state, Lifecycle::Completed(cqe));
-                if let Lifecycle::Waiting(waker) = prev {
-                    waker.wake();
-                }
-            }
-            Lifecycle::Completed(_) => {
-                debug_assert!(false, "second completion for a single-shot op");
-            }
-            Lifecycle::Ignored(_) => {
-                if let Some(bid) = cqueue::buffer_select(cqe.flags) {
-                    bufs.recycle(bid);
-                }
-                if slot.returns_fd && cqe.result >= 0 {
-                    crate::sys::close(cqe.result);
-                }
-                if !more {
-                    let slot = self.slots.remove(key);
-                    if let Lifecycle::Ignored(data) = slot.state {
-                        self.graveyard.push(data);
-                    }
-                }
-            }
-            Lifecycle::Multi(m) => {
-                if !more {
-                    m.armed = false;
-                }
-                if cqe.result < 0 {
-                    stats.errors.set(stats.errors.get() + 1);
-                }
-                m.queue.push_back(cqe);
-                if let Some(w) = m.waker.take() {
-                    w.wake();
-                }
-            }
-        }
+    /// Whether SQEs wait to be consumed by the kernel (in the submission
+    /// queue or the backlog).
+    pub(crate) fn has_unsubmitted(&mut self) -> bool {
+        !self.backlog.is_empty() || !self.ring.submission().is_empty()
     }
 
     /// Cancels every operation still in the table (used at shutdown).
@@ -544,178 +307,28 @@ impl Driver {
             self.cancel(key);
         }
     }
+
+    /// Re-arms the read of the control eventfd.
+    fn arm_wake(&mut self) {
+        let entry = self.wake.entry().user_data(tags::WAKE);
+        // SAFETY: `WakeRead` names its leaked 8-byte buffer (valid forever)
+        // and the control eventfd, which the core's shared state keeps open
+        // for longer than the ring can submit (see `WakeRead`).
+        unsafe { self.push_raw(&entry) };
+    }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // The core drains every operation before dropping the driver (see
-        // `Core::finish`); anything still here is an operation the kernel did
-        // not finish cancelling within the shutdown deadline. Closing the ring
-        // cancels it asynchronously, so its resources are leaked, never freed
-        // while the kernel might still write into them.
+        // The loop drains every operation before dropping the driver; anything
+        // still here is an operation the kernel did not finish cancelling in
+        // time. The ring cancels it asynchronously, so its resources are
+        // leaked, never freed while the kernel might still use them.
         for slot in self.slots.drain() {
-            if let Lifecycle::Ignored(data) = slot.state {
-                std::mem::forget(data);
+            match slot {
+                Slot::Single(s) => s.leak(),
+                Slot::Multi(m) => m.life.leak(),
             }
         }
     }
-}
-
-/// An `io_uring_enter` result with interruptions and time-outs treated as
-/// success (the loop just goes round again).
-fn transient_ok(res: io::Result<usize>) -> io::Result<()> {
-    match res {
-        Ok(_) => Ok(()),
-        Err(e) if is_transient(&e) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ETIME)
-    )
-}
-
-/// Builds the ring with the best flag set the kernel accepts.
-fn build_ring(cfg: &RingConfig) -> io::Result<(IoUring, RingFeatures)> {
-    type Attempt = (RingFeatures, fn(&mut io_uring::Builder));
-    let mut attempts: Vec<Attempt> = Vec::new();
-    if cfg.sqpoll_idle_ms.is_none() {
-        attempts.push((
-            RingFeatures {
-                single_issuer: true,
-                coop_taskrun: true,
-                defer_taskrun: true,
-                ..Default::default()
-            },
-            |b| {
-                b.setup_single_issuer()
-                    .setup_coop_taskrun()
-                    .setup_defer_taskrun();
-            },
-        ));
-        attempts.push((
-            RingFeatures {
-                coop_taskrun: true,
-                ..Default::default()
-            },
-            |b| {
-                b.setup_coop_taskrun();
-            },
-        ));
-        attempts.push((RingFeatures::default(), |_| {}));
-    } else {
-        attempts.push((
-            RingFeatures {
-                single_issuer: true,
-                sqpoll: true,
-                ..Default::default()
-            },
-            |b| {
-                b.setup_single_issuer();
-            },
-        ));
-        attempts.push((
-            RingFeatures {
-                sqpoll: true,
-                ..Default::default()
-            },
-            |_| {},
-        ));
-    }
-    let mut last_err = None;
-    for (features, apply) in attempts {
-        let mut builder = IoUring::builder();
-        apply(&mut builder);
-        builder.setup_cqsize(cfg.entries.saturating_mul(4).max(cfg.entries));
-        if let Some(idle) = cfg.sqpoll_idle_ms {
-            builder.setup_sqpoll(idle);
-        }
-        match builder.build(cfg.entries) {
-            Ok(ring) => return Ok((ring, features)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
-            Err(e) => return Err(explain_setup_error(e, cfg)),
-        }
-    }
-    let e = last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL));
-    Err(explain_setup_error(e, cfg))
-}
-
-/// Turns an `io_uring_setup` failure into an error that says what to do.
-fn explain_setup_error(e: io::Error, cfg: &RingConfig) -> io::Error {
-    let msg = match e.raw_os_error() {
-        Some(libc::ENOSYS) => {
-            "io_uring is not available: this kernel was built without it (ENOSYS)".to_string()
-        }
-        Some(libc::EPERM) | Some(libc::EACCES) => {
-            let sysctl = crate::sys::io_uring_disabled_sysctl();
-            format!(
-                "io_uring is not permitted for this process ({e}); \
-                 kernel.io_uring_disabled = {sysctl} (0 allows everyone, 1 only the \
-                 io_uring_group, 2 nobody), or a seccomp filter (a container runtime's \
-                 default profile) blocks io_uring_setup"
-            )
-        }
-        Some(libc::ENOMEM) => format!(
-            "io_uring_setup with {} entries failed for lack of memory ({e}); the locked-memory \
-             limit (ulimit -l) is {} — raise it or ask for fewer ring entries",
-            cfg.entries,
-            describe_memlock()
-        ),
-        Some(libc::EINVAL) => format!(
-            "io_uring_setup refused {} entries{} ({e}); entries must be a power of two \
-             between 1 and 32768",
-            cfg.entries,
-            if cfg.sqpoll_idle_ms.is_some() {
-                " with SQPOLL"
-            } else {
-                ""
-            }
-        ),
-        _ => format!("io_uring_setup failed: {e}"),
-    };
-    io::Error::new(e.kind(), msg)
-}
-
-/// The memlock limit in words.
-pub(crate) fn describe_memlock() -> String {
-    match crate::sys::memlock_limit() {
-        None => "unlimited".to_string(),
-        Some(b) => format!("{} KiB", b / 1024),
-    }
-}
-
-/// Refuses to start on a kernel that lacks an opcode the runtime relies on;
-/// returns whether the optional `SEND_ZC` is there.
-fn check_opcodes(ring: &IoUring) -> io::Result<bool> {
-    let mut probe = io_uring::Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("io_uring probe failed ({e}); ringwire needs Linux 6.1 or newer"),
-        )
-    })?;
-    let needed: [(u8, &str); 10] = [
-        (opcode::WriteFixed::CODE, "WRITE_FIXED"),
-        (opcode::Read::CODE, "READ"),
-        (opcode::Send::CODE, "SEND"),
-        (opcode::Recv::CODE, "RECV"),
-        (opcode::Accept::CODE, "ACCEPT"),
-        (opcode::Connect::CODE, "CONNECT"),
-        (opcode::Timeout::CODE, "TIMEOUT"),
-        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-        (opcode::Shutdown::CODE, "SHUTDOWN"),
-        (opcode::Close::CODE, "CLOSE"),
-    ];
-    for (code, name) in needed {
-        if !probe.is_supported(code) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("this kernel's io_uring lacks IORING_OP_{name}; ringwire needs Linux 6.1 or newer"),
-            ));
-        }
-    }
-    Ok(probe.is_supported(opcode::SendZc::CODE))
 }

@@ -18,6 +18,8 @@ use std::task::Waker;
 
 use io_uring::IoUring;
 
+use crate::error::StartError;
+
 const PAGE: usize = 4096;
 
 /// The pinned memory of a send pool, kept alive by every `SendBuf`.
@@ -35,9 +37,10 @@ impl PoolMem {
 impl Drop for PoolMem {
     fn drop(&mut self) {
         // SAFETY: allocated in `SendPool::new` with this layout; the last
-        // reference is gone and the ring it was registered with is closed
-        // (the pool is dropped after the driver, and a core that could not
-        // drain its operations leaks its reference).
+        // reference is gone, and the buffers are no longer registered with a
+        // ring (a pool that is still registered, whose core did not drain its
+        // operations, or that has buffers lent out leaks a reference
+        // instead, see `Drop for SendPool`).
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
@@ -49,55 +52,77 @@ pub(crate) struct SendPool {
     count: u16,
     free: Vec<u16>,
     waiters: VecDeque<Waker>,
+    /// The buffers are registered with a ring (which may outlive the core:
+    /// other cores hold a duplicate of the ring's descriptor).
+    registered: bool,
 }
 
 impl SendPool {
     /// Allocates and registers `count` buffers of `size` bytes (`count == 0`
     /// makes an empty pool and registers nothing).
-    pub(crate) fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<SendPool> {
-        let bytes = usize::from(count.max(1)) * (size.max(1) as usize);
-        let layout = Layout::from_size_align(bytes, PAGE)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        let mem = Rc::new(PoolMem { ptr, layout });
-        if count > 0 {
-            if size == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "send buffer size must not be zero",
-                ));
-            }
-            let iovecs: Vec<libc::iovec> = (0..count)
-                .map(|i| libc::iovec {
-                    // SAFETY: `i < count`, inside the allocation.
-                    iov_base: unsafe { mem.base().add(usize::from(i) * size as usize) }.cast(),
-                    iov_len: size as usize,
-                })
-                .collect();
-            // SAFETY: every iovec covers memory owned by `mem`, which stays
-            // allocated until the ring is closed (see `PoolMem`'s drop).
-            unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "registering {count} send buffers of {size} bytes ({} KiB pinned) \
-                         failed ({e}); the locked-memory limit (ulimit -l) is {} — raise it, \
-                         grant CAP_IPC_LOCK, or shrink the send pool",
-                        (usize::from(count) * size as usize) / 1024,
-                        super::describe_memlock()
-                    ),
-                )
-            })?;
+    pub(crate) fn new(ring: &IoUring, count: u16, size: u32) -> Result<SendPool, StartError> {
+        if count > 0 && size == 0 {
+            return Err(StartError::ZeroBufferSize { what: "send" });
         }
-        Ok(SendPool {
+        let bytes = usize::from(count.max(1)) * (size.max(1) as usize);
+        let layout =
+            Layout::from_size_align(bytes, PAGE).map_err(|_| StartError::BufferMemory {
+                what: "send",
+                bytes,
+            })?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) }).ok_or(
+            StartError::BufferMemory {
+                what: "send",
+                bytes,
+            },
+        )?;
+        let mem = Rc::new(PoolMem { ptr, layout });
+        let mut pool = SendPool {
             mem,
             size,
             count,
             free: (0..count).rev().collect(),
             waiters: VecDeque::new(),
-        })
+            registered: false,
+        };
+        if count > 0 {
+            let iovecs: Vec<libc::iovec> = (0..count)
+                .map(|i| libc::iovec {
+                    // SAFETY: `i < count`, inside the allocation.
+                    iov_base: unsafe { pool.mem.base().add(usize::from(i) * size as usize) }.cast(),
+                    iov_len: size as usize,
+                })
+                .collect();
+            // SAFETY: every iovec covers memory owned by `mem`, which is freed
+            // only once unregistered (see `Drop for SendPool`).
+            unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|error| {
+                StartError::RegisterSendBuffers {
+                    count,
+                    size,
+                    memlock: crate::sys::memlock_limit(),
+                    error,
+                }
+            })?;
+            pool.registered = true;
+        }
+        Ok(pool)
+    }
+
+    /// Unregisters the buffers from `ring`, so that their memory may be
+    /// freed. Call only once the kernel has finished every operation that
+    /// names them.
+    pub(crate) fn unregister(&mut self, ring: &IoUring) -> io::Result<()> {
+        if self.registered {
+            ring.submitter().unregister_buffers()?;
+            self.registered = false;
+        }
+        Ok(())
+    }
+
+    /// Whether some buffers are out (taken, or lent to other cores).
+    pub(crate) fn has_lent(&self) -> bool {
+        self.free.len() < usize::from(self.count)
     }
 
     pub(crate) fn mem(&self) -> &Rc<PoolMem> {
@@ -143,6 +168,17 @@ impl SendPool {
     pub(crate) fn wait(&mut self, waker: &Waker) {
         if !self.waiters.iter().any(|w| w.will_wake(waker)) {
             self.waiters.push_back(waker.clone());
+        }
+    }
+}
+
+impl Drop for SendPool {
+    fn drop(&mut self) {
+        // Still registered (the ring context may outlive this core), or
+        // buffers lent to other cores that point into the memory without
+        // owning it (`RemoteBuf`): leak the memory rather than free it.
+        if self.registered || self.has_lent() {
+            std::mem::forget(self.mem.clone());
         }
     }
 }

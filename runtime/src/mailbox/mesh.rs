@@ -20,8 +20,8 @@ use slab::Slab;
 
 use super::doorbell::{Doorbell, Peer};
 use super::ring::{Consumer, Producer, TryRecvError, TrySendError};
-use crate::core::with_core;
 use crate::executor::{spawn_local, yield_now};
+use crate::scoped::scoped_thread_local;
 
 /// Work run on another core: a closure that can also be handed back whole
 /// when the ring refuses it.
@@ -43,7 +43,7 @@ impl<F: FnOnce() + Send + 'static> Work for F {
 pub(crate) type Envelope = Box<dyn Work>;
 
 /// Errors of cross-core calls.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MailboxError {
     /// No core with this index.
     #[error("core {0} does not exist in this runtime")]
@@ -64,6 +64,55 @@ enum Call {
     /// The reply: the output, or `None` if the work panicked or was dropped.
     Done(Option<Box<dyn Any + Send>>),
     Abandoned,
+}
+
+/// Why [`try_post`] handed the closure back.
+#[derive(thiserror::Error)]
+pub enum TryPostError<F> {
+    /// The ring to the target core is full: try again later (or use
+    /// [`post`], which waits).
+    #[error("the mailbox ring to the target core is full")]
+    Full(F),
+    /// The post failed as [`post`] would have failed:
+    /// [`MailboxError::NoSuchCore`] or [`MailboxError::Closed`].
+    #[error("{0}")]
+    Refused(MailboxError, F),
+}
+
+impl<F> TryPostError<F> {
+    /// The closure that was not posted.
+    pub fn into_inner(self) -> F {
+        match self {
+            TryPostError::Full(f) | TryPostError::Refused(_, f) => f,
+        }
+    }
+
+    /// Whether the ring was full (a retry may succeed).
+    pub fn is_full(&self) -> bool {
+        matches!(self, TryPostError::Full(_))
+    }
+
+    /// Whether the target core is gone.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, TryPostError::Refused(MailboxError::Closed(_), _))
+    }
+
+    /// The error [`post`] would have returned, if the post was refused.
+    pub fn mailbox_error(&self) -> Option<MailboxError> {
+        match self {
+            TryPostError::Full(_) => None,
+            TryPostError::Refused(e, _) => Some(*e),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for TryPostError<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TryPostError::Full(_) => f.write_str("Full(..)"),
+            TryPostError::Refused(e, _) => write!(f, "Refused({e:?}, ..)"),
+        }
+    }
 }
 
 /// A core's ends of the mesh, plus the waiters of typed channels bound to it.
@@ -99,7 +148,28 @@ pub(crate) fn build(cores: usize, capacity: usize) -> Vec<MeshEnds> {
     ends
 }
 
+scoped_thread_local!(static CURRENT: Mesh);
+
+/// Runs `f` with the current core's mesh.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub(crate) fn with<R>(f: impl FnOnce(&Mesh) -> R) -> R {
+    CURRENT.with(f)
+}
+
+/// Runs `f` with the current core's mesh, if on a core.
+pub(crate) fn try_with<R>(f: impl FnOnce(&Mesh) -> R) -> Option<R> {
+    CURRENT.try_with(f)
+}
+
 impl Mesh {
+    /// Publishes `self` as the current core's mesh while `f` runs.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.set(self, f)
+    }
+
     pub(crate) fn new(
         index: usize,
         doorbell: Doorbell,
@@ -124,8 +194,9 @@ impl Mesh {
     }
 
     /// Runs every closure waiting in the inbound rings (in batches of up to
-    /// 64 per ring and turn). Returns how many ran.
-    pub(crate) fn drain(&self) -> usize {
+    /// 64 per ring and turn), each under `guard` (which reports a panic
+    /// instead of unwinding into the loop). Returns how many ran.
+    pub(crate) fn drain(&self, guard: impl Fn(Envelope)) -> usize {
         let mut ran = 0;
         let count = self.inbound.borrow().len();
         for i in 0..count {
@@ -140,7 +211,7 @@ impl Mesh {
             };
             ran += batch.len();
             for f in batch {
-                crate::core::run_guarded(|| f.run(), "a closure posted to this core");
+                guard(f);
             }
         }
         ran
@@ -188,8 +259,16 @@ impl Mesh {
         }
     }
 
+    /// After an eventfd doorbell: wakes every typed-channel waiter, which
+    /// re-checks its ring.
+    pub(crate) fn take_pending(&self) {
+        if self.me().pending.take() {
+            self.wake_all_waiters();
+        }
+    }
+
     /// Wakes every typed-channel waiter (after an eventfd doorbell).
-    pub(crate) fn wake_all_waiters(&self) {
+    fn wake_all_waiters(&self) {
         let wakers: Vec<Waker> = self
             .waiters
             .borrow_mut()
@@ -208,9 +287,20 @@ impl Mesh {
         let mut p = p.borrow_mut();
         p.try_push(env)?;
         if p.needs_wakeup() {
-            self.peers[to].ring(0);
+            self.peers[to].ring(0, self.doorbell == Doorbell::MsgRing);
         }
         Ok(())
+    }
+
+    /// Whether this core may ring `peer` through MSG_RING: it is set up for
+    /// it and `peer` belongs to the same runtime (whose peers outlive this
+    /// core's loop, see `Peer::ring`).
+    pub(crate) fn can_msg_ring(&self, peer: &Arc<Peer>) -> bool {
+        self.doorbell == Doorbell::MsgRing
+            && self
+                .peers
+                .get(peer.index)
+                .is_some_and(|p| Arc::ptr_eq(p, peer))
     }
 
     fn complete_call(&self, token: usize, result: Option<Box<dyn Any + Send>>) {
@@ -234,8 +324,8 @@ impl Mesh {
 }
 
 fn check_core(to: usize) -> Result<(), MailboxError> {
-    with_core(|c| {
-        if to < c.mesh.peers.len() {
+    with(|m| {
+        if to < m.peers.len() {
             Ok(())
         } else {
             Err(MailboxError::NoSuchCore(to))
@@ -246,7 +336,7 @@ fn check_core(to: usize) -> Result<(), MailboxError> {
 /// Sends `env` to core `to`, waiting while its ring is full.
 async fn send_envelope(to: usize, mut env: Envelope) -> Result<(), MailboxError> {
     loop {
-        match with_core(|c| c.mesh.try_send(to, env)) {
+        match with(|m| m.try_send(to, env)) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Closed(_)) => return Err(MailboxError::Closed(to)),
             Err(TrySendError::Full(e)) => {
@@ -259,24 +349,26 @@ async fn send_envelope(to: usize, mut env: Envelope) -> Result<(), MailboxError>
 }
 
 /// Runs `f` on core `to` without waiting for space: a full ring hands `f`
-/// back (`Err(Full(f))`), a gone core too (`Err(Closed(f))`). `f` typically
-/// calls [`spawn_local`] there. On the calling core itself, `f` runs at once.
+/// back (`Err(TryPostError::Full(f))`); a core index that does not exist or a
+/// core that is gone too, with the error [`post`] would return
+/// (`Err(TryPostError::Refused(MailboxError::..., f))`). `f` typically calls
+/// [`spawn_local`] there. On the calling core itself, `f` runs at once.
 ///
 /// # Panics
 ///
-/// Off a ringwire core thread, or if `to` is not a core of this runtime.
-pub fn try_post<F>(to: usize, f: F) -> Result<(), TrySendError<F>>
+/// Off a ringwire core thread.
+pub fn try_post<F>(to: usize, f: F) -> Result<(), TryPostError<F>>
 where
     F: FnOnce() + Send + 'static,
 {
     if let Err(e) = check_core(to) {
-        panic!("{e}");
+        return Err(TryPostError::Refused(e, f));
     }
-    if with_core(|c| c.mesh.index) == to {
+    if with(|m| m.index) == to {
         f();
         return Ok(());
     }
-    match with_core(|c| c.mesh.try_send(to, Box::new(f))) {
+    match with(|m| m.try_send(to, Box::new(f))) {
         Ok(()) => Ok(()),
         Err(e) => {
             let full = e.is_full();
@@ -285,9 +377,9 @@ where
                 Err(_) => unreachable_type(),
             };
             Err(if full {
-                TrySendError::Full(f)
+                TryPostError::Full(f)
             } else {
-                TrySendError::Closed(f)
+                TryPostError::Refused(MailboxError::Closed(to), f)
             })
         }
     }
@@ -300,7 +392,7 @@ where
     F: FnOnce() + Send + 'static,
 {
     check_core(to)?;
-    if with_core(|c| c.mesh.index) == to {
+    if with(|m| m.index) == to {
         f();
         return Ok(());
     }
@@ -320,11 +412,11 @@ where
     R: Send + 'static,
 {
     check_core(to)?;
-    let (from, home) = with_core(|c| (c.mesh.index, c.mesh.me().clone()));
+    let (from, home) = with(|m| (m.index, m.me().clone()));
     if from == to {
         return Ok(f().await);
     }
-    let token = with_core(|c| c.mesh.calls.borrow_mut().insert(Call::Waiting(None)));
+    let token = with(|m| m.calls.borrow_mut().insert(Call::Waiting(None)));
     let mut guard = CallGuard {
         token,
         sent: false,
@@ -349,12 +441,12 @@ where
     send_envelope(to, env).await?;
     guard.sent = true;
     let out = poll_fn(|cx| {
-        with_core(|c| {
-            let mut calls = c.mesh.calls.borrow_mut();
+        with(|m| {
+            let mut calls = m.calls.borrow_mut();
             let ready = match calls.get_mut(token) {
                 Some(call @ Call::Waiting(_)) => {
                     // The target may have stopped without running the work.
-                    if !c.mesh.peers[to].shared.is_stopped() {
+                    if !m.peers[to].shared.is_stopped() {
                         *call = Call::Waiting(Some(cx.waker().clone()));
                         return Poll::Pending;
                     }
@@ -385,7 +477,7 @@ where
 
 fn reply_envelope(token: usize, value: Option<Box<dyn Any + Send>>) -> Envelope {
     Box::new(move || {
-        with_core(|c| c.mesh.complete_call(token, value));
+        with(|m| m.complete_call(token, value));
     })
 }
 
@@ -404,7 +496,7 @@ impl Drop for Reply {
             return;
         }
         let env = reply_envelope(self.token, None);
-        let refused = crate::core::try_with_core(|c| match c.mesh.try_send(self.from, env) {
+        let refused = try_with(|m| match m.try_send(self.from, env) {
             Ok(()) => None,
             Err(e) => Some(e.into_inner()),
         })
@@ -436,8 +528,8 @@ impl Drop for CallGuard {
             return;
         }
         let (token, sent) = (self.token, self.sent);
-        crate::core::try_with_core(|c| {
-            let mut calls = c.mesh.calls.borrow_mut();
+        try_with(|m| {
+            let mut calls = m.calls.borrow_mut();
             match calls.get_mut(token) {
                 // A reply is coming: let it find the slot and free it.
                 Some(call @ Call::Waiting(_)) if sent => *call = Call::Abandoned,

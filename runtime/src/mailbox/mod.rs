@@ -1,4 +1,6 @@
-//! Cross-core mailboxes.
+//! Cross-core mailboxes: the core mesh ([`post`], [`submit_to`]), typed
+//! [`channel()`]s, doorbells, and send buffers lent across cores
+//! ([`RemoteBuf`]).
 //!
 //! Every ordered pair of cores has one bounded single-producer
 //! single-consumer [`ring`]: the sending core owns the
@@ -23,10 +25,12 @@
 
 pub mod channel;
 pub(crate) mod doorbell;
-mod mesh;
+pub(crate) mod mesh;
+mod remote_buf;
 pub mod ring;
 
 pub use channel::{channel, Receiver, Sender};
 pub use doorbell::Doorbell;
 pub(crate) use mesh::{build as build_mesh, Envelope, Mesh};
-pub use mesh::{post, submit_to, try_post, MailboxError};
+pub use mesh::{post, submit_to, try_post, MailboxError, TryPostError};
+pub use remote_buf::RemoteBuf;

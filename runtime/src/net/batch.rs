@@ -23,9 +23,8 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use crate::buf::SendBuf;
-use crate::core::with_core;
 use crate::executor::spawn_local;
-use crate::stats::Stats;
+use crate::stats::{self, Stats};
 
 #[derive(Default)]
 struct State {
@@ -139,7 +138,7 @@ impl BatchWriter {
                 st.check()?;
                 st.cur.as_ref().is_some_and(|b| b.remaining() >= len)
             };
-            if fits || with_core(|c| c.send_pool.borrow().free_count() > 0) {
+            if fits || SendBuf::available() {
                 return self.try_write_with(len, fill);
             }
             // Wait for any buffer to come back, then look again.
@@ -213,9 +212,9 @@ async fn flusher(fd: Rc<OwnedFd>, state: Rc<RefCell<State>>) {
             st.sending = true;
         }
         let msgs: u64 = batch.iter().map(|(_, m)| m).sum();
-        with_core(|c| {
-            Stats::add(&c.stats.batch_sends, batch.len() as u64);
-            Stats::add(&c.stats.batched_messages, msgs);
+        stats::with(|s| {
+            Stats::add(&s.batch_sends, batch.len() as u64);
+            Stats::add(&s.batched_messages, msgs);
         });
         for (buf, _) in batch.drain(..) {
             let (res, buf) = crate::net::stream::send_all(&fd, buf).await;

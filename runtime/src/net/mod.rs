@@ -13,5 +13,6 @@ mod unix;
 
 pub use batch::BatchWriter;
 pub use readiness::{readable, Readable};
+pub use stream::WriteHalf;
 pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};

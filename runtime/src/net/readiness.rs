@@ -2,20 +2,19 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use io_uring::{opcode, types};
-
+use crate::driver::op::poll_add::PollIn;
 use crate::driver::op::Op;
 
 /// Future returned by [`readable`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Readable {
     fd: Option<Rc<OwnedFd>>,
-    op: Option<Op<Rc<OwnedFd>>>,
+    op: Option<Op<PollIn>>,
     done: bool,
 }
 
@@ -50,21 +49,17 @@ impl Future for Readable {
         }
         if this.op.is_none() {
             if let Some(fd) = this.fd.take() {
-                let entry =
-                    opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32).build();
-                // SAFETY: POLL_ADD names no memory, only the descriptor, which
-                // the op owns (`Rc<OwnedFd>`) until its completion.
-                this.op = Some(unsafe { Op::submit(fd, entry) });
+                this.op = Some(Op::new(PollIn::new(fd)));
             }
         }
         let Some(op) = this.op.as_mut() else {
             return Poll::Ready(Ok(()));
         };
         match Pin::new(op).poll(cx) {
-            Poll::Ready((cqe, _fd)) => {
+            Poll::Ready(res) => {
                 this.op = None;
                 this.done = true;
-                Poll::Ready(cqe.io_result().map(|_| ()))
+                Poll::Ready(res)
             }
             Poll::Pending => Poll::Pending,
         }
@@ -75,7 +70,7 @@ impl Future for Readable {
 mod tests {
     use super::*;
     use crate::{Placement, Runtime};
-    use std::os::fd::FromRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
     use std::time::Duration;
 
     fn eventfd() -> OwnedFd {

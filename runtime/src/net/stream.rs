@@ -1,40 +1,45 @@
 //! The stream socket machinery shared by TCP and Unix streams.
 //!
-//! Receiving uses one multishot `RECV` per socket, fed by the core's provided
-//! buffer ring: the kernel picks a buffer for each arrival and posts a
-//! completion, which queues in the socket's slot until the owner takes it.
-//! When the ring runs dry the multishot stops with `ENOBUFS`; the socket is
-//! then parked on the driver's starved list and re-armed as soon as buffers
-//! come back. No data is lost meanwhile: it waits in the socket.
+//! Receiving uses the driver's receive operation
+//! ([`Receiver`](crate::driver::op::recv_multi::Receiver)): one multishot
+//! `RECV` per socket, fed by the core's provided buffer ring; completions
+//! queue in the socket's slot until the owner takes them as [`RecvBuf`]s.
+//! [`Stream::recv_exact_into`] receives into caller memory instead: it copies
+//! what the multishot already took, pauses it, and lets one plain `RECV`
+//! (`MSG_WAITALL`) put the rest straight where the caller wants it.
 //!
-//! Sending takes any [`IoBuf`] and gives it back with the result.
+//! Sending takes any [`IoBuf`] (or a vector of them, gathered into one
+//! `SENDMSG`) and gives it back with the result. A [`WriteHalf`] shares the
+//! socket so that other tasks can send while one receives.
 
 use std::any::Any;
 use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use io_uring::{cqueue, opcode, types};
-
-use crate::buf::{IoBuf, RecvBuf, SendBuf};
-use crate::core::with_core;
-use crate::driver::bufring::BGID;
+use crate::buf::{IoBuf, IoBufMut, RecvBuf, SendBuf};
+use crate::driver::op::recv::Recv;
+use crate::driver::op::recv_multi::{Receiver, RecvEvent};
+use crate::driver::op::send::Send as SendOp;
+use crate::driver::op::sendmsg::SendMsg;
+use crate::driver::op::shutdown::Shutdown;
 use crate::driver::op::Op;
-use crate::driver::{Driver, Lifecycle, Multi};
-use crate::stats::Stats;
-
-/// `IORING_SEND_ZC_REPORT_USAGE`: the notification says whether the kernel
-/// copied after all.
-const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+use crate::stats::{self, Stats};
 
 /// A connected stream socket registered with the current core's ring.
 pub(crate) struct Stream {
-    /// Shared with batching writers, which may outlive the stream to flush.
+    /// Shared with write halves and batching writers, which may outlive the
+    /// stream to finish sending.
     fd: Rc<OwnedFd>,
-    recv_key: Option<usize>,
+    recv: Option<Receiver>,
+    /// The rest of a chunk `recv_exact_into` used in part: handed out first.
+    leftover: Option<RecvBuf>,
+    /// The receive is paused by `recv_exact_into`; the next `recv` resumes it.
+    paused: bool,
     eof: bool,
     _not_send: PhantomData<*const ()>,
 }
@@ -43,7 +48,9 @@ impl Stream {
     pub(crate) fn new(fd: OwnedFd) -> Stream {
         Stream {
             fd: Rc::new(fd),
-            recv_key: None,
+            recv: None,
+            leftover: None,
+            paused: false,
             eof: false,
             _not_send: PhantomData,
         }
@@ -61,135 +68,204 @@ impl Stream {
 
     /// Takes a chunk that already arrived, without waiting.
     pub(crate) fn try_recv(&mut self) -> Option<io::Result<RecvBuf>> {
-        let key = self.recv_key?;
-        match self.take_queued(key) {
-            Some(Ok(Some(buf))) => Some(Ok(buf)),
-            Some(Ok(None)) => None,
-            Some(Err(e)) => Some(Err(e)),
-            None => None,
+        if let Some(b) = self.leftover.take() {
+            return Some(Ok(b));
+        }
+        let ev = self.recv.as_mut()?.try_recv()?;
+        match self.event(ev) {
+            Ok(Some(buf)) => Some(Ok(buf)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
         }
     }
 
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<RecvBuf>>> {
+        if let Some(b) = self.leftover.take() {
+            return Poll::Ready(Ok(Some(b)));
+        }
         if self.eof {
             return Poll::Ready(Ok(None));
         }
-        let key = match self.recv_key {
-            Some(k) => k,
-            None => {
-                if with_core(|core| core.is_shutting_down()) {
-                    self.eof = true;
-                    return Poll::Ready(Ok(None));
-                }
-                let k = self.arm();
-                self.recv_key = Some(k);
-                k
-            }
-        };
-        if let Some(r) = self.take_queued(key) {
-            return Poll::Ready(r);
-        }
-        with_core(|core| {
-            if core.is_shutting_down() {
+        if self.recv.is_none() {
+            if crate::context::is_shutting_down() {
                 self.eof = true;
                 return Poll::Ready(Ok(None));
             }
-            let mut driver = core.driver.borrow_mut();
-            let fd = self.fd.as_raw_fd();
-            let mut rearm = false;
-            if let Lifecycle::Multi(m) = &mut driver.slot_mut(key).state {
-                // A multishot can also stop without an error (the kernel ends
-                // it on some internal conditions): start it again.
-                rearm = !m.armed && !m.starved;
-                match &mut m.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    w => *w = Some(cx.waker().clone()),
-                }
+            self.recv = Some(Receiver::arm(self.fd.clone()));
+        }
+        let Some(recv) = self.recv.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        if let Some(ev) = recv.try_recv() {
+            return Poll::Ready(self.event(ev));
+        }
+        if self.paused {
+            // A direct receive paused the multishot: wait for the end of the
+            // pause (its terminal completion), then re-arm.
+            if !recv.is_idle() {
+                recv.wait_paused(cx);
+                return Poll::Pending;
             }
-            if rearm {
-                rearm_recv(core, &mut driver, key, fd);
-            }
-            Poll::Pending
-        })
+            recv.resume();
+            self.paused = false;
+        }
+        if crate::context::is_shutting_down() {
+            self.eof = true;
+            return Poll::Ready(Ok(None));
+        }
+        recv.wait(cx);
+        Poll::Pending
     }
 
-    /// Pops queued completions until one means something for the caller.
-    fn take_queued(&mut self, key: usize) -> Option<io::Result<Option<RecvBuf>>> {
-        with_core(|core| {
-            let mut driver = core.driver.borrow_mut();
+    /// What a receive event means for the caller.
+    fn event(&mut self, ev: RecvEvent) -> io::Result<Option<RecvBuf>> {
+        match ev {
+            RecvEvent::Data(chunk) => Ok(Some(RecvBuf::from_chunk(chunk))),
+            RecvEvent::Eof => {
+                self.eof = true;
+                Ok(None)
+            }
+            RecvEvent::Failed(e) => {
+                // Any error ends the stream for good.
+                self.eof = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Fills `buf[range]` with the next bytes of the stream; see the stream
+    /// types' `recv_exact_into`.
+    pub(crate) async fn recv_exact_into<B: IoBufMut>(
+        &mut self,
+        mut buf: B,
+        range: Range<usize>,
+    ) -> (io::Result<usize>, B) {
+        if range.start > range.end
+            || range.start > buf.bytes_init()
+            || range.end > buf.bytes_total()
+        {
+            let msg = format!(
+                "recv_exact_into range {range:?} does not fit the buffer ({} initialised of {} bytes)",
+                buf.bytes_init(),
+                buf.bytes_total()
+            );
+            return (Err(io::Error::new(io::ErrorKind::InvalidInput, msg)), buf);
+        }
+        let total = range.len();
+        let mut filled = 0;
+        // 1. What the multishot receive already took from the socket comes
+        //    first, in order: a chunk left over by an earlier call, then the
+        //    queued chunks, then whatever races with the pause.
+        if let Some(chunk) = self.leftover.take() {
+            filled += self.copy_chunk(chunk, &mut buf, range.start + filled, total - filled);
+        }
+        if filled < total && self.recv.is_some() && !self.eof {
+            if !self.paused {
+                if let Some(r) = self.recv.as_mut() {
+                    r.pause();
+                }
+                self.paused = true;
+            }
             loop {
-                let cqe = match &mut driver.slot_mut(key).state {
-                    Lifecycle::Multi(m) => m.queue.pop_front()?,
-                    _ => return None,
-                };
-                if cqe.result > 0 {
-                    let Some(bid) = cqueue::buffer_select(cqe.flags) else {
-                        return Some(Err(io::Error::other(
-                            "receive completion without a buffer id",
-                        )));
+                let ev = poll_fn(|cx| {
+                    let Some(r) = self.recv.as_mut() else {
+                        return Poll::Ready(None);
                     };
-                    let len = cqe.result as usize;
-                    Stats::add(&core.stats.bytes_received, len as u64);
-                    let bufs = core.bufs.borrow();
-                    let ptr = bufs.buf_ptr(bid);
-                    return Some(Ok(Some(RecvBuf::new(ptr, len, bid, bufs.mem().clone()))));
-                }
-                if cqe.result == 0 {
-                    if let Some(bid) = cqueue::buffer_select(cqe.flags) {
-                        core.bufs.borrow_mut().recycle(bid);
+                    if let Some(ev) = r.try_recv() {
+                        return Poll::Ready(Some(ev));
                     }
-                    self.eof = true;
-                    return Some(Ok(None));
-                }
-                if cqe.result == -libc::ENOBUFS {
-                    Stats::add(&core.stats.bufring_starvation, 1);
-                    let fd = self.fd.as_raw_fd();
-                    if let Lifecycle::Multi(m) = &mut driver.slot_mut(key).state {
-                        if !m.armed && !m.starved {
-                            m.starved = true;
-                            driver.starved.push((key, fd));
+                    if r.is_idle() {
+                        return Poll::Ready(None);
+                    }
+                    r.wait_paused(cx);
+                    Poll::Pending
+                })
+                .await;
+                match ev {
+                    Some(RecvEvent::Data(chunk)) => {
+                        let chunk = RecvBuf::from_chunk(chunk);
+                        filled +=
+                            self.copy_chunk(chunk, &mut buf, range.start + filled, total - filled);
+                        if filled == total {
+                            return (Ok(filled), buf);
                         }
                     }
-                    continue;
+                    Some(RecvEvent::Eof) => {
+                        self.eof = true;
+                        return (Ok(filled), buf);
+                    }
+                    Some(RecvEvent::Failed(e)) => {
+                        self.eof = true;
+                        return (Err(e), buf);
+                    }
+                    // The pause is complete: nothing more comes from the
+                    // multishot until the next `recv`.
+                    None => break,
                 }
-                // Any other error ends the stream for good (a buffer it may
-                // carry goes back to the ring).
-                if let Some(bid) = cqueue::buffer_select(cqe.flags) {
-                    core.bufs.borrow_mut().recycle(bid);
-                }
-                self.eof = true;
-                return Some(Err(io::Error::from_raw_os_error(-cqe.result)));
             }
-        })
+        }
+        if self.eof {
+            return (Ok(filled), buf);
+        }
+        // 2. The rest straight into the caller's memory: the kernel's copy is
+        //    the only one.
+        while filled < total {
+            let op = Recv::new(self.fd.clone(), buf, range.start + filled, total - filled);
+            let (res, b) = Op::new(op).await;
+            buf = b;
+            match res {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(filled), buf)
     }
 
-    fn arm(&self) -> usize {
-        let fd = self.fd.as_raw_fd();
-        with_core(|core| {
-            core.receiving_streams.set(core.receiving_streams.get() + 1);
-            let mut driver = core.driver.borrow_mut();
-            let state = Lifecycle::Multi(Multi {
-                armed: true,
-                ..Multi::default()
-            });
-            // SAFETY: a buffer-select receive names no memory of ours: the
-            // kernel picks buffers from the registered ring, which outlives the
-            // ring's operations. The fd stays open until the slot is cancelled.
-            unsafe { driver.submit(state, false, || recv_entry(core, fd)) }
-        })
+    /// Copies up to `want` bytes of `chunk` into `buf` at `at`; keeps the
+    /// rest of the chunk for the next receive. Returns the bytes copied.
+    fn copy_chunk<B: IoBufMut>(
+        &mut self,
+        mut chunk: RecvBuf,
+        buf: &mut B,
+        at: usize,
+        want: usize,
+    ) -> usize {
+        let n = chunk.len().min(want);
+        // SAFETY: `at + n <= range.end <= bytes_total()` (checked by the
+        // caller), so the destination lies inside the buffer's memory, which
+        // we own exclusively here; the source is the chunk's received bytes,
+        // a different allocation (the core's buffer memory).
+        unsafe {
+            std::ptr::copy_nonoverlapping(chunk.as_ptr(), buf.stable_mut_ptr().add(at), n);
+        }
+        // SAFETY: `..at` was initialised (`range.start <= bytes_init()` and
+        // everything from there to `at` was written before), and `at..at + n`
+        // was just written.
+        unsafe { buf.set_init(at + n) };
+        stats::with(|s| Stats::add(&s.recv_direct_copied_bytes, n as u64));
+        if n < chunk.len() {
+            chunk.slice(n..chunk.len());
+            self.leftover = Some(chunk);
+        }
+        n
     }
 
     /// Gives the descriptor back, for handing the connection to another
     /// core. Refused (the stream is returned) while a receive is armed or a
-    /// batching writer shares the socket.
+    /// write half or batching writer shares the socket.
     pub(crate) fn into_fd(self) -> Result<OwnedFd, Stream> {
-        if self.recv_key.is_some() || Rc::strong_count(&self.fd) != 1 {
+        if self.recv.is_some() || self.leftover.is_some() || Rc::strong_count(&self.fd) != 1 {
             return Err(self);
         }
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is never used or dropped again, so reading the field
         // moves it out exactly once; the other fields need no drop (no
-        // receive slot, `PhantomData`).
+        // receive, no leftover chunk, `PhantomData`).
         let fd = unsafe { std::ptr::read(&me.fd) };
         match Rc::try_unwrap(fd) {
             Ok(fd) => Ok(fd),
@@ -197,95 +273,37 @@ impl Stream {
         }
     }
 
-    /// The descriptor, shared (for batching writers).
+    /// The descriptor, shared (for write halves and batching writers).
     pub(crate) fn shared_fd(&self) -> Rc<OwnedFd> {
         self.fd.clone()
     }
 
-    /// Sends bytes from `buf` starting at `offset`; returns how many went out.
-    pub(crate) async fn send_at<B: IoBuf>(&self, buf: B, offset: usize) -> (io::Result<usize>, B) {
-        send_at(&self.fd, buf, offset).await
-    }
-
-    /// Sends all of `buf`.
-    pub(crate) async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        send_all(&self.fd, buf).await
-    }
-
-    /// Shuts down the write, read or both halves.
-    pub(crate) async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-        let how = match how {
-            std::net::Shutdown::Read => libc::SHUT_RD,
-            std::net::Shutdown::Write => libc::SHUT_WR,
-            std::net::Shutdown::Both => libc::SHUT_RDWR,
-        };
-        let entry = opcode::Shutdown::new(types::Fd(self.fd()), how).build();
-        // SAFETY: a shutdown names no memory; the op holds the socket so the
-        // descriptor number stays ours until the kernel is done.
-        let (cqe, _fd) = unsafe { Op::submit(self.fd.clone(), entry) }.await;
-        cqe.io_result().map(drop)
+    /// The socket, for operations (which take their own reference).
+    pub(crate) fn sock(&self) -> &Rc<OwnedFd> {
+        &self.fd
     }
 }
 
-/// Sends bytes from `buf` starting at `offset` on `fd`; returns how many went
-/// out. Registered [`SendBuf`]s take the fixed-buffer path; sends at or above
-/// the core's zero-copy threshold use `SEND_ZC`.
+/// Sends bytes from `buf` starting at `offset` on `sock`; returns how many
+/// went out. Registered [`SendBuf`]s take the fixed-buffer path when the core
+/// is set up for it; sends at or above the core's zero-copy threshold use
+/// `SEND_ZC`.
 ///
-/// The op holds a reference to the socket: its descriptor cannot be closed,
-/// and its number reused by another connection, before the SQE naming it has
-/// been submitted and completed, even if the stream is dropped meanwhile.
+/// The operation holds a reference to the socket: its descriptor cannot be
+/// closed, and its number reused by another connection, before the SQE
+/// naming it has completed, even if the stream is dropped meanwhile.
 pub(crate) async fn send_at<B: IoBuf>(
     sock: &Rc<OwnedFd>,
     buf: B,
     offset: usize,
 ) -> (io::Result<usize>, B) {
-    let len = buf.bytes_init().saturating_sub(offset);
-    let len = u32::try_from(len).unwrap_or(u32::MAX);
-    // SAFETY: `offset <= bytes_init()` (saturating above), so the pointer
-    // is inside the buffer; `IoBuf` guarantees the bytes stay put while
-    // the op owns `buf`.
-    let ptr = unsafe { buf.stable_ptr().add(offset.min(buf.bytes_init())) };
-    let fixed = (&buf as &dyn Any)
+    let registered = (&buf as &dyn Any)
         .downcast_ref::<SendBuf>()
         .map(SendBuf::index);
-    let fd = types::Fd(sock.as_raw_fd());
-    let entry = with_core(|core| {
-        let fixed = fixed.filter(|_| core.io.fixed_send);
-        if core.io.zc_threshold.is_some_and(|t| len as usize >= t) {
-            Stats::add(&core.stats.zc_sends, 1);
-            if fixed.is_some() {
-                Stats::add(&core.stats.fixed_sends, 1);
-            }
-            opcode::SendZc::new(fd, ptr, len)
-                .buf_index(fixed)
-                .flags(libc::MSG_NOSIGNAL)
-                .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
-                .build()
-        } else if let Some(index) = fixed {
-            Stats::add(&core.stats.fixed_sends, 1);
-            // A write on a stream socket ignores the offset. It has no
-            // MSG_NOSIGNAL: Rust programs ignore SIGPIPE from the start.
-            opcode::WriteFixed::new(fd, ptr, len, index).build()
-        } else {
-            opcode::Send::new(fd, ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-        }
-    });
-    // SAFETY: the entry points into `buf`'s stable bytes (for a fixed
-    // buffer, inside the registered buffer `index`), owned by the op, and
-    // names the socket the op keeps open.
-    let (cqe, (buf, _sock)) = unsafe { Op::submit((buf, sock.clone()), entry) }.await;
-    match cqe.io_result() {
-        Ok(n) => {
-            with_core(|c| Stats::add(&c.stats.bytes_sent, u64::from(n)));
-            (Ok(n as usize), buf)
-        }
-        Err(e) => (Err(e), buf),
-    }
+    Op::new(SendOp::new(sock.clone(), buf, offset, registered)).await
 }
 
-/// Sends all of `buf` on `fd`.
+/// Sends all of `buf` on `sock`.
 pub(crate) async fn send_all<B: IoBuf>(sock: &Rc<OwnedFd>, mut buf: B) -> (io::Result<()>, B) {
     let total = buf.bytes_init();
     let mut done = 0;
@@ -302,72 +320,92 @@ pub(crate) async fn send_all<B: IoBuf>(sock: &Rc<OwnedFd>, mut buf: B) -> (io::R
     (Ok(()), buf)
 }
 
-/// The receive SQE for `fd`: multishot, or single-shot when the core is set
-/// up that way; both select a buffer from the core's ring.
-fn recv_entry(core: &crate::core::Core, fd: RawFd) -> io_uring::squeue::Entry {
-    if core.io.recv_multishot {
-        opcode::RecvMulti::new(types::Fd(fd), BGID).build()
-    } else {
-        opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
-            .buf_group(BGID)
-            .build()
-            .flags(io_uring::squeue::Flags::BUFFER_SELECT)
-    }
-}
-
-/// Starts (again) the receive of slot `key` on `fd`.
-pub(crate) fn rearm_recv(core: &crate::core::Core, driver: &mut Driver, key: usize, fd: RawFd) {
-    match &mut driver.slot_mut(key).state {
-        Lifecycle::Multi(m) if !m.armed => {
-            m.armed = true;
-            m.starved = false;
+/// Sends every byte of `bufs`, in order, gathered into `SENDMSG`s (one,
+/// unless the kernel takes less or there are more than 1024 buffers).
+pub(crate) async fn send_vectored<B: IoBuf>(
+    sock: &Rc<OwnedFd>,
+    mut bufs: Vec<B>,
+) -> (io::Result<()>, Vec<B>) {
+    let total: usize = bufs.iter().map(IoBuf::bytes_init).sum();
+    let mut done = 0;
+    while done < total {
+        let (res, b) = Op::new(SendMsg::new(sock.clone(), bufs, done)).await;
+        bufs = b;
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), bufs),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), bufs),
         }
-        // Owner gone (slot ignored) or already running.
-        _ => return,
     }
-    // SAFETY: as in `Stream::arm`: buffer-select receives name no memory of
-    // ours, and the owner keeps `fd` open while the slot is live.
-    unsafe { driver.resubmit(key, recv_entry(core, fd)) };
+    (Ok(()), bufs)
 }
 
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let Some(key) = self.recv_key else { return };
-        crate::core::try_with_core(|core| {
-            core.receiving_streams
-                .set(core.receiving_streams.get().saturating_sub(1));
-            let mut driver = core.driver.borrow_mut();
-            let slot = driver.slot_mut(key);
-            let (armed, queued) = match &mut slot.state {
-                Lifecycle::Multi(m) => (m.armed, std::mem::take(&mut m.queue)),
-                _ => (false, Default::default()),
-            };
-            // Buffers that arrived but were never taken go back to the ring.
-            {
-                let mut bufs = core.bufs.borrow_mut();
-                for cqe in queued {
-                    if let Some(bid) = cqueue::buffer_select(cqe.flags) {
-                        bufs.recycle(bid);
-                    }
-                }
-            }
-            if armed {
-                // The slot keeps the socket open until the final CQE: an SQE
-                // not yet submitted must not find its descriptor number
-                // closed and handed to another connection.
-                driver.slot_mut(key).state = Lifecycle::Ignored(Box::new(self.fd.clone()));
-                driver.cancel(key);
-            } else {
-                driver.remove(key);
-                driver.starved.retain(|(k, _)| *k != key);
-            }
-        });
-        // The descriptor closes when `fd` drops; an armed receive holds its
-        // own reference to the socket until its cancellation completes.
+/// Shuts down one or both directions of `sock`.
+pub(crate) async fn shutdown(sock: &Rc<OwnedFd>, how: std::net::Shutdown) -> io::Result<()> {
+    Op::new(Shutdown::new(sock.clone(), how)).await
+}
+
+/// The sending side of a stream socket, shared by any number of tasks on the
+/// socket's core (see `TcpStream::write_half`).
+///
+/// Cloning is cheap (it shares the socket). Sends from different tasks are
+/// each submitted whole, but a send the kernel takes in part is finished by
+/// further sends, so give each message to one `send_all` (or
+/// [`send_vectored`](WriteHalf::send_vectored)) and do not interleave
+/// messages of one logical stream from several tasks without ordering them.
+/// The socket stays open while any half, the stream or a pending send holds
+/// it. Not `Send`: it belongs to the socket's core.
+#[derive(Clone)]
+pub struct WriteHalf {
+    fd: Rc<OwnedFd>,
+}
+
+impl WriteHalf {
+    pub(crate) fn new(fd: Rc<OwnedFd>) -> WriteHalf {
+        WriteHalf { fd }
+    }
+
+    /// Sends what the kernel takes of `buf` in one go; returns the count and
+    /// the buffer.
+    pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
+        send_at(&self.fd, buf, 0).await
+    }
+
+    /// Sends all of `buf`, then gives it back.
+    pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
+        send_all(&self.fd, buf).await
+    }
+
+    /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
+    /// rest follows in further ones if the kernel takes less), then gives
+    /// the buffers back.
+    pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> (io::Result<()>, Vec<B>) {
+        send_vectored(&self.fd, bufs).await
+    }
+
+    /// Shuts down one or both directions of the connection.
+    pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        shutdown(&self.fd, how).await
+    }
+}
+
+impl AsRawFd for WriteHalf {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for WriteHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteHalf")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
     }
 }
 
 /// The methods every stream socket type has, over the shared [`Stream`].
+/// `$kind` names the socket type in the docs ("TCP", "Unix stream").
 macro_rules! stream_methods {
     ($kind:literal) => {
         /// Receives the next chunk of bytes, in place in a kernel-filled buffer.
@@ -383,37 +421,81 @@ macro_rules! stream_methods {
             self.inner.try_recv()
         }
 
+        #[doc = concat!(
+            "Fills `buf[range]` with the next bytes of the ", $kind, " stream, in order, ",
+            "and gives the buffer back with the number of bytes received (less than ",
+            "`range.len()` only at end of stream).\n\n",
+            "Bytes the receive already took from the socket (queued chunks) are copied ",
+            "first; a chunk used in part stays queued for the next [`recv`](Self::recv) or ",
+            "[`try_recv`](Self::try_recv). Then the multishot receive is paused and one ",
+            "plain `RECV` (`MSG_WAITALL`, repeated after a short read) puts the rest ",
+            "straight into `buf`: the kernel's copy is the only one. The next `recv` ",
+            "re-arms the multishot. Use it for large payloads whose destination is known ",
+            "(bulk segments, frames larger than a receive buffer).\n\n",
+            "Fails with `InvalidInput` when `range` starts past the buffer's initialised ",
+            "bytes or ends past its capacity. The counters `recv_direct_bytes` and ",
+            "`recv_direct_copied_bytes` say how the bytes arrived."
+        )]
+        pub async fn recv_exact_into<B: IoBufMut>(
+            &mut self,
+            buf: B,
+            range: std::ops::Range<usize>,
+        ) -> (io::Result<usize>, B) {
+            self.inner.recv_exact_into(buf, range).await
+        }
+
         /// Sends what the kernel takes of `buf` in one go; returns the count and
         /// the buffer.
         pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-            self.inner.send_at(buf, 0).await
+            crate::net::stream::send_at(self.inner.sock(), buf, 0).await
         }
 
         /// Sends all of `buf`, then gives it back.
         pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-            self.inner.send_all(buf).await
+            crate::net::stream::send_all(self.inner.sock(), buf).await
         }
 
-        /// Takes the socket out of this core, for handing the connection to
-        /// another core (send the descriptor through a mailbox, e.g.
-        /// [`crate::mailbox::post`], and rebuild it there with
-        /// [`from_fd`](Self::from_fd), which registers it on that core's ring).
-        /// Refused, with the stream handed back in the error, once a receive was
-        /// started or while a batching writer shares the socket.
+        /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
+        /// rest follows in further ones if the kernel takes less), then gives
+        /// the buffers back.
+        pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> (io::Result<()>, Vec<B>) {
+            crate::net::stream::send_vectored(self.inner.sock(), bufs).await
+        }
+
+        #[doc = concat!(
+            "A sending half of this ", $kind, " connection that other tasks on this core ",
+            "can use (and clone) while one task receives. It shares the socket, which ",
+            "stays open while any half lives. See [`WriteHalf`](crate::net::WriteHalf)."
+        )]
+        pub fn write_half(&self) -> crate::net::WriteHalf {
+            crate::net::WriteHalf::new(self.inner.shared_fd())
+        }
+
+        #[doc = concat!(
+            "Takes the ", $kind, " socket out of this core, for handing the connection to ",
+            "another core (send the descriptor through a mailbox, e.g. ",
+            "[`crate::mailbox::post`], and rebuild it there with ",
+            "[`from_fd`](Self::from_fd), which registers it on that core's ring). ",
+            "Refused, with the stream handed back in the error, once a receive was ",
+            "started or while a write half or batching writer shares the socket."
+        )]
         pub fn into_fd(self) -> Result<OwnedFd, (io::Error, Self)> {
             self.inner.into_fd().map_err(|inner| {
                 (
                     io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        "a stream with an armed receive or a batching writer cannot change cores",
+                        "a stream with an armed receive, a write half or a batching writer \
+                         cannot change cores",
                     ),
                     Self { inner },
                 )
             })
         }
 
-        /// Wraps a connected TCP socket (e.g. one handed over from another
-        /// core by [`into_fd`](Self::into_fd)) for use on the current core.
+        #[doc = concat!(
+            "Wraps a connected ", $kind, " socket (e.g. one handed over from another ",
+            "core by [`into_fd`](Self::into_fd)) for use on the current core."
+        )]
         pub fn from_fd(fd: OwnedFd) -> Self {
             Self {
                 inner: Stream::new(fd),
@@ -429,7 +511,7 @@ macro_rules! stream_methods {
 
         /// Shuts down one or both halves of the connection.
         pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-            self.inner.shutdown(how).await
+            crate::net::stream::shutdown(self.inner.sock(), how).await
         }
     };
 }

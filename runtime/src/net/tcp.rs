@@ -8,16 +8,28 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use io_uring::{opcode, types};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::listener::Listener;
 use super::stream::Stream;
-use crate::buf::{IoBuf, RecvBuf};
+use crate::buf::{IoBuf, IoBufMut, RecvBuf};
+use crate::driver::op::connect::Connect;
 use crate::driver::op::Op;
 
 /// Options for [`TcpListener::bind_with`].
+///
+/// Start from the default and change what you need with the setters (the
+/// struct is `#[non_exhaustive]`, so that options can be added without
+/// breaking callers; its fields stay readable):
+///
+/// ```
+/// use ringwire_runtime::net::TcpListenOptions;
+///
+/// let opts = TcpListenOptions::default().reuse_port(false).backlog(128);
+/// assert!(!opts.reuse_port);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TcpListenOptions {
     /// Set `SO_REUSEPORT` so several cores (or processes) can listen on the
     /// same address. Default: true.
@@ -35,6 +47,26 @@ impl Default for TcpListenOptions {
             backlog: 1024,
             nodelay: true,
         }
+    }
+}
+
+impl TcpListenOptions {
+    /// Sets `SO_REUSEPORT` (default: true).
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+
+    /// Sets the listen backlog (default: 1024).
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on accepted streams (default: true).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
     }
 }
 
@@ -171,14 +203,9 @@ impl std::os::fd::AsFd for Stream {
 
 /// Connects `fd` to `addr` on the ring.
 pub(crate) async fn connect_fd(fd: OwnedFd, addr: SockAddr) -> io::Result<OwnedFd> {
-    let addr = Box::new(addr);
-    let entry =
-        opcode::Connect::new(types::Fd(fd.as_raw_fd()), addr.as_ptr().cast(), addr.len()).build();
-    // SAFETY: the entry points into the boxed address, owned by the op; the
-    // descriptor is owned by the op too, so it stays open until completion.
-    let (cqe, (fd, addr)) = unsafe { Op::submit((fd, addr), entry) }.await;
-    match cqe.io_result() {
-        Ok(_) => Ok(fd),
+    let (res, fd, addr) = Op::new(Connect::new(fd, addr)).await;
+    match res {
+        Ok(()) => Ok(fd),
         Err(e) => Err(io::Error::new(
             e.kind(),
             format!("connect to {}: {e}", describe(&addr)),

@@ -12,7 +12,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::listener::Listener;
 use super::stream::Stream;
 use super::tcp::connect_fd;
-use crate::buf::{IoBuf, RecvBuf};
+use crate::buf::{IoBuf, IoBufMut, RecvBuf};
 
 /// A Unix stream listener whose accepts run on the current core's ring.
 pub struct UnixListener {
@@ -35,7 +35,25 @@ impl UnixListener {
         })
     }
 
-    /// The path this listener is bound to.
+    /// Binds `name` in Linux's abstract socket namespace (no file is
+    /// created; the name disappears with the last socket bound to it).
+    pub fn bind_abstract(name: &[u8]) -> io::Result<UnixListener> {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.bind(&abstract_addr(name)?).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("bind @{}: {e}", String::from_utf8_lossy(name)),
+            )
+        })?;
+        socket.listen(1024)?;
+        Ok(UnixListener {
+            inner: Listener::new(OwnedFd::from(socket)),
+            path: abstract_path(name),
+        })
+    }
+
+    /// The path this listener is bound to (for an abstract name: the name
+    /// behind a leading NUL byte).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -69,6 +87,15 @@ impl UnixStream {
         })
     }
 
+    /// Connects to `name` in Linux's abstract socket namespace.
+    pub async fn connect_abstract(name: &[u8]) -> io::Result<UnixStream> {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        let fd = connect_fd(OwnedFd::from(socket), abstract_addr(name)?).await?;
+        Ok(UnixStream {
+            inner: Stream::new(fd),
+        })
+    }
+
     super::stream::stream_methods!("Unix stream");
 }
 
@@ -76,4 +103,24 @@ impl AsRawFd for UnixStream {
     fn as_raw_fd(&self) -> RawFd {
         self.inner.fd()
     }
+}
+
+/// The path form of an abstract name: a leading NUL byte, then the name
+/// (how the kernel and socket2 tell the two namespaces apart).
+fn abstract_path(name: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let mut bytes = Vec::with_capacity(name.len() + 1);
+    bytes.push(0);
+    bytes.extend_from_slice(name);
+    PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))
+}
+
+fn abstract_addr(name: &[u8]) -> io::Result<SockAddr> {
+    if name.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an abstract socket name must not be empty",
+        ));
+    }
+    SockAddr::unix(abstract_path(name))
 }

@@ -29,11 +29,11 @@ use ringwire_proto::{
 };
 use ringwire_runtime::{IoBuf, SendBuf};
 
-use crate::buf::IoBufMut;
+use ringwire_runtime::IoBufMut;
 use rkyv::util::AlignedVec;
 
 use super::incoming::{Backing, Incoming, Receipt};
-use super::out::{HeapFrames, OutBuf, OutQueue, Segment, SharedPayload, ZEROS};
+use super::out::{HeapFrames, OutBuf, OutQueue, Segment, SharedPayload, Tagged, ZEROS};
 use crate::clock;
 use crate::config::{BackPressure, Config};
 use crate::endpoint::Scheme;
@@ -67,13 +67,36 @@ enum Queued {
     Rejected(Error),
 }
 
-/// Inbound queues, one per logical stream.
+/// Inbound queues, one per logical stream. Connections use few streams, so
+/// they are found by a short linear search (stream 0 first), not hashing.
 #[derive(Default)]
 struct Inbound {
-    queues: HashMap<u32, VecDeque<Queued>>,
-    waiters: HashMap<u32, Vec<Waker>>,
+    streams: Vec<StreamQueue>,
     messages: usize,
     bytes: usize,
+}
+
+struct StreamQueue {
+    id: u32,
+    queue: VecDeque<Queued>,
+    waiters: Vec<Waker>,
+}
+
+impl Inbound {
+    fn stream(&mut self, id: u32) -> &mut StreamQueue {
+        let at = match self.streams.iter().position(|s| s.id == id) {
+            Some(at) => at,
+            None => {
+                self.streams.push(StreamQueue {
+                    id,
+                    queue: VecDeque::new(),
+                    waiters: Vec::new(),
+                });
+                self.streams.len() - 1
+            }
+        };
+        &mut self.streams[at]
+    }
 }
 
 /// A bulk transfer accepted into the caller's destinations.
@@ -484,6 +507,22 @@ impl Conn {
         }
     }
 
+    /// Re-arms the timer if the session now has an earlier deadline than the
+    /// one it waits for.
+    fn check_timer(&self) {
+        let waker = {
+            let mut st = self.st.borrow_mut();
+            match st.session.poll_timeout() {
+                Some(at) if st.timer_at.is_none_or(|t| at < t) => {
+                    st.timer_kick = true;
+                    st.timer.take()
+                }
+                _ => None,
+            }
+        };
+        wake_all(waker);
+    }
+
     /// Ends the connection after the session ended (orderly close or loss)
     /// while letting the flusher send what is queued.
     fn finish(&self, err: Error) {
@@ -542,6 +581,11 @@ impl Conn {
                 let now = clock::now();
                 let due = st.timer_at.is_some_and(|t| t <= now);
                 if due {
+                    // A reader stopped for back-pressure is not the peer
+                    // falling silent.
+                    if st.reader.is_some() {
+                        st.session.input_held(now);
+                    }
                     st.session.handle_timeout(now);
                 }
                 due
@@ -844,7 +888,7 @@ impl Conn {
             return Poll::Ready(r);
         }
         let mut st = self.st.borrow_mut();
-        let waiters = st.inbound.waiters.entry(stream).or_default();
+        let waiters = &mut st.inbound.stream(stream).waiters;
         if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
             waiters.push(cx.waker().clone());
         }
@@ -966,7 +1010,7 @@ impl Conn {
     /// Waits for the reply to call `id` (registered in `calls`).
     async fn await_reply(self: &Rc<Self>, id: u64) -> Result<Incoming, Error> {
         // The call's deadline may be the earliest.
-        self.after_session();
+        self.check_timer();
         let mut guard = CallGuard { conn: self, id };
         let out = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
@@ -1017,16 +1061,15 @@ impl Conn {
         let id = {
             let mut st = self.st.borrow_mut();
             pump_control(&mut st)?;
-            st.out.seal();
             let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
             head.resize(ringwire_proto::HEADER_LEN, 0);
-            let (_, CallId(id)) = st
+            let (sent, CallId(id)) = st
                 .session
                 .call_header::<Req>(clock::now(), stream, payload_len, &mut head)
                 .map_err(Error::from_proto)?;
             let len = head.len() + shared.end - shared.start;
-            st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-            st.out.ready.push_back(OutBuf::Shared(shared));
+            st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
+            st.out.push(OutBuf::Shared(shared), sent.seq);
             st.out.messages += 1;
             st.out.bytes += len;
             stats::message_out(self.scheme, len);
@@ -1079,15 +1122,15 @@ impl Conn {
                 });
             }
             pump_control(&mut st)?;
-            st.out.seal();
             let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
             head.resize(ringwire_proto::HEADER_LEN, 0);
-            st.session
+            let sent = st
+                .session
                 .send_header::<T>(clock::now(), stream, payload_len, &mut head)
                 .map_err(Error::from_proto)?;
             let len = head.len() + shared.end - shared.start;
-            st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-            st.out.ready.push_back(OutBuf::Shared(shared));
+            st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
+            st.out.push(OutBuf::Shared(shared), sent.seq);
             st.out.messages += 1;
             st.out.bytes += len;
             stats::message_out(self.scheme, len);
@@ -1152,7 +1195,6 @@ impl Conn {
             })?;
             stats::message_out(self.scheme, sent.len);
             for (index, seg) in segments.into_iter().enumerate() {
-                st.out.seal();
                 let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
                 head.resize(ringwire_proto::HEADER_LEN, 0);
                 let h = st
@@ -1162,10 +1204,10 @@ impl Conn {
                 let mut seg = Segment::new(seg);
                 seg.back = Some((back.clone(), index));
                 st.out.bytes += h.header_len + h.data_len + h.pad;
-                st.out.ready.push_back(OutBuf::Header(HeapFrames(head)));
-                st.out.ready.push_back(OutBuf::Segment(seg));
+                st.out.push(OutBuf::Header(HeapFrames(head)), h.seq);
+                st.out.push(OutBuf::Segment(seg), h.seq);
                 if h.pad > 0 {
-                    st.out.ready.push_back(OutBuf::Pad(&ZEROS[..h.pad]));
+                    st.out.push(OutBuf::Pad(&ZEROS[..h.pad]), h.seq);
                 }
             }
             sent.seq
@@ -1232,12 +1274,15 @@ impl Conn {
     /// its message and byte counts (give them back to
     /// [`batch_done`](Self::batch_done)). `None` once the connection is over
     /// (or draining at shutdown) and nothing is left to send.
-    pub(crate) async fn next_batch(&self) -> Option<(Vec<OutBuf>, usize, usize)> {
+    pub(crate) async fn next_batch(&self) -> Option<(Vec<Tagged>, usize, usize)> {
         poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             if !st.out.is_empty() {
-                let (messages, bytes) = (st.out.messages, st.out.bytes);
-                return Poll::Ready(Some((st.out.take(), messages, bytes)));
+                let messages = if st.out.hold_data { 0 } else { st.out.messages };
+                let before = st.out.in_flight_bytes;
+                let batch = st.out.take();
+                let bytes = st.out.in_flight_bytes - before;
+                return Poll::Ready(Some((batch, messages, bytes)));
             }
             if matches!(st.phase, Phase::Closed(_)) || st.draining {
                 return Poll::Ready(None);
@@ -1257,12 +1302,6 @@ impl Conn {
             std::mem::take(&mut st.send_waiters)
         };
         wake_all(wakers);
-    }
-
-    /// Messages and bytes in flight (taken by the flusher, not yet done).
-    pub(crate) fn in_flight(&self) -> (usize, usize) {
-        let st = self.st.borrow();
-        (st.out.in_flight_messages, st.out.in_flight_bytes)
     }
 
     /// The peer, once the handshake is done.
@@ -1298,16 +1337,19 @@ fn push_inbound(inbound: &mut Inbound, stream: u32, item: Queued) -> Vec<Waker> 
         inbound.bytes += len;
     }
     inbound.messages += 1;
-    inbound.queues.entry(stream).or_default().push_back(item);
-    inbound
-        .waiters
-        .get_mut(&stream)
-        .map(std::mem::take)
-        .unwrap_or_default()
+    let q = inbound.stream(stream);
+    q.queue.push_back(item);
+    std::mem::take(&mut q.waiters)
 }
 
 fn pop_inbound(st: &mut State, stream: u32) -> Option<Queued> {
-    let item = st.inbound.queues.get_mut(&stream)?.pop_front()?;
+    let item = st
+        .inbound
+        .streams
+        .iter_mut()
+        .find(|s| s.id == stream)?
+        .queue
+        .pop_front()?;
     st.inbound.messages -= 1;
     if let Queued::Msg(_, len) = &item {
         st.inbound.bytes -= len;
@@ -1324,8 +1366,8 @@ fn take_all_waiters(st: &mut State) -> Vec<Waker> {
     w.append(&mut st.phase_waiters);
     w.append(&mut st.send_waiters);
     w.extend(st.ack_waiters.drain(..).map(|(_, w)| w));
-    for (_, ws) in st.inbound.waiters.drain() {
-        w.extend(ws);
+    for s in &mut st.inbound.streams {
+        w.append(&mut s.waiters);
     }
     w
 }
@@ -1362,25 +1404,10 @@ fn pump_control(st: &mut State) -> Result<(), Error> {
     }
 }
 
-/// Appends a few bytes (a control frame) to the send queue.
+/// Appends a control frame to the send queue's control buffer.
 fn append_bytes(st: &mut State, bytes: &[u8]) {
     st.out.bytes += bytes.len();
-    if let Some(cur) = st.out.cur.as_mut() {
-        if cur.extend_from_slice(bytes) {
-            return;
-        }
-    }
-    if let Some(mut fresh) = SendBuf::try_acquire() {
-        if fresh.extend_from_slice(bytes) {
-            st.out.seal();
-            st.out.cur = Some(fresh);
-            return;
-        }
-    }
-    let mut heap = AlignedVec::<16>::with_capacity(bytes.len());
-    heap.extend_from_slice(bytes);
-    st.out.seal();
-    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+    st.out.control.extend_from_slice(bytes);
 }
 
 /// Runs `encode` on the current pool buffer's free space, moving to a fresh
@@ -1395,6 +1422,7 @@ fn encode_queued(
         match encode(&mut st.session, now, cur.spare_mut()) {
             Ok(sent) => {
                 cur.advance(sent.len);
+                st.out.cur_last_seq = sent.seq;
                 return Ok(sent);
             }
             Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = n,
@@ -1408,6 +1436,7 @@ fn encode_queued(
                     fresh.advance(sent.len);
                     st.out.seal();
                     st.out.cur = Some(fresh);
+                    st.out.cur_last_seq = sent.seq;
                     return Ok(sent);
                 }
                 Err(ProtoError::BufferTooSmall { needed: n, .. }) => needed = needed.max(n),
@@ -1427,8 +1456,7 @@ fn encode_queued(
             Ok(sent) => {
                 heap.resize(sent.len, 0);
                 if sent.len > 0 {
-                    st.out.seal();
-                    st.out.ready.push_back(OutBuf::Heap(HeapFrames(heap)));
+                    st.out.push(OutBuf::Heap(HeapFrames(heap)), sent.seq);
                 }
                 return Ok(sent);
             }

@@ -188,7 +188,7 @@ impl Incoming {
     /// bytes beyond what had already arrived are received by the kernel into
     /// `dests` directly (no user-space copy). Resolves to the filled
     /// destinations.
-    pub fn accept_bulk<D: crate::IoBufMut>(
+    pub fn accept_bulk<D: ringwire_runtime::IoBufMut>(
         &mut self,
         dests: Vec<D>,
     ) -> impl Future<Output = Result<Vec<D>, Error>> + 'static {
@@ -207,10 +207,6 @@ impl Incoming {
         if std::mem::take(&mut self.bulk_open) {
             self.conn.discard_bulk(self.received.seq());
         }
-    }
-
-    pub(crate) fn conn(&self) -> &Rc<Conn> {
-        &self.conn
     }
 }
 

@@ -163,26 +163,49 @@ unsafe impl IoBuf for OutBuf {
     }
 }
 
+/// A piece of outbound data with the highest sequence number of the data
+/// frames it carries (0: control frames only, never resent).
+pub(crate) struct Tagged {
+    pub(crate) buf: OutBuf,
+    pub(crate) last_seq: u64,
+}
+
 /// Frames queued on one connection, not yet handed to the flusher.
+///
+/// Control frames (hello, acks, heartbeats, close) collect in their own small
+/// buffer and go out first in each flush; data frames collect in pool
+/// buffers (and the special buffers of large, shared and bulk frames), each
+/// tagged with the last sequence number it carries, so that a connection
+/// that resumes after a cut can send its hello alone and then resend exactly
+/// what the peer has not acknowledged.
 #[derive(Default)]
 pub(crate) struct OutQueue {
-    /// The pool buffer being filled.
+    /// Control frames for the next flush.
+    pub(crate) control: AlignedVec<16>,
+    /// The pool buffer being filled with data frames.
     pub(crate) cur: Option<SendBuf>,
+    /// Last sequence number in `cur`.
+    pub(crate) cur_last_seq: u64,
     /// Filled or special buffers, in order, before `cur`.
-    pub(crate) ready: VecDeque<OutBuf>,
+    pub(crate) ready: VecDeque<Tagged>,
     /// Messages in `ready` and `cur`.
     pub(crate) messages: usize,
-    /// Bytes in `ready` and `cur`.
+    /// Bytes in `control`, `ready` and `cur`.
     pub(crate) bytes: usize,
     /// Messages and bytes handed to the flusher and not yet sent.
     pub(crate) in_flight_messages: usize,
     pub(crate) in_flight_bytes: usize,
+    /// Data is held back (only control frames go out): a resumed
+    /// connection's handshake is under way.
+    pub(crate) hold_data: bool,
 }
 
 impl OutQueue {
-    /// Whether anything waits for the flusher.
+    /// Whether anything waits for the flusher (that it may send now).
     pub(crate) fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.cur.as_ref().is_none_or(|b| b.is_empty())
+        self.control.is_empty()
+            && (self.hold_data
+                || (self.ready.is_empty() && self.cur.as_ref().is_none_or(|b| b.is_empty())))
     }
 
     /// Closes the current pool buffer (it goes out before anything queued
@@ -192,19 +215,41 @@ impl OutQueue {
             if cur.is_empty() {
                 self.cur = Some(cur);
             } else {
-                self.ready.push_back(OutBuf::Pool(cur));
+                self.ready.push_back(Tagged {
+                    buf: OutBuf::Pool(cur),
+                    last_seq: std::mem::take(&mut self.cur_last_seq),
+                });
             }
         }
     }
 
-    /// Takes everything queued, in order, for one flush.
-    pub(crate) fn take(&mut self) -> Vec<OutBuf> {
+    /// Queues a special buffer carrying (part of) data frame `seq`.
+    pub(crate) fn push(&mut self, buf: OutBuf, seq: u64) {
         self.seal();
-        self.in_flight_messages += self.messages;
-        self.in_flight_bytes += self.bytes;
-        self.messages = 0;
-        self.bytes = 0;
-        self.ready.drain(..).collect()
+        self.ready.push_back(Tagged { buf, last_seq: seq });
+    }
+
+    /// Takes everything that may go out now, in order (control frames first),
+    /// for one flush.
+    pub(crate) fn take(&mut self) -> Vec<Tagged> {
+        let mut out = Vec::with_capacity(self.ready.len() + 2);
+        if !self.control.is_empty() {
+            let control = std::mem::take(&mut self.control);
+            out.push(Tagged {
+                buf: OutBuf::Heap(HeapFrames(control)),
+                last_seq: 0,
+            });
+        }
+        if !self.hold_data {
+            self.seal();
+            out.extend(self.ready.drain(..));
+            self.in_flight_messages += self.messages;
+            self.messages = 0;
+        }
+        let bytes: usize = out.iter().map(|t| t.buf.len()).sum();
+        self.in_flight_bytes += bytes;
+        self.bytes = self.bytes.saturating_sub(bytes);
+        out
     }
 
     /// Messages and bytes queued or in flight (what back-pressure counts).
@@ -217,6 +262,7 @@ impl OutQueue {
 
     /// Drops everything queued (the connection is gone).
     pub(crate) fn clear(&mut self) {
+        self.control = AlignedVec::new();
         self.cur = None;
         self.ready.clear();
         self.messages = 0;

@@ -487,7 +487,7 @@ impl CompletionCore {
             .wait_batch(None)
             .thread_name("ringwire-rdma")
             .build()
-            .map_err(RdmaError::Start)?;
+            .map_err(|e| RdmaError::Start(e.into()))?;
 
         let mut endpoints = Vec::with_capacity(config.lanes);
         let mut lanes = Vec::with_capacity(config.lanes);
