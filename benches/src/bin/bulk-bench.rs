@@ -684,7 +684,7 @@ fn role_main(args: &Args) -> Result<(), String> {
             };
             (
                 Who::Server,
-                ringwire_side(Who::Server, addr, args.core, &plan, table)?,
+                ringwire_side(Who::Server, addr, args.core, &plan, table, announce)?,
             )
         }
         (Role::Client, Impl::Ringwire) => {
@@ -693,7 +693,7 @@ fn role_main(args: &Args) -> Result<(), String> {
             };
             (
                 Who::Client,
-                ringwire_side(Who::Client, addr, args.core, &plan, table)?,
+                ringwire_side(Who::Client, addr, args.core, &plan, table, |_| ())?,
             )
         }
         (Role::Driver, _) => return Err("not a role".into()),
@@ -836,13 +836,16 @@ fn ringwire_config(plan: &Plan) -> Result<Config, String> {
         .max_bulk_segment(max))
 }
 
-/// Runs one side of a ringwire transfer on a one-core runtime.
+/// Runs one side of a ringwire transfer on a one-core runtime. The server
+/// listens on `addr` (port 0: any) and calls `on_listen` with the address it
+/// bound; the client connects to `addr`.
 fn ringwire_side(
     who: Who,
     addr: SocketAddr,
     core: Option<usize>,
     plan: &Plan,
     table: Table,
+    on_listen: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<Side, String> {
     let placement = match core {
         Some(c) => Placement::Cpus(vec![c]),
@@ -863,8 +866,11 @@ fn ringwire_side(
             let conn = match who {
                 Who::Server => {
                     let mut l = listen(&ep, &cfg).await.map_err(|e| describe(&ep, e))?;
-                    let bound = ringwire_bound_addr(l.endpoint()).unwrap_or(addr);
-                    announce(bound);
+                    let port = l
+                        .endpoint()
+                        .port()
+                        .ok_or_else(|| format!("the listener on {ep} has no port"))?;
+                    on_listen(SocketAddr::new(addr.ip(), port));
                     l.accept()
                         .await
                         .ok_or("the listener closed before a connection arrived")?
@@ -890,15 +896,6 @@ fn describe(ep: &Endpoint, e: Error) -> String {
         Error::NotEnabled { .. } => format!("SKIP {ep}: {e}"),
         e => format!("{ep}: {e}"),
     }
-}
-
-fn ringwire_bound_addr(ep: &Endpoint) -> Option<SocketAddr> {
-    ep.to_string()
-        .strip_prefix("tcp://")?
-        .split('?')
-        .next()?
-        .parse()
-        .ok()
 }
 
 async fn ringwire_transfer(
@@ -1511,16 +1508,45 @@ mod tests {
         (server.join().unwrap(), client)
     }
 
-    #[test]
-    fn tcp_loop_moves_every_message_both_ways() {
-        for p in [
+    fn test_plans() -> [Plan; 3] {
+        [
             plan(Test::Sync, 20),
             plan(Test::Async, 20),
             Plan {
                 mix_max: 1 << 20,
                 ..plan(Test::Mix, 30)
             },
-        ] {
+        ]
+    }
+
+    /// Both sides of ringwire's bulk transfer, each on its own one-core
+    /// runtime in this process, every byte checked, for each test.
+    #[test]
+    fn ringwire_bulk_moves_every_message_both_ways() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for p in test_plans() {
+            let expect: u64 = p.sizes().iter().map(|&s| s as u64).sum();
+            let (tx, rx) = mpsc::channel();
+            let sp = p.clone();
+            let server = std::thread::spawn(move || {
+                let table = Table::new(sp.max_size());
+                ringwire_side(Who::Server, any, None, &sp, table, move |a| {
+                    tx.send(a).unwrap()
+                })
+            });
+            let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            let table = Table::new(p.max_size());
+            let client = ringwire_side(Who::Client, addr, None, &p, table, |_| ()).unwrap();
+            let server = server.join().unwrap().unwrap();
+            for side in [server, client] {
+                assert_eq!((side.sent, side.received), (expect, expect), "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_loop_moves_every_message_both_ways() {
+        for p in test_plans() {
             let expect: u64 = p.sizes().iter().map(|&s| s as u64).sum();
             let (s, c) = tcp_pair(&p);
             for side in [s, c] {
