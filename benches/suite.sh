@@ -104,10 +104,14 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     [ "$HAVE_KV_NODE" = 1 ] && ex_bins+=(--bin kv-node)
     nice -n 10 cargo build --release -p ringwire-examples "${ex_bins[@]}"
     # The other scripts' binaries, so that building them is not timed; a
-    # failure here shows again in the step that needs them.
+    # failure here shows again in the step that needs them. One package per
+    # command, as the scripts build them (features are unified over the
+    # packages of one command, so building both at once would not be reused).
     if [ -x benches/typed.sh ] || [ -x benches/kv.sh ]; then
-        nice -n 10 cargo build --release -p ringwire-benches -p ringwire-examples --bins ||
-            echo "suite.sh: building every binary failed; the steps that need them will fail" >&2
+        for p in ringwire-benches ringwire-examples; do
+            nice -n 10 cargo build --release -p "$p" --bins ||
+                echo "suite.sh: building every binary of $p failed; the steps that need them will fail" >&2
+        done
     fi
     if want mailbox || want codec; then
         nice -n 10 cargo bench -p ringwire-benches --bench mailbox --bench codec --no-run

@@ -623,12 +623,13 @@ fn step_charts(step: &Step, rows: &[Row]) -> Vec<(&'static str, Chart)> {
         out.push(("efficiency", Chart::Bars(b)));
     }
 
+    // Request/reply and echo runs by messages, bulk runs by bits.
     let rate = [
-        "gbit_per_s",
         "requests_per_s",
         "rps",
-        "ops_per_s",
         "msgs_per_s",
+        "gbit_per_s",
+        "ops_per_s",
     ]
     .into_iter()
     .find(|k| loaded.iter().any(|r| r.value(k).is_some()));
