@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use self::charts::{Bars, Lines};
 use self::criterion::{Estimate, Throughput};
-use self::results::{aggregate, number, parse_all, Row};
+use self::results::{aggregate, distinct_labels, number, parse_all, Row};
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -503,49 +503,48 @@ fn metric_bars(title: &str, y_desc: &str, key: &str, rows: &[&Row], scale: f64) 
     if rows.is_empty() {
         return None;
     }
+    let (labels, common) = distinct_labels(&rows);
+    let title = if common.is_empty() {
+        title.to_owned()
+    } else {
+        format!("{title} ({common})")
+    };
     let mut series: Vec<String> = Vec::new();
     let mut cases: Vec<String> = Vec::new();
-    for r in &rows {
+    for (r, l) in rows.iter().zip(&labels) {
         if !series.contains(&r.series) {
             series.push(r.series.clone());
         }
-        let c = r.case_label();
-        if !cases.contains(&c) {
-            cases.push(c);
+        if !cases.contains(l) {
+            cases.push(l.clone());
         }
     }
-    let v = |r: &Row| r.value(key).map(|v| v * scale);
+    let value = |s: &str, c: &str| {
+        rows.iter()
+            .zip(&labels)
+            .find(|(r, l)| r.series == s && l.as_str() == c)
+            .and_then(|(r, _)| r.value(key))
+            .map(|v| v * scale)
+    };
     Some(if cases.len() == 1 {
         Bars {
-            title: format!("{title} ({})", cases[0]),
+            title,
             y_desc: y_desc.to_owned(),
             categories: series.clone(),
             groups: vec![header_of(key)],
-            values: vec![series
-                .iter()
-                .map(|s| rows.iter().find(|r| &r.series == s).and_then(|r| v(r)))
-                .collect()],
+            values: vec![series.iter().map(|s| value(s, &cases[0])).collect()],
             log_y: false,
             legend: false,
         }
     } else {
         Bars {
-            title: title.to_owned(),
+            title,
             y_desc: y_desc.to_owned(),
             categories: cases.clone(),
             groups: series.clone(),
             values: series
                 .iter()
-                .map(|s| {
-                    cases
-                        .iter()
-                        .map(|c| {
-                            rows.iter()
-                                .find(|r| &r.series == s && &r.case_label() == c)
-                                .and_then(|r| v(r))
-                        })
-                        .collect()
-                })
+                .map(|s| cases.iter().map(|c| value(s, c)).collect())
                 .collect(),
             log_y: false,
             legend: true,
@@ -576,38 +575,51 @@ fn step_charts(step: &Step, rows: &[Row]) -> Vec<(&'static str, Chart)> {
         }
     };
     if !lat_rows.is_empty() {
-        let mut cases: Vec<String> = Vec::new();
-        for r in &lat_rows {
-            let c = r.case_label();
-            if !cases.contains(&c) {
-                cases.push(c);
-            }
-        }
-        let label = |r: &Row| {
-            if cases.len() == 1 {
-                r.series.clone()
-            } else {
-                format!("{} {}", r.series, r.case_label())
-            }
-        };
+        let (labels, common) = distinct_labels(&lat_rows);
         let keys = [("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")];
-        let title = if cases.len() == 1 {
-            format!("{}: round-trip latency ({})", step.title, cases[0])
-        } else {
+        let title = if common.is_empty() {
             format!("{}: round-trip latency", step.title)
+        } else {
+            format!("{}: round-trip latency ({common})", step.title)
         };
+        let values: Vec<Vec<Option<f64>>> = keys
+            .iter()
+            .map(|(k, _)| lat_rows.iter().map(|r| r.value(k)).collect())
+            .collect();
+        // Tails far above the medians (a busy machine) would flatten the
+        // medians on a linear axis.
+        let present: Vec<f64> = values
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .filter(|v| *v > 0.0)
+            .collect();
+        let lo = present.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = present.iter().copied().fold(0.0, f64::max);
         out.push((
             "latency",
             Chart::Bars(Bars {
                 title,
-                y_desc: "microseconds".into(),
-                categories: lat_rows.iter().map(|r| label(r)).collect(),
-                groups: keys.iter().map(|(_, n)| (*n).to_owned()).collect(),
-                values: keys
+                y_desc: if hi > 30.0 * lo {
+                    "microseconds (log scale)".into()
+                } else {
+                    "microseconds".into()
+                },
+                categories: lat_rows
                     .iter()
-                    .map(|(k, _)| lat_rows.iter().map(|r| r.value(k)).collect())
+                    .zip(&labels)
+                    .map(|(r, l)| {
+                        if l == "-" {
+                            r.series.clone()
+                        } else {
+                            format!("{} {l}", r.series)
+                        }
+                    })
                     .collect(),
-                log_y: false,
+                groups: keys.iter().map(|(_, n)| (*n).to_owned()).collect(),
+                values,
+                log_y: hi > 30.0 * lo,
                 legend: true,
             }),
         ));
@@ -657,38 +669,50 @@ fn step_charts(step: &Step, rows: &[Row]) -> Vec<(&'static str, Chart)> {
         })
         .collect();
     if !rss.is_empty() {
+        let (labels, common) = distinct_labels(&rss);
         let mut series: Vec<String> = Vec::new();
         let mut cats: Vec<(String, &str)> = Vec::new();
-        for r in &rss {
+        for (r, l) in rss.iter().zip(&labels) {
             if !series.contains(&r.series) {
                 series.push(r.series.clone());
             }
             for role in ["server", "client"] {
-                let c = (r.case_label(), role);
+                let c = (l.clone(), role);
                 if !cats.contains(&c) {
                     cats.push(c);
                 }
             }
         }
+        let value = |s: &str, c: &str, role: &str| {
+            rss.iter()
+                .zip(&labels)
+                .find(|(r, l)| r.series == s && l.as_str() == c)
+                .and_then(|(r, _)| r.value(&format!("{role}_peak_rss_kib")))
+                .map(|v| v / 1024.0)
+        };
         out.push((
             "rss",
             Chart::Bars(Bars {
-                title: format!("{}: peak RSS per process", step.title),
+                title: if common.is_empty() {
+                    format!("{}: peak RSS per process", step.title)
+                } else {
+                    format!("{}: peak RSS per process ({common})", step.title)
+                },
                 y_desc: "VmHWM, MiB".into(),
-                categories: cats.iter().map(|(c, role)| format!("{c} {role}")).collect(),
+                categories: cats
+                    .iter()
+                    .map(|(c, role)| {
+                        if c == "-" {
+                            (*role).to_owned()
+                        } else {
+                            format!("{c} {role}")
+                        }
+                    })
+                    .collect(),
                 groups: series.clone(),
                 values: series
                     .iter()
-                    .map(|s| {
-                        cats.iter()
-                            .map(|(c, role)| {
-                                rss.iter()
-                                    .find(|r| &r.series == s && &r.case_label() == c)
-                                    .and_then(|r| r.value(&format!("{role}_peak_rss_kib")))
-                                    .map(|v| v / 1024.0)
-                            })
-                            .collect()
-                    })
+                    .map(|s| cats.iter().map(|(c, role)| value(s, c, role)).collect())
                     .collect(),
                 log_y: false,
                 legend: true,
@@ -705,6 +729,24 @@ fn by_size(step: &Step, rows: &[&Row]) -> Option<Lines> {
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut derived = false;
+    // Words every line shares (`throughput lenprefix`) name no line.
+    let words = |r: &Row| -> Vec<String> {
+        r.case
+            .iter()
+            .filter(|(k, v)| k != "size" && number(v).is_none())
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let all_words: Vec<Vec<String>> = rows.iter().map(|r| words(r)).collect();
+    let shared: Vec<String> = all_words
+        .first()
+        .map(|f| {
+            f.iter()
+                .filter(|w| all_words.iter().all(|ws| ws.contains(w)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     for r in rows {
         let Some(size) = r.case_value("size").and_then(number) else {
             continue;
@@ -720,11 +762,9 @@ fn by_size(step: &Step, rows: &[&Row]) -> Option<Lines> {
             },
         };
         // Other case keys (test, mode) split the lines further.
-        let rest: Vec<&str> = r
-            .case
-            .iter()
-            .filter(|(k, v)| k != "size" && number(v).is_none())
-            .map(|(_, v)| v.as_str())
+        let rest: Vec<String> = words(r)
+            .into_iter()
+            .filter(|w| !shared.contains(w))
             .collect();
         let name = if rest.is_empty() {
             r.series.clone()
@@ -808,7 +848,7 @@ fn criterion_section(step: &Step, group: &str, list: &[&Estimate]) -> String {
     let functions = functions_of(list);
     let mut s = String::new();
     let _ = writeln!(s, "### criterion group `{group}`\n");
-    let mut headers = vec!["function".to_owned()];
+    let mut headers = vec!["function \\ parameter".to_owned()];
     headers.extend(values.iter().map(|v| {
         if v.is_empty() {
             "median".into()

@@ -121,11 +121,10 @@ impl Row {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The case as one short label: the values joined with spaces, sizes
-    /// as byte sizes (`1 KiB`), other numbers with their key (`conns=64`).
-    pub fn case_label(&self) -> String {
-        let parts: Vec<String> = self
-            .case
+    /// The case's parts as shown: values, sizes as byte sizes (`1 KiB`),
+    /// other numbers with their key (`conns=64`).
+    pub fn case_parts(&self) -> Vec<String> {
+        self.case
             .iter()
             .map(|(k, v)| match number(v) {
                 Some(n) if SIZE_KEYS.contains(&k.as_str()) => match k.as_str() {
@@ -135,13 +134,51 @@ impl Row {
                 Some(_) => format!("{k}={v}"),
                 None => v.clone(),
             })
-            .collect();
+            .collect()
+    }
+
+    /// The case as one short label: its parts joined with spaces.
+    pub fn case_label(&self) -> String {
+        let parts = self.case_parts();
         if parts.is_empty() {
             "all".to_owned()
         } else {
             parts.join(" ")
         }
     }
+}
+
+/// Short case labels for `rows` shown together: each row's case parts
+/// without those every row shares (`-` when nothing is left), and the
+/// shared parts joined (for a title).
+pub fn distinct_labels(rows: &[&Row]) -> (Vec<String>, String) {
+    let parts: Vec<Vec<String>> = rows.iter().map(|r| r.case_parts()).collect();
+    let common: Vec<String> = parts
+        .first()
+        .map(|first| {
+            first
+                .iter()
+                .filter(|p| parts.iter().all(|ps| ps.contains(p)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let labels = parts
+        .iter()
+        .map(|ps| {
+            let own: Vec<&str> = ps
+                .iter()
+                .filter(|p| !common.contains(p))
+                .map(String::as_str)
+                .collect();
+            if own.is_empty() {
+                "-".to_owned()
+            } else {
+                own.join(" ")
+            }
+        })
+        .collect();
+    (labels, common.join(" "))
 }
 
 /// Groups lines by series and case and takes the median of each
@@ -259,6 +296,24 @@ RESULT run=1 server=echo-node-park mode=throughput size=1024 msgs_per_s=400
         assert_eq!(t.value("p50_us"), Some(5.0));
         assert_eq!(rows[1].case_value("mode"), Some("pingpong"));
         assert_eq!(rows[2].series, "echo-node-park");
+        let all: Vec<&Row> = rows.iter().collect();
+        let (labels, common) = distinct_labels(&all);
+        assert_eq!(
+            labels,
+            ["throughput 1 KiB", "pingpong 64 B", "throughput 1 KiB"]
+        );
+        assert_eq!(common, "");
+        let tput: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.case_value("mode") == Some("throughput"))
+            .collect();
+        assert_eq!(
+            distinct_labels(&tput),
+            (
+                vec!["-".to_owned(), "-".to_owned()],
+                "throughput 1 KiB".to_owned()
+            )
+        );
     }
 
     #[test]
