@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Echo server comparison: ringwire's echo-node (idle park and idle poll)
-# against the tokio and glommio peer servers, on one server core.
+# Echo server comparison: ringwire's echo-node against the floor (floor-echo,
+# a hand-written io_uring echo loop with no runtime) and the tokio and glommio
+# peer servers, on one server core.
 #
 # For each server: start it pinned to core $SERVER_CORE (`taskset -c
 # $SERVER_CORE server --cores 1`: one core, the first CPU it may use), wait for
@@ -14,11 +15,18 @@
 #        SERVERS="tokio glommio" DURATION=3 ./benches/compare.sh
 #
 # Environment (defaults in brackets):
-#   SERVERS       servers to run [echo-node-park echo-node-poll tokio glommio];
-#                 also echo-node-single (park, one single-shot RECV per arrival
-#                 instead of multishot: the receive-path A/B) and
-#                 echo-node-nobatch (park, waking on the first completion);
-#                 `echo-node` stands for both echo-node variants
+#   SERVERS       servers to run [floor echo-node-park tokio glommio];
+#                 also echo-node-poll (never blocks), echo-node-single (park,
+#                 one single-shot RECV per arrival instead of multishot: the
+#                 receive-path A/B), echo-node-nobatch (park, waking on the
+#                 first completion), echo-node-spin (--idle spin:20),
+#                 floor-copy (floor, copying a send that spans buffers instead
+#                 of one SENDMSG), floor-nobatch (floor, waking on the first
+#                 completion) and floor-spin (floor, polling 20 us before it
+#                 blocks); `echo-node` stands for echo-node-park and
+#                 echo-node-poll
+#                 The table gives every server's ratios to tokio and to the
+#                 floor (when `floor` ran).
 #   DURATION      measured seconds per throughput run [5]
 #   PP_DURATION   measured seconds per ping-pong run [$DURATION]
 #   WARMUP        warm-up seconds before each run [1]
@@ -35,7 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
-SERVERS=${SERVERS:-echo-node-park echo-node-poll tokio glommio}
+SERVERS=${SERVERS:-floor echo-node-park tokio glommio}
 DURATION=${DURATION:-5}
 PP_DURATION=${PP_DURATION:-$DURATION}
 WARMUP=${WARMUP:-1}
@@ -59,8 +67,8 @@ LIST=()
 for s in $SERVERS; do
     case "$s" in
         echo-node) LIST+=(echo-node-park echo-node-poll) ;;
-        echo-node-park | echo-node-poll | echo-node-single | echo-node-nobatch | tokio | glommio) LIST+=("$s") ;;
-        *) die "unknown server '$s' (known: echo-node-park echo-node-poll echo-node-single echo-node-nobatch echo-node tokio glommio)" ;;
+        floor | floor-copy | floor-nobatch | floor-spin | echo-node-park | echo-node-poll | echo-node-spin | echo-node-single | echo-node-nobatch | tokio | glommio) LIST+=("$s") ;;
+        *) die "unknown server '$s' (known: floor floor-copy floor-nobatch floor-spin echo-node-park echo-node-poll echo-node-spin echo-node-single echo-node-nobatch echo-node tokio glommio)" ;;
     esac
 done
 [ "${#LIST[@]}" -gt 0 ] || die "SERVERS is empty"
@@ -72,7 +80,7 @@ fi
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
     echo "== building (release)"
-    cargo build --release -p ringwire-benches --bin loadgen --bin tokio-echo --bin glommio-echo
+    cargo build --release -p ringwire-benches --bin loadgen --bin tokio-echo --bin glommio-echo --bin floor-echo
     case " ${LIST[*]} " in
         *" echo-node-"*) cargo build --release -p ringwire-examples --bin echo-node ;;
     esac
@@ -100,8 +108,13 @@ server_cmd() {
     case "$name" in
         echo-node-park) echo "$BIN/echo-node ${common[*]} --idle park" ;;
         echo-node-poll) echo "$BIN/echo-node ${common[*]} --idle poll" ;;
+        echo-node-spin) echo "$BIN/echo-node ${common[*]} --idle spin:20" ;;
         echo-node-single) echo "$BIN/echo-node ${common[*]} --idle park --recv single" ;;
         echo-node-nobatch) echo "$BIN/echo-node ${common[*]} --idle park --wait-batch off" ;;
+        floor) echo "$BIN/floor-echo ${common[*]}" ;;
+        floor-copy) echo "$BIN/floor-echo ${common[*]} --gather copy" ;;
+        floor-nobatch) echo "$BIN/floor-echo ${common[*]} --wait-batch off" ;;
+        floor-spin) echo "$BIN/floor-echo ${common[*]} --spin 20" ;;
         tokio) echo "$BIN/tokio-echo ${common[*]}" ;;
         glommio) echo "$BIN/glommio-echo ${common[*]}" ;;
     esac
@@ -193,16 +206,18 @@ awk -v order="${LIST[*]}" '
     END {
         n = split(order, names, " ")
         tt = median("tokio" SUBSEP "tput"); te = median("tokio" SUBSEP "eff"); tp = median("tokio" SUBSEP "p50")
-        fmt = "%-15s | %10s | %7s | %14s | %7s | %7s | %7s | %7s | %8s | %8s | %9s | %9s\n"
-        printf fmt, "server", "msgs/s", "x tokio", "msgs/srv-CPU-s", "x tokio", "srv CPU", "lg CPU", "other", "pp p50", "pp p99", "pp p99.9", "p50/tokio"
-        printf fmt, "---------------", "----------", "-------", "--------------", "-------", "-------", "-------", "-------", "--------", "--------", "---------", "---------"
+        ft = median("floor" SUBSEP "tput"); fe = median("floor" SUBSEP "eff"); fp = median("floor" SUBSEP "p50")
+        fmt = "%-17s | %10s | %7s | %7s | %14s | %7s | %7s | %7s | %7s | %7s | %8s | %8s | %9s | %9s | %9s\n"
+        printf fmt, "server", "msgs/s", "x tokio", "x floor", "msgs/srv-CPU-s", "x tokio", "x floor", "srv CPU", "lg CPU", "other", "pp p50", "pp p99", "pp p99.9", "p50/tokio", "p50/floor"
+        printf fmt, "-----------------", "----------", "-------", "-------", "--------------", "-------", "-------", "-------", "-------", "-------", "--------", "--------", "---------", "---------", "---------"
         for (i = 1; i <= n; i++) {
             s = names[i]
             t = median(s SUBSEP "tput"); e = median(s SUBSEP "eff"); c = median(s SUBSEP "cpu")
             lg = median(s SUBSEP "lg"); o = median(s SUBSEP "other")
             p50 = median(s SUBSEP "p50"); p99 = median(s SUBSEP "p99"); p999 = median(s SUBSEP "p999")
-            printf fmt, s, num(t, "%.0f"), ratio(t, tt), num(e, "%.0f"), ratio(e, te), num(c, "%.2fs"), num(lg, "%.2fs"), num(o, "%.2fs"), \
-                num(p50, "%.1fus"), num(p99, "%.1fus"), num(p999, "%.1fus"), ratio(p50, tp)
+            printf fmt, s, num(t, "%.0f"), ratio(t, tt), ratio(t, ft), num(e, "%.0f"), ratio(e, te), ratio(e, fe), \
+                num(c, "%.2fs"), num(lg, "%.2fs"), num(o, "%.2fs"), \
+                num(p50, "%.1fus"), num(p99, "%.1fus"), num(p999, "%.1fus"), ratio(p50, tp), ratio(p50, fp)
         }
     }
 ' "$WORK/results"
@@ -210,6 +225,7 @@ echo "msgs/s and msgs per server CPU-second come from the throughput runs; 'srv 
 echo "and 'other' are the CPU seconds of the server, the load generator and everything else on the"
 echo "machine (other processes, interrupts) over the measured throughput interval: a large 'other'"
 echo "means the run was disturbed. pp = ping-pong round-trip latency; p50/tokio < 1 is faster."
+echo "x floor: ratio to floor-echo, the hand-written io_uring loop with no runtime ('-' if it did not run)."
 echo
 echo "raw RESULT lines:"
 sed 's/^/  /' "$WORK/results"

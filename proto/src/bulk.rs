@@ -75,6 +75,15 @@ impl<'a> BulkSizes<'a> {
     }
 }
 
+/// Splits a message frame's payload into its optional bulk descriptor (when
+/// the header has the bulk flag) and the rkyv archive.
+pub fn bulk_body<'a>(
+    header: &FrameHeader,
+    payload: &'a [u8],
+) -> Result<(Option<BulkSizes<'a>>, &'a [u8]), ProtoError> {
+    split_body(header, payload)
+}
+
 /// Splits a message payload into its optional bulk descriptor and the
 /// archive.
 pub(crate) fn split_body<'a>(

@@ -60,7 +60,7 @@ pub mod writer;
 pub use rkyv;
 
 pub use access::{access, access_trusted, PAYLOAD_ALIGN};
-pub use bulk::BulkSizes;
+pub use bulk::{bulk_body, BulkSizes};
 pub use control::CloseReason;
 pub use decoder::{BulkPiece, Decoded, Decoder, Frame, Item};
 pub use encoder::{encode_bulk_header, encode_frame, encode_message, encode_message_with_bulk};

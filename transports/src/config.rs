@@ -40,6 +40,64 @@ pub struct Config {
     pub(crate) recv_queue_bytes: usize,
     pub(crate) direct_threshold: usize,
     pub(crate) peers: Option<crate::peers::Peers>,
+    pub(crate) reconnect: Option<Reconnect>,
+    pub(crate) resume_window: Option<Duration>,
+}
+
+/// How a client connection comes back after a cut
+/// ([`Config::reconnect`]): exponential backoff with jitter and a cap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reconnect {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) give_up_after: Option<Duration>,
+}
+
+impl Default for Reconnect {
+    /// 10 ms doubling to 1 s, ±20% jitter, giving up after 60 s.
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(1),
+            jitter: 0.2,
+            give_up_after: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl Reconnect {
+    /// The first retry's delay and the cap the doubling delays stop at.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial = initial;
+        self.max = max.max(initial);
+        self
+    }
+
+    /// Each delay is varied by up to this fraction, so that many clients cut
+    /// at once do not come back at once (0 to 1; default 0.2).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Stop trying after this long without a link (the connection then
+    /// ends); `None` tries forever. Default: 60 s.
+    pub fn give_up_after(mut self, d: Option<Duration>) -> Self {
+        self.give_up_after = d;
+        self
+    }
+
+    /// The delay before retry number `attempt` (0-based), with `noise` in
+    /// [0, 1) choosing where in the jitter band it falls.
+    pub(crate) fn delay(&self, attempt: u32, noise: f64) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(30)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let factor = 1.0 + self.jitter * (2.0 * noise - 1.0);
+        base.mul_f64(factor.max(0.0))
+    }
 }
 
 impl Config {
@@ -58,6 +116,8 @@ impl Config {
             recv_queue_bytes: 4 << 20,
             direct_threshold: 16 * 1024,
             peers: None,
+            reconnect: None,
+            resume_window: None,
         }
     }
 
@@ -171,6 +231,27 @@ impl Config {
     /// the same registry to the listeners of every core.
     pub fn peers(mut self, peers: &crate::peers::Peers) -> Self {
         self.peers = Some(peers.clone());
+        self
+    }
+
+    /// Client connections made with this configuration come back after a
+    /// cut: they reconnect (with `policy`'s backoff, through the endpoint
+    /// list of [`connect_any`](crate::connect_any) in order) and resume the
+    /// session, so that every message is delivered exactly once and in order
+    /// (the server must keep sessions too: [`Config::resume`]). Sent data is
+    /// kept until acknowledged (it counts against the send queue's byte
+    /// mark). Default: off.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Server connections made with this configuration (accepted by a
+    /// listener) keep their session for `window` after a cut, so that the
+    /// client can resume it on a new connection; sent data is kept until
+    /// acknowledged. Default: off (a cut ends the connection).
+    pub fn resume(mut self, window: Duration) -> Self {
+        self.resume_window = Some(window);
         self
     }
 

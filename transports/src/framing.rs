@@ -70,17 +70,33 @@ pub(crate) struct Framer {
     skip: usize,
     partial: Option<Partial>,
     threshold: usize,
+    /// The connection link this framer's bytes come from; frames of a link
+    /// the connection has replaced never reach the session.
+    link: u64,
 }
 
 impl Framer {
-    /// A framer receiving frames of at least `direct_threshold` bytes direct.
-    pub(crate) fn new(direct_threshold: usize) -> Framer {
+    /// A framer for link `link`, receiving frames of at least
+    /// `direct_threshold` bytes direct.
+    pub(crate) fn new(direct_threshold: usize, link: u64) -> Framer {
         Framer {
             head: [0; HEADER_LEN],
             head_len: 0,
             skip: 0,
             partial: None,
             threshold: direct_threshold.max(1),
+            link,
+        }
+    }
+
+    /// Fails once the connection has moved to another link (its bytes are
+    /// no longer this one's to deliver). Checked before every hand-over to
+    /// the session, after every wait.
+    fn live(&self, conn: &Conn) -> Result<(), Error> {
+        if conn.link() == self.link {
+            Ok(())
+        } else {
+            Err(Error::closed("link replaced"))
         }
     }
 
@@ -124,7 +140,7 @@ impl Framer {
                             };
                             self.skip = pad(&header);
                             stats::frame_assembled(scheme);
-                            deliver_owned(conn, &header, buf).await?;
+                            self.deliver_owned(conn, &header, buf).await?;
                         }
                     }
                     Partial::Bulk {
@@ -146,6 +162,7 @@ impl Framer {
                                 unreachable!("matched above")
                             };
                             self.skip = pad(&header);
+                            self.live(conn)?;
                             conn.bulk_end(&header, dest, 0);
                         }
                     }
@@ -178,11 +195,13 @@ impl Framer {
                     return Err(err);
                 }
             };
+            self.live(conn)?;
             conn.check_header(&header)?;
             let len = header.payload_len as usize;
             let rest = bytes.len() - *pos;
             if header.kind == FrameKind::Bulk {
                 wait_ready(conn).await?;
+                self.live(conn)?;
                 let mut dest = conn.bulk_start(&header)?;
                 if rest >= len {
                     if let Some(d) = dest.as_mut() {
@@ -215,6 +234,7 @@ impl Framer {
             if rest >= len && (len == 0 || aligned) {
                 // In place.
                 wait_ready(conn).await?;
+                self.live(conn)?;
                 conn.on_frame(&header, &bytes[*pos..*pos + len], backing, false)?;
                 *pos += len;
                 self.skip = pad(&header);
@@ -238,7 +258,7 @@ impl Framer {
             if n == len {
                 self.skip = pad(&header);
                 stats::frame_assembled(scheme);
-                deliver_owned(conn, &header, buf).await?;
+                self.deliver_owned(conn, &header, buf).await?;
             } else {
                 self.partial = Some(Partial::Frame { header, buf });
             }
@@ -263,7 +283,7 @@ impl Framer {
         unsafe { buf.set_len(len) };
         self.skip = pad(header);
         stats::frame_direct(conn.scheme);
-        deliver_owned(conn, header, buf).await
+        self.deliver_owned(conn, header, buf).await
     }
 
     /// The rest of a [`Feed::DirectBulk`] arrived; `direct` bytes of it
@@ -274,9 +294,30 @@ impl Framer {
         header: &FrameHeader,
         dest: DestBox,
         direct: usize,
-    ) {
+    ) -> Result<(), Error> {
         self.skip = pad(header);
+        self.live(conn)?;
         conn.bulk_end(header, Some(dest), direct);
+        Ok(())
+    }
+
+    /// Delivers a frame held in its own buffer.
+    async fn deliver_owned(
+        &self,
+        conn: &Rc<Conn>,
+        header: &FrameHeader,
+        buf: AlignedVec<16>,
+    ) -> Result<(), Error> {
+        wait_ready(conn).await?;
+        self.live(conn)?;
+        let backing = Backing::Heap(Rc::new(buf));
+        let bytes = backing.bytes();
+        conn.on_frame(
+            header,
+            &bytes[..header.payload_len as usize],
+            &backing,
+            false,
+        )
     }
 }
 
@@ -285,28 +326,11 @@ fn pad(header: &FrameHeader) -> usize {
     padded_len(len) - len
 }
 
-pub(crate) async fn wait_ready(conn: &Conn) -> Result<(), Error> {
+pub(crate) async fn wait_ready(conn: &Rc<Conn>) -> Result<(), Error> {
     if conn.reader_may_go() {
         Ok(())
     } else {
         conn.after_session();
         conn.reader_ready().await
     }
-}
-
-/// Delivers a frame held in its own buffer.
-async fn deliver_owned(
-    conn: &Rc<Conn>,
-    header: &FrameHeader,
-    buf: AlignedVec<16>,
-) -> Result<(), Error> {
-    wait_ready(conn).await?;
-    let backing = Backing::Heap(Rc::new(buf));
-    let bytes = backing.bytes();
-    conn.on_frame(
-        header,
-        &bytes[..header.payload_len as usize],
-        &backing,
-        false,
-    )
 }

@@ -81,7 +81,7 @@ impl AcceptQueue {
 
 pub(crate) enum Kind {
     Mem(MemListener),
-    Stream(crate::stream::StreamListener),
+    Stream(Box<crate::stream::StreamListener>),
 }
 
 /// Accepts connections on one endpoint, on the current core. Not `Send`.

@@ -198,7 +198,7 @@ fn start(conn: &Rc<Conn>, tx: Sender<Item>, rx: Receiver<Item>) {
 
 /// Hands each batch of queued frames to the peer core.
 async fn flusher(conn: Rc<Conn>, mut tx: Sender<Item>) {
-    while let Some((bufs, messages, bytes)) = conn.next_batch().await {
+    while let Some((bufs, messages, bytes)) = conn.next_batch(1).await {
         let mut items = Vec::with_capacity(bufs.len());
         let mut bufs = bufs.into_iter().map(|t| t.buf).peekable();
         while let Some(buf) = bufs.next() {
@@ -236,11 +236,11 @@ async fn flusher(conn: Rc<Conn>, mut tx: Sender<Item>) {
         }
         for item in items {
             if tx.send(item).await.is_err() {
-                conn.on_eof();
+                conn.on_eof(1);
                 return;
             }
         }
-        conn.batch_done(messages, bytes);
+        conn.batch_done(Vec::new(), messages, bytes);
     }
     // Dropping `tx` tells the peer's reader that this side is done.
 }
@@ -306,14 +306,14 @@ async fn reader(conn: Rc<Conn>, mut rx: Receiver<Item>) {
             return;
         }
     }
-    conn.on_eof();
+    conn.on_eof(1);
 }
 
 fn parse(header: &[u8; HEADER_LEN]) -> Result<FrameHeader, Error> {
     FrameHeader::parse(header).map_err(Error::from_proto)
 }
 
-async fn wait_ready(conn: &Conn) -> Result<(), Error> {
+async fn wait_ready(conn: &Rc<Conn>) -> Result<(), Error> {
     if conn.reader_may_go() {
         Ok(())
     } else {
@@ -347,7 +347,7 @@ async fn frames(conn: &Rc<Conn>, backing: &Backing) -> Result<(), Error> {
 }
 
 /// Copies one bulk segment into its destination.
-fn segment(conn: &Conn, header: &FrameHeader, data: &[u8]) -> Result<(), Error> {
+fn segment(conn: &Rc<Conn>, header: &FrameHeader, data: &[u8]) -> Result<(), Error> {
     conn.check_header(header)?;
     let mut dest = conn.bulk_start(header)?;
     if let Some(d) = dest.as_mut() {

@@ -20,10 +20,14 @@
 //! caller's memory) to the kernel in one submission: a plain send for one
 //! buffer, a gather send for several.
 
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::task::Poll;
+
+use ringwire_proto::{FrameHeader, HEADER_LEN};
 
 use ringwire_runtime::net::{
     TcpListenOptions, TcpListener, TcpStream, UnixListener, UnixStream, WriteHalf,
@@ -31,9 +35,10 @@ use ringwire_runtime::net::{
 use ringwire_runtime::{spawn_local, IoBufMut, RecvBuf};
 use rkyv::util::AlignedVec;
 
-use crate::config::Config;
+use crate::config::{Config, Reconnect};
 use crate::conn::core::Conn;
 use crate::conn::incoming::Backing;
+use crate::conn::resume;
 use crate::conn::Connection;
 use crate::endpoint::{Address, Endpoint, Options, Scheme};
 use crate::error::Error;
@@ -115,8 +120,8 @@ unsafe impl ringwire_runtime::IoBuf for FrameDest {
 // ---------------------------------------------------------------------------
 // Connect and listen
 
-/// Connects to a `tcp://` or `unix://` endpoint.
-pub(crate) async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection, Error> {
+/// Opens a socket to a `tcp://` or `unix://` endpoint, its options applied.
+async fn open_socket(endpoint: &Endpoint) -> Result<Socket, Error> {
     let context = || format!("connect to {endpoint}");
     let socket = match endpoint.address() {
         Address::Net { .. } => {
@@ -162,10 +167,83 @@ pub(crate) async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Conn
         apply_buffer_options(s.as_raw_fd(), endpoint.options())
             .map_err(|e| Error::io(context(), e))?;
     }
-    let conn = Conn::new(endpoint.scheme(), endpoint.to_string(), config, true);
-    start(&conn, socket);
-    conn.handshake().await?;
-    Ok(Connection::new(conn))
+    Ok(socket)
+}
+
+/// Connects to the first of `endpoints` (`tcp://` or `unix://`) that
+/// answers; with [`Config::reconnect`](crate::Config::reconnect), a cut
+/// connection comes back through the same list, starting with the one that
+/// worked last.
+pub(crate) async fn connect(endpoints: &[Endpoint], config: &Config) -> Result<Connection, Error> {
+    let mut last = Error::Usage("no endpoint to connect to");
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let socket = match open_socket(endpoint).await {
+            Ok(s) => s,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let conn = Conn::new(endpoint.scheme(), endpoint.to_string(), config, true);
+        if let Some(policy) = config.reconnect {
+            let order: Vec<Endpoint> = endpoints[i..]
+                .iter()
+                .chain(&endpoints[..i])
+                .cloned()
+                .collect();
+            let order = Rc::new(order);
+            conn.set_relink(Rc::new(move |conn: Rc<Conn>| {
+                spawn_local(reconnect(conn, order.clone(), policy));
+            }));
+        }
+        start(&conn, socket, 1, None, true);
+        match conn.handshake().await {
+            Ok(_) => return Ok(Connection::new(conn)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The client's way back after a cut: retries `endpoints` in order with
+/// exponential backoff and jitter until one answers (then the session
+/// resumes on it) or the policy gives up.
+async fn reconnect(conn: Rc<Conn>, endpoints: Rc<Vec<Endpoint>>, policy: Reconnect) {
+    let mut attempt = 0u32;
+    let mut last: Option<Error> = None;
+    loop {
+        if conn.is_closed() {
+            return;
+        }
+        // Counted from the cut, not from this loop: links that connect and
+        // then fail their handshake do not restart the clock.
+        let down = conn.down_for();
+        if policy.give_up_after.is_some_and(|limit| down >= limit) {
+            let why = last.map_or_else(String::new, |e| format!(": {e}"));
+            conn.fail(Error::closed(format!(
+                "gave up reconnecting after {down:?} without a working link{why}"
+            )));
+            return;
+        }
+        let noise = crate::config::random_u64() as f64 / u64::MAX as f64;
+        ringwire_runtime::time::sleep(policy.delay(attempt, noise)).await;
+        attempt = attempt.saturating_add(1);
+        for endpoint in endpoints.iter() {
+            if conn.is_closed() {
+                return;
+            }
+            match open_socket(endpoint).await {
+                Ok(socket) => {
+                    match conn.attach() {
+                        Ok(link) => start(&conn, socket, link, None, false),
+                        Err(e) => conn.fail(e),
+                    }
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+    }
 }
 
 /// A `tcp://` or `unix://` listener on the current core: an accept loop
@@ -303,24 +381,84 @@ async fn accept_failed(e: io::Error) {
 }
 
 /// Starts the server side of an accepted connection; it reaches `queue`
-/// once its handshake succeeded.
+/// once its handshake succeeded. With a resume window, the client's first
+/// frame (its hello) is read first: a client resuming a suspended session is
+/// given back to it, on whatever core holds it.
 fn serve(socket: Socket, remote: String, config: &Config, queue: &Rc<AcceptQueue>) {
-    let conn = Conn::new(
-        match &socket {
-            Socket::Tcp(_) => Scheme::Tcp,
-            Socket::Unix(_) => Scheme::Unix,
-        },
-        remote,
-        config,
-        false,
-    );
-    start(&conn, socket);
+    let scheme = match &socket {
+        Socket::Tcp(_) => Scheme::Tcp,
+        Socket::Unix(_) => Scheme::Unix,
+    };
+    let queue = queue.clone();
+    let config = config.clone();
+    if config.resume_window.is_none() {
+        new_session(socket, scheme, remote, &config, &queue, None);
+        return;
+    }
+    spawn_local(async move {
+        let mut socket = socket;
+        let limit = config.session.handshake_timeout;
+        let hello = match ringwire_runtime::time::timeout(limit, read_hello(&mut socket)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %remote, "no valid hello; connection dropped");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "no hello within the handshake timeout; connection dropped");
+                return;
+            }
+        };
+        let (bytes, session, resume) = hello;
+        tracing::debug!(%remote, session, resume, registered = ?resume::registered_on(session), "first frame read");
+        if resume {
+            if let Some(core) = resume::registered_on(session) {
+                if core == ringwire_runtime::current_core() {
+                    if let Some(conn) = resume::take_over(session) {
+                        match conn.attach() {
+                            Ok(link) => start(&conn, socket, link, Some(bytes), false),
+                            Err(e) => conn.fail(e),
+                        }
+                        return;
+                    }
+                } else {
+                    hand_over(socket, scheme, core, session, bytes);
+                    return;
+                }
+            }
+        }
+        // A new session (or a resume of a session this process does not
+        // hold: the session refuses it in the handshake, and the client
+        // starts anew).
+        new_session(socket, scheme, remote, &config, &queue, Some(bytes));
+    });
+}
+
+/// A server connection with a fresh session; `first` holds bytes already
+/// read from the socket (the client's hello).
+fn new_session(
+    socket: Socket,
+    scheme: Scheme,
+    remote: String,
+    config: &Config,
+    queue: &Rc<AcceptQueue>,
+    first: Option<AlignedVec<16>>,
+) {
+    let conn = Conn::new(scheme, remote, config, false);
+    if let Some(window) = config.resume_window {
+        conn.set_relink(Rc::new(move |conn: Rc<Conn>| resume::suspend(conn, window)));
+    }
+    start(&conn, socket, 1, first, true);
     let queue = queue.clone();
     let peers = config.peers.clone();
+    let resumable = config.resume_window.is_some();
     spawn_local(async move {
         let res = conn.handshake().await.map(|peer| {
             if let Some(peers) = &peers {
                 peers.register(&conn, peer.node_id, ringwire_runtime::current_core());
+            }
+            if resumable {
+                resume::register(&conn);
             }
             Connection::new(conn)
         });
@@ -329,6 +467,82 @@ fn serve(socket: Socket, remote: String, config: &Config, queue: &Rc<AcceptQueue
         }
         queue.push(res);
     });
+}
+
+/// Reads the first frame, which must be a hello, straight from the socket
+/// (before its multishot receive is armed, so that the socket can still
+/// change cores). Returns its bytes, the session id and whether it asks to
+/// resume.
+async fn read_hello(socket: &mut Socket) -> Result<(AlignedVec<16>, u64, bool), Error> {
+    let io_err = |e| Error::io("reading the first frame", e);
+    let mut head = AlignedVec::<16>::with_capacity(HEADER_LEN);
+    head.resize(HEADER_LEN, 0);
+    let (res, head) = socket.recv_exact_into(FrameDest(head), 0..HEADER_LEN).await;
+    if res.map_err(io_err)? < HEADER_LEN {
+        return Err(Error::closed("closed before its hello"));
+    }
+    let header = FrameHeader::parse(
+        head.0
+            .first_chunk::<HEADER_LEN>()
+            .ok_or(Error::Usage("header"))?,
+    )
+    .map_err(Error::from_proto)?;
+    let max = ringwire_proto::hello::HELLO_FIXED_LEN + 4 * ringwire_proto::hello::MAX_HELLO_TYPES;
+    if header.kind != ringwire_proto::FrameKind::Hello || header.payload_len as usize > max {
+        return Err(Error::Protocol(std::sync::Arc::new(
+            ringwire_proto::ProtoError::ExpectedHello(header.kind.name()),
+        )));
+    }
+    let total = ringwire_proto::frame_len(header.payload_len as usize);
+    let mut frame = head.0;
+    frame.reserve(total - HEADER_LEN);
+    let (res, frame) = socket
+        .recv_exact_into(FrameDest(frame), HEADER_LEN..total)
+        .await;
+    let mut frame = frame.0;
+    if res.map_err(io_err)? < total - HEADER_LEN {
+        return Err(Error::closed("closed during its hello"));
+    }
+    // SAFETY: the first `total` bytes were written (header, then the rest
+    // by the receive, which reported all of them).
+    unsafe { frame.set_len(total) };
+    let hello = ringwire_proto::peek_hello(&frame)
+        .map_err(Error::from_proto)?
+        .ok_or(Error::Usage("internal: hello incomplete"))?;
+    Ok((frame, hello.session_id, hello.resume))
+}
+
+/// Moves an accepted socket to the core holding the session it resumes.
+fn hand_over(socket: Socket, scheme: Scheme, core: usize, session: u64, first: AlignedVec<16>) {
+    let fd = match socket {
+        Socket::Tcp(s) => s.into_fd().map_err(|(e, _)| e),
+        Socket::Unix(s) => s.into_fd().map_err(|(e, _)| e),
+    };
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot move a resuming connection to its core; dropped");
+            return;
+        }
+    };
+    let posted = ringwire_runtime::current_runtime().post(core, move || {
+        let Some(conn) = resume::take_over(session) else {
+            // Ended meanwhile (its registration is gone now): the client's
+            // next attempt starts a new session.
+            return;
+        };
+        let socket = match scheme {
+            Scheme::Unix => Socket::Unix(UnixStream::from_fd(fd)),
+            _ => Socket::Tcp(TcpStream::from_fd(fd)),
+        };
+        match conn.attach() {
+            Ok(link) => start(&conn, socket, link, Some(first), false),
+            Err(e) => conn.fail(e),
+        }
+    });
+    if let Err(e) = posted {
+        tracing::warn!(error = %e, "the session's core is gone; resuming connection dropped");
+    }
 }
 
 fn apply_tcp_options(stream: &TcpStream, opts: &Options) -> io::Result<()> {
@@ -361,53 +575,104 @@ fn apply_buffer_options(fd: std::os::fd::RawFd, opts: &Options) -> io::Result<()
     Ok(())
 }
 
-/// Spawns the connection's reader, flusher and timer on this core.
-fn start(conn: &Rc<Conn>, socket: Socket) {
+/// Spawns link `link`'s reader and flusher (and, for a new connection, its
+/// timer) on this core. `first` holds bytes already read from the socket.
+fn start(conn: &Rc<Conn>, socket: Socket, link: u64, first: Option<AlignedVec<16>>, new: bool) {
     let writer = socket.write_half();
-    spawn_local(flusher(conn.clone(), writer));
-    spawn_local(reader(conn.clone(), socket));
-    spawn_local(conn.clone().run_timer());
+    let closer = writer.clone();
+    conn.set_link_closer(
+        link,
+        Box::new(move || {
+            spawn_local(async move {
+                let _ = closer.shutdown(std::net::Shutdown::Both).await;
+            });
+        }),
+    );
+    spawn_local(flusher(conn.clone(), writer, link));
+    spawn_local(reader(conn.clone(), socket, link, first));
+    if new {
+        spawn_local(conn.clone().run_timer());
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Sending
 
-/// Hands each batch of queued buffers to the kernel in one submission.
-async fn flusher(conn: Rc<Conn>, writer: WriteHalf) {
-    while let Some((batch, messages, bytes)) = conn.next_batch().await {
+/// Hands each batch of queued buffers to the kernel in one submission, until
+/// the connection ends or moves to another link.
+async fn flusher(conn: Rc<Conn>, writer: WriteHalf, link: u64) {
+    while let Some((batch, messages, bytes)) = conn.next_batch(link).await {
+        let seqs: Vec<u64> = batch.iter().map(|t| t.last_seq).collect();
         let mut bufs: Vec<_> = batch.into_iter().map(|t| t.buf).collect();
-        let res = if bufs.len() == 1 {
+        let (res, bufs) = if bufs.len() == 1 {
             let buf = bufs.pop().expect("one buffer");
-            writer.send_all(buf).await.0
+            let (res, buf) = writer.send_all(buf).await;
+            (res, vec![buf])
         } else {
-            writer.send_vectored(bufs).await.0
+            writer.send_vectored(bufs).await
         };
+        let sent = bufs
+            .into_iter()
+            .zip(seqs)
+            .map(|(buf, last_seq)| crate::conn::out::Tagged { buf, last_seq })
+            .collect();
+        conn.batch_done(sent, messages, bytes);
         if let Err(e) = res {
-            conn.fail(Error::io(format!("send to {}", conn.remote), e));
+            conn.link_lost(link, Error::io(format!("send to {}", conn.remote), e));
             return;
         }
-        conn.batch_done(messages, bytes);
     }
-    // Over: tell the peer nothing more comes (its reader sees the end).
-    let _ = writer.shutdown(std::net::Shutdown::Write).await;
+    if conn.link() == link {
+        // Over: tell the peer nothing more comes (its reader sees the end).
+        let _ = writer.shutdown(std::net::Shutdown::Write).await;
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Receiving
 
-/// Receives, frames and delivers until the connection ends.
-async fn reader(conn: Rc<Conn>, mut socket: Socket) {
-    let res = read_loop(&conn, &mut socket).await;
-    match res {
-        Ok(()) => conn.on_eof(),
-        Err(e) => conn.fail(e),
+/// Receives, frames and delivers until the connection ends or moves to
+/// another link.
+async fn reader(conn: Rc<Conn>, mut socket: Socket, link: u64, first: Option<AlignedVec<16>>) {
+    match read_loop(&conn, &mut socket, link, first).await {
+        Ok(()) => conn.on_eof(link),
+        // Protocol errors already ended the connection; the rest is the link.
+        Err(e @ (Error::Io { .. } | Error::Closed { .. })) => conn.link_lost(link, e),
+        Err(_) => {}
     }
 }
 
-async fn read_loop(conn: &Rc<Conn>, socket: &mut Socket) -> Result<(), Error> {
-    let mut framer = Framer::new(conn.config.direct_threshold);
+async fn read_loop(
+    conn: &Rc<Conn>,
+    socket: &mut Socket,
+    link: u64,
+    first: Option<AlignedVec<16>>,
+) -> Result<(), Error> {
+    let mut framer = Framer::new(conn.config.direct_threshold, link);
+    if let Some(bytes) = first {
+        let backing = Backing::Heap(Rc::new(bytes));
+        let mut pos = 0;
+        framer
+            .feed(conn, backing.bytes(), &mut pos, &backing, false)
+            .await?;
+        conn.after_session();
+    }
     loop {
-        let mut next = Some(socket.recv().await);
+        let received = poll_fn(|cx| {
+            if conn.link() != link {
+                return Poll::Ready(None);
+            }
+            conn.wait_link_change(cx);
+            let mut recv = std::pin::pin!(socket.recv());
+            recv.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        let Some(received) = received else {
+            // The connection moved on (a new link, or it ended): this
+            // socket is done.
+            return Err(Error::closed("link replaced"));
+        };
+        let mut next = Some(received);
         // Take everything that already arrived before acting on the
         // session's events: one batch of acks and wake-ups per turn.
         while let Some(chunk) = next.take() {
@@ -448,14 +713,14 @@ async fn read_loop(conn: &Rc<Conn>, socket: &mut Socket) -> Result<(), Error> {
                                 "the peer closed the connection mid-segment",
                             ));
                         }
-                        framer.direct_bulk_done(conn, &header, dest, len - have);
+                        framer.direct_bulk_done(conn, &header, dest, len - have)?;
                     }
                 }
             }
             next = socket.try_recv().map(|r| r.map(Some));
         }
         conn.after_session();
-        if conn.is_closed() {
+        if conn.is_closed() || conn.link() != link {
             return Ok(());
         }
     }

@@ -93,6 +93,34 @@ impl<B: AsMut<[u8]>> Session<B> {
         )
     }
 
+    /// Like [`send_header`](Session::send_header) for a message whose type is
+    /// known only by its id: a payload archived earlier (for example one
+    /// handed back after another session ended) sent again on this session.
+    /// The type must be in this session's schema
+    /// ([`ProtoError::UnknownType`] otherwise); the payload is not validated
+    /// again, since this process archived it.
+    pub fn send_header_of(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        type_id: u32,
+        payload_len: u32,
+        buf: &mut [u8],
+    ) -> Result<Sent, ProtoError> {
+        if !self.schema().contains(type_id) {
+            return Err(ProtoError::UnknownType(type_id));
+        }
+        self.write_header(
+            now,
+            FrameKind::Message,
+            stream,
+            0,
+            type_id,
+            payload_len,
+            buf,
+        )
+    }
+
     /// Like [`send_header`](Session::send_header), for a request: writes only
     /// the header of a request whose payload (an archive of `T`) was encoded
     /// elsewhere (for example on another thread), and registers the call.

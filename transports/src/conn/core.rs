@@ -49,15 +49,18 @@ pub(crate) enum Phase {
     Open,
     /// A close was started (by this side); waiting for the peer's answer.
     Closing,
+    /// The transport was cut; a new link is being made (client) or awaited
+    /// (server). Sends queue; receives wait.
+    Suspended,
     /// Over; every operation reports this error.
     Closed(Error),
 }
 
 /// A call waiting for its reply.
 #[derive(Default)]
-struct CallSlot {
-    waker: Option<Waker>,
-    result: Option<Result<Incoming, Error>>,
+pub(super) struct CallSlot {
+    pub(super) waker: Option<Waker>,
+    pub(super) result: Option<Result<Incoming, Error>>,
 }
 
 /// A received message (or one rejected on arrival) waiting for the
@@ -70,7 +73,7 @@ enum Queued {
 /// Inbound queues, one per logical stream. Connections use few streams, so
 /// they are found by a short linear search (stream 0 first), not hashing.
 #[derive(Default)]
-struct Inbound {
+pub(super) struct Inbound {
     streams: Vec<StreamQueue>,
     messages: usize,
     bytes: usize,
@@ -100,7 +103,7 @@ impl Inbound {
 }
 
 /// A bulk transfer accepted into the caller's destinations.
-struct BulkRecv {
+pub(super) struct BulkRecv {
     msg_seq: u64,
     dests: Vec<Option<DestBox>>,
     done: bool,
@@ -175,32 +178,75 @@ pub(crate) struct State {
     pub(crate) session: Session,
     pub(crate) phase: Phase,
     pub(crate) peer: Option<PeerInfo>,
-    out: OutQueue,
-    inbound: Inbound,
-    calls: HashMap<u64, CallSlot>,
-    acked: u64,
-    ack_waiters: VecDeque<(u64, Waker)>,
-    send_waiters: Vec<Waker>,
-    flusher: Option<Waker>,
-    timer: Option<Waker>,
-    timer_at: Option<Instant>,
-    timer_kick: bool,
+    pub(super) out: OutQueue,
+    pub(super) inbound: Inbound,
+    pub(super) calls: HashMap<u64, CallSlot>,
+    pub(super) acked: u64,
+    pub(super) ack_waiters: VecDeque<(u64, Waker)>,
+    pub(super) send_waiters: Vec<Waker>,
+    pub(super) flusher: Option<Waker>,
+    pub(super) timer: Option<Waker>,
+    pub(super) timer_at: Option<Instant>,
+    pub(super) timer_kick: bool,
     /// The reader waits for room in the inbound queues or a bulk decision.
-    reader: Option<Waker>,
+    pub(super) reader: Option<Waker>,
     /// A message announced bulk and the application has not decided yet.
-    bulk_undecided: Option<u64>,
-    bulk: Option<BulkRecv>,
+    pub(super) bulk_undecided: Option<u64>,
+    pub(super) bulk: Option<BulkRecv>,
     /// Segment index of the bulk segment being received.
-    bulk_index: usize,
+    pub(super) bulk_index: usize,
     /// The core is shutting down: the flusher and timer end once what is
     /// queued has gone out.
-    draining: bool,
+    pub(super) draining: bool,
     /// Tasks waiting for the handshake or the end of the connection.
-    phase_waiters: Vec<Waker>,
+    pub(super) phase_waiters: Vec<Waker>,
     /// A pool buffer's size (frames up to it are encoded into pool buffers).
-    pool_buf_size: usize,
+    pub(super) pool_buf_size: usize,
     /// Run once when the connection ends (unregistering it from `Peers`).
-    on_end: Vec<Box<dyn FnOnce()>>,
+    pub(super) on_end: Vec<Box<dyn FnOnce()>>,
+    /// The current transport link (a generation number; tasks of an older
+    /// link end). Changes when a cut connection gets a new link.
+    pub(super) link: u64,
+    /// Whether this side is the dialing one.
+    pub(super) client: bool,
+    /// Whether sent data is kept until acknowledged (to resend after a
+    /// resume).
+    pub(super) retain: bool,
+    /// Sent, not yet acknowledged data, in sequence order (when `retain`).
+    pub(super) retained: VecDeque<Tagged>,
+    pub(super) retained_bytes: usize,
+    /// A new link's handshake is under way.
+    pub(super) reattaching: bool,
+    /// The peer no longer holds the session: the next link starts a new one.
+    pub(super) reset: bool,
+    /// How the connection gets a new link after a cut (the client's
+    /// reconnect loop, the server's resume registry).
+    pub(super) relink: Option<Rc<dyn Fn(Rc<Conn>)>>,
+    /// Lifecycle events for the application ([`Conn::next_event`]).
+    pub(super) events: VecDeque<super::resume::ConnEvent>,
+    pub(super) event_waiters: Vec<Waker>,
+    /// Readers of the current link, woken when it changes.
+    pub(super) link_waiters: Vec<Waker>,
+    /// Batches taken by flushers (of any link) and not yet given back.
+    pub(super) batches_out: usize,
+    /// A resumed link waits to resend what the peer lacks (above this
+    /// position) until every batch of older links is back.
+    pub(super) pending_resend: Option<u64>,
+    /// Shuts the current link's socket down (so that a send pending on a
+    /// dead link fails at once).
+    pub(super) link_closer: Option<Box<dyn FnOnce()>>,
+    /// After a session reset: batches of the old session still out (their
+    /// data is handed back, never resent) ...
+    pub(super) old_batches: usize,
+    /// ... and what is handed back once they are all in.
+    pub(super) reset_unacked: Option<Vec<super::resume::Unacked>>,
+    /// A fresh session (after a reset) waits for the old batches before its
+    /// data flows.
+    pub(super) pending_fresh: bool,
+    /// Since when the connection has had no working link (a cut, until a
+    /// new link's handshake answered): what a reconnect policy's give-up
+    /// time counts, however many new links fail on the way.
+    pub(super) down_since: Option<std::time::Instant>,
 }
 
 /// One connection's engine.
@@ -260,6 +306,28 @@ impl Conn {
                 bulk_index: 0,
                 draining: false,
                 on_end: Vec::new(),
+                link: 1,
+                client,
+                retain: if client {
+                    config.reconnect.is_some()
+                } else {
+                    config.resume_window.is_some()
+                },
+                retained: VecDeque::new(),
+                retained_bytes: 0,
+                reattaching: false,
+                reset: false,
+                relink: None,
+                events: VecDeque::new(),
+                event_waiters: Vec::new(),
+                link_waiters: Vec::new(),
+                batches_out: 0,
+                pending_resend: None,
+                link_closer: None,
+                old_batches: 0,
+                reset_unacked: None,
+                pending_fresh: false,
+                down_since: None,
                 phase_waiters: Vec::new(),
                 pool_buf_size,
             }),
@@ -301,7 +369,7 @@ impl Conn {
 
     /// Ends the connection with `err` (unless already over) and wakes every
     /// waiter so that each sees it.
-    pub(crate) fn fail(&self, err: Error) {
+    pub(crate) fn fail(self: &Rc<Self>, err: Error) {
         let wakers = {
             let mut st = self.st.borrow_mut();
             if matches!(st.phase, Phase::Closed(_)) {
@@ -312,6 +380,7 @@ impl Conn {
                 stats::connection_error(self.scheme);
             }
             st.phase = Phase::Closed(err.clone());
+            super::resume::hand_back_on_failure(&mut st, &err);
             st.out.clear();
             let mut w = take_all_waiters(&mut st);
             for slot in st.calls.values_mut() {
@@ -343,8 +412,8 @@ impl Conn {
     }
 
     /// The transport saw the end of the byte stream (or the peer core went
-    /// away).
-    pub(crate) fn on_eof(&self) {
+    /// away) on link `link`.
+    pub(crate) fn on_eof(self: &Rc<Self>, link: u64) {
         let reason = match &self.st.borrow().phase {
             Phase::Closed(_) => return,
             Phase::Closing => "the peer went away before confirming the close",
@@ -354,13 +423,13 @@ impl Conn {
             self.shutdown_close();
             return;
         }
-        self.fail(Error::closed(reason));
+        self.link_lost(link, Error::closed(reason));
     }
 
     /// The core is shutting down: close orderly as far as can be (the close
     /// frame goes out with everything queued before it; the peer's answer can
     /// no longer be read).
-    pub(crate) fn shutdown_close(&self) {
+    pub(crate) fn shutdown_close(self: &Rc<Self>) {
         let started = {
             let mut st = self.st.borrow_mut();
             matches!(st.phase, Phase::Open) && st.session.close(clock::now()).is_ok()
@@ -382,7 +451,7 @@ impl Conn {
 
     /// Starts an orderly close and waits for the peer's confirmation (or the
     /// close timeout). Returns whether every message sent was acknowledged.
-    pub(crate) async fn close(&self) -> Result<bool, Error> {
+    pub(crate) async fn close(self: &Rc<Self>) -> Result<bool, Error> {
         {
             let mut st = self.st.borrow_mut();
             match &st.phase {
@@ -420,23 +489,36 @@ impl Conn {
 
     /// Acts on the session's events, queues its control frames, and wakes
     /// whoever must act. Call after every session input or timeout.
-    pub(crate) fn after_session(&self) {
+    pub(crate) fn after_session(self: &Rc<Self>) {
         let mut wakers = Vec::new();
         let mut end: Option<Error> = None;
+        let mut lost: Option<Error> = None;
         {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             while let Some(ev) = st.session.poll_event() {
                 match ev {
-                    Event::Connected { peer, .. } => {
+                    Event::Connected {
+                        peer,
+                        resumed,
+                        resend_after,
+                    } => {
                         st.peer = Some(peer);
                         if matches!(st.phase, Phase::Handshaking) {
                             st.phase = Phase::Open;
+                        }
+                        if st.reattaching {
+                            super::resume::relinked(st, resumed, resend_after, &mut wakers);
                         }
                         wakers.append(&mut st.phase_waiters);
                     }
                     Event::Acked { up_to } => {
                         st.acked = up_to;
+                        while st.retained.front().is_some_and(|t| t.last_seq <= up_to) {
+                            if let Some(t) = st.retained.pop_front() {
+                                st.retained_bytes -= t.buf.len();
+                            }
+                        }
                         while st.ack_waiters.front().is_some_and(|(s, _)| *s <= up_to) {
                             if let Some((_, w)) = st.ack_waiters.pop_front() {
                                 wakers.push(w);
@@ -459,6 +541,18 @@ impl Conn {
                                 wakers.extend(b.waker.take());
                             }
                         }
+                    }
+                    // Emitted by `Session::connection_lost`, which the engine
+                    // itself calls when a link breaks: already handled.
+                    Event::ConnectionLost(LostReason::Transport) => {}
+                    Event::ConnectionLost(reason) if st.retain && st.peer.is_some() => {
+                        lost = Some(Error::closed(match reason {
+                            LostReason::IdleTimeout => "nothing received within the idle timeout",
+                            LostReason::HandshakeTimeout => {
+                                "the peer's handshake did not arrive in time"
+                            }
+                            LostReason::Transport => "the transport reported the connection lost",
+                        }));
                     }
                     Event::ConnectionLost(reason) => {
                         end = Some(Error::closed(match reason {
@@ -504,6 +598,9 @@ impl Conn {
             // Control frames queued above (close-ack, ack) still go out: the
             // flusher drains before it ends.
             self.finish(e);
+        } else if let Some(e) = lost {
+            let link = self.st.borrow().link;
+            self.link_lost(link, e);
         }
     }
 
@@ -525,7 +622,7 @@ impl Conn {
 
     /// Ends the connection after the session ended (orderly close or loss)
     /// while letting the flusher send what is queued.
-    fn finish(&self, err: Error) {
+    fn finish(self: &Rc<Self>, err: Error) {
         let wakers = {
             let mut st = self.st.borrow_mut();
             if matches!(st.phase, Phase::Closed(_)) {
@@ -665,6 +762,14 @@ impl Conn {
             }
             Err(err) => {
                 drop(st);
+                if self.resume_refused(&err) {
+                    // The link is dead (the peer refuses it); a new one
+                    // starts a new session.
+                    let link = self.st.borrow().link;
+                    let e = Error::from_proto(err);
+                    self.link_lost(link, e.clone());
+                    return Err(e);
+                }
                 let err = Error::from_proto(err);
                 self.after_session();
                 self.fail(err.clone());
@@ -674,7 +779,7 @@ impl Conn {
     }
 
     /// Checks a frame header as soon as it is complete (limits; fatal).
-    pub(crate) fn check_header(&self, header: &FrameHeader) -> Result<(), Error> {
+    pub(crate) fn check_header(self: &Rc<Self>, header: &FrameHeader) -> Result<(), Error> {
         let res = self.st.borrow_mut().session.check_header(header);
         res.map_err(|e| {
             let err = Error::from_proto(e);
@@ -713,7 +818,10 @@ impl Conn {
     }
 
     /// Starts a bulk segment: where do its bytes go?
-    pub(crate) fn bulk_start(&self, header: &FrameHeader) -> Result<Option<DestBox>, Error> {
+    pub(crate) fn bulk_start(
+        self: &Rc<Self>,
+        header: &FrameHeader,
+    ) -> Result<Option<DestBox>, Error> {
         let res = {
             let mut st = self.st.borrow_mut();
             match st.session.bulk_segment_start(clock::now(), header) {
@@ -743,7 +851,12 @@ impl Conn {
     }
 
     /// Ends a bulk segment, giving its destination back.
-    pub(crate) fn bulk_end(&self, header: &FrameHeader, dest: Option<DestBox>, direct: usize) {
+    pub(crate) fn bulk_end(
+        self: &Rc<Self>,
+        header: &FrameHeader,
+        dest: Option<DestBox>,
+        direct: usize,
+    ) {
         {
             let mut st = self.st.borrow_mut();
             if let Some(dest) = dest {
@@ -978,6 +1091,59 @@ impl Conn {
         })
     }
 
+    /// Sends again, on this connection's session, a message handed back by
+    /// another session ([`Unacked`]): a one-way message without bulk
+    /// segments, whose type this connection's schema has. Its payload is
+    /// copied into a send buffer as archived (not validated again: this
+    /// process archived it).
+    pub(crate) async fn send_again(
+        self: &Rc<Self>,
+        msg: &super::resume::Unacked,
+    ) -> Result<Receipt, Error> {
+        if !msg.is_plain_message() {
+            return Err(Error::Usage(
+                "only one-way messages without bulk segments can be sent again",
+            ));
+        }
+        if !self.admit().await? {
+            return Ok(Receipt {
+                seq: 0,
+                dropped: true,
+                conn: self.clone(),
+            });
+        }
+        let payload = msg.payload();
+        let (stream, type_id) = (StreamId(msg.stream()), msg.type_id());
+        let need = ringwire_proto::frame_len(payload.len());
+        let sent = {
+            let mut st = self.st.borrow_mut();
+            self.queue_frame(&mut st, |s, now, buf| {
+                let available = buf.len();
+                let Some(frame) = buf.get_mut(..need) else {
+                    return Err(ProtoError::BufferTooSmall {
+                        needed: need,
+                        available,
+                    });
+                };
+                let sent = s.send_header_of(now, stream, type_id, payload.len() as u32, frame)?;
+                let (body, pad) = frame[ringwire_proto::HEADER_LEN..].split_at_mut(payload.len());
+                body.copy_from_slice(payload);
+                pad.fill(0);
+                Ok(Sent {
+                    seq: sent.seq,
+                    len: need,
+                })
+            })?
+        };
+        stats::message_out(self.scheme, sent.len);
+        self.wake_flusher();
+        Ok(Receipt {
+            seq: sent.seq,
+            dropped: false,
+            conn: self.clone(),
+        })
+    }
+
     /// Sends a request on `stream` and waits for its reply.
     pub(crate) async fn call<Req: Message>(
         self: &Rc<Self>,
@@ -1186,7 +1352,7 @@ impl Conn {
                 segments,
             ));
         }
-        let back: Rc<RefCell<Vec<Option<Box<dyn Any>>>>> =
+        let back: super::out::SegmentSlots =
             Rc::new(RefCell::new((0..segments.len()).map(|_| None).collect()));
         let seq = {
             let mut st = self.st.borrow_mut();
@@ -1274,14 +1440,18 @@ impl Conn {
     /// its message and byte counts (give them back to
     /// [`batch_done`](Self::batch_done)). `None` once the connection is over
     /// (or draining at shutdown) and nothing is left to send.
-    pub(crate) async fn next_batch(&self) -> Option<(Vec<Tagged>, usize, usize)> {
+    pub(crate) async fn next_batch(&self, link: u64) -> Option<(Vec<Tagged>, usize, usize)> {
         poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
+            if st.link != link {
+                return Poll::Ready(None);
+            }
             if !st.out.is_empty() {
                 let messages = if st.out.hold_data { 0 } else { st.out.messages };
                 let before = st.out.in_flight_bytes;
                 let batch = st.out.take();
                 let bytes = st.out.in_flight_bytes - before;
+                st.batches_out += 1;
                 return Poll::Ready(Some((batch, messages, bytes)));
             }
             if matches!(st.phase, Phase::Closed(_)) || st.draining {
@@ -1294,14 +1464,57 @@ impl Conn {
     }
 
     /// For the flusher: a batch was handed over; frees its queue space.
-    pub(crate) fn batch_done(&self, messages: usize, bytes: usize) {
+    ///
+    /// `sent` gives the batch's buffers back: when the connection retains
+    /// data for a resume, those not yet acknowledged are kept.
+    pub(crate) fn batch_done(&self, sent: Vec<Tagged>, messages: usize, bytes: usize) {
         let wakers = {
             let mut st = self.st.borrow_mut();
             st.out.in_flight_messages = st.out.in_flight_messages.saturating_sub(messages);
             st.out.in_flight_bytes = st.out.in_flight_bytes.saturating_sub(bytes);
-            std::mem::take(&mut st.send_waiters)
+            st.batches_out = st.batches_out.saturating_sub(1);
+            let mut w = Vec::new();
+            if st.old_batches > 0 {
+                // A batch of a session that is over (the peer no longer
+                // holds it, or the connection ended).
+                super::resume::old_batch_back(&mut st, sent);
+                w.append(&mut st.event_waiters);
+            } else if st.retain && !matches!(st.phase, Phase::Closed(_)) {
+                let acked = st.acked;
+                for t in sent {
+                    if t.last_seq > acked {
+                        st.retained_bytes += t.buf.len();
+                        st.retained.push_back(t);
+                    }
+                }
+            }
+            w.append(&mut st.send_waiters);
+            super::resume::try_resend(&mut st, &mut w);
+            w
         };
         wake_all(wakers);
+    }
+
+    /// The current link's number.
+    pub(crate) fn link(&self) -> u64 {
+        self.st.borrow().link
+    }
+
+    /// Sets how link `link`'s socket is shut down when the link is lost.
+    pub(crate) fn set_link_closer(&self, link: u64, closer: Box<dyn FnOnce()>) {
+        let mut st = self.st.borrow_mut();
+        if st.link == link {
+            st.link_closer = Some(closer);
+        }
+    }
+
+    /// Registers the caller to be woken when the link changes (or the
+    /// connection ends).
+    pub(crate) fn wait_link_change(&self, cx: &mut Context<'_>) {
+        let mut st = self.st.borrow_mut();
+        if !st.link_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.link_waiters.push(cx.waker().clone());
+        }
     }
 
     /// The peer, once the handshake is done.
@@ -1310,6 +1523,19 @@ impl Conn {
     }
 
     /// Whether the connection is over.
+    /// How long the connection has been without a working link (zero while
+    /// it has one).
+    pub(crate) fn down_for(&self) -> std::time::Duration {
+        self.st
+            .borrow()
+            .down_since
+            .map_or(std::time::Duration::ZERO, |t| t.elapsed())
+    }
+
+    pub(crate) fn is_linked(&self) -> bool {
+        matches!(self.st.borrow().phase, Phase::Open)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.st.borrow().phase, Phase::Closed(_))
     }
@@ -1366,6 +1592,8 @@ fn take_all_waiters(st: &mut State) -> Vec<Waker> {
     w.append(&mut st.phase_waiters);
     w.append(&mut st.send_waiters);
     w.extend(st.ack_waiters.drain(..).map(|(_, w)| w));
+    w.append(&mut st.link_waiters);
+    w.append(&mut st.event_waiters);
     for s in &mut st.inbound.streams {
         w.append(&mut s.waiters);
     }
@@ -1410,12 +1638,12 @@ fn append_bytes(st: &mut State, bytes: &[u8]) {
     st.out.control.extend_from_slice(bytes);
 }
 
+/// A session call writing one frame into the buffer it is given.
+type Encoder<'a> = dyn FnMut(&mut Session, Instant, &mut [u8]) -> Result<Sent, ProtoError> + 'a;
+
 /// Runs `encode` on the current pool buffer's free space, moving to a fresh
 /// pool buffer, or a heap buffer of the frame's size, when it does not fit.
-fn encode_queued(
-    st: &mut State,
-    encode: &mut dyn FnMut(&mut Session, Instant, &mut [u8]) -> Result<Sent, ProtoError>,
-) -> Result<Sent, ProtoError> {
+fn encode_queued(st: &mut State, encode: &mut Encoder<'_>) -> Result<Sent, ProtoError> {
     let now = clock::now();
     let mut needed = 0;
     if let Some(cur) = st.out.cur.as_mut() {

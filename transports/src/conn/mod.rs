@@ -29,6 +29,7 @@
 pub(crate) mod core;
 pub(crate) mod incoming;
 pub(crate) mod out;
+pub(crate) mod resume;
 
 use std::rc::Rc;
 
@@ -37,6 +38,7 @@ use ringwire_runtime::IoBuf;
 
 use self::core::Conn;
 pub use self::incoming::{Incoming, Msg, Receipt};
+pub use self::resume::{ConnEvent, Unacked};
 use crate::endpoint::Scheme;
 use crate::error::Error;
 
@@ -125,6 +127,21 @@ impl Connection {
         self.conn.closed_error()
     }
 
+    /// Whether messages flow now: the connection is open and not waiting for
+    /// a new link after a cut (sends then queue until it resumes).
+    pub fn is_linked(&self) -> bool {
+        self.conn.is_linked()
+    }
+
+    /// The next event of the connection's transport (cut, resumed, session
+    /// reset with the messages never acknowledged), waiting for one; `None`
+    /// once the connection is over. Only connections that survive cuts
+    /// ([`Config::reconnect`](crate::Config::reconnect),
+    /// [`Config::resume`](crate::Config::resume)) have events.
+    pub async fn next_event(&self) -> Option<ConnEvent> {
+        self.conn.next_event().await
+    }
+
     /// A view that sends, calls and receives on logical stream `id` (the
     /// connection's own methods use stream 0).
     pub fn stream(&self, id: u32) -> StreamRef<'_> {
@@ -141,6 +158,16 @@ impl Connection {
     /// message, under the other policies.
     pub async fn send<T: Message>(&self, value: &T) -> Result<Receipt, Error> {
         self.conn.send(StreamId(0), value).await
+    }
+
+    /// Sends again, on this connection, a message another session handed
+    /// back ([`ConnEvent::SessionReset`], [`ConnEvent::Failed`]): its archived
+    /// bytes are copied into a send buffer as they are. Only one-way messages
+    /// without bulk segments ([`Unacked::is_plain_message`]) whose type this
+    /// connection's schema has; anything else is an [`Error::Usage`] or
+    /// [`Error::Protocol`].
+    pub async fn send_again(&self, msg: &Unacked) -> Result<Receipt, Error> {
+        self.conn.send_again(msg).await
     }
 
     /// Sends `value` and waits until the peer's session acknowledged it.

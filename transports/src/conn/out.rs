@@ -75,11 +75,11 @@ pub(crate) struct Segment {
     pub(crate) owner: Box<dyn Any>,
     /// Where the buffer goes back once sent: the bulk send's slot and the
     /// segment's index.
-    pub(crate) back: Option<(
-        std::rc::Rc<std::cell::RefCell<Vec<Option<Box<dyn Any>>>>>,
-        usize,
-    )>,
+    pub(crate) back: Option<(SegmentSlots, usize)>,
 }
+
+/// A bulk send's segments, each given back here (by index) once sent.
+pub(crate) type SegmentSlots = std::rc::Rc<std::cell::RefCell<Vec<Option<Box<dyn Any>>>>>;
 
 impl Segment {
     pub(crate) fn new<B: IoBuf>(buf: B) -> Segment {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod relay;
+
 use ringwire_proto::rkyv;
 use ringwire_runtime::{Placement, Runtime};
 use ringwire_transports::{type_id, Config, Message};
