@@ -205,8 +205,8 @@ if want echo-sizes; then
         sizes="64 256 4096 16384 65536"
         servers="echo-node-park tokio"
         envs="DURATION=2 PP_DURATION=0.2 WARMUP=0.5 REPEAT=1"
+        [ "$HAVE_FLOOR" = 1 ] && servers="floor $servers"
     fi
-    [ "$HAVE_FLOOR" = 1 ] && servers="floor $servers"
     cmd=""
     for s in $sizes; do
         cmd+="${cmd:+ && }$COMPARE SERVERS=\"$servers\" SIZE=$s $envs ./benches/compare.sh"
