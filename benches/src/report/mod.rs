@@ -437,15 +437,24 @@ fn results_table(step: &Step, rows: &[Row]) -> String {
         .into_iter()
         .filter(|s| rows.iter().any(|r| &r.series == s))
         .collect();
-    let rate = main_rate(rows);
+    // Ratios of the main rate, the median latency and the peak RSS.
+    let mut ratio_keys: Vec<&str> = main_rate(rows).into_iter().collect();
+    for k in ["p50_us", "server_peak_rss_kib", "client_peak_rss_kib"] {
+        if cols.iter().any(|c| c == k) {
+            ratio_keys.push(k);
+        }
+    }
+    let ratio_header = |k: &str| match k {
+        "p50_us" => "p50".to_owned(),
+        "server_peak_rss_kib" => "server RSS".to_owned(),
+        "client_peak_rss_kib" => "client RSS".to_owned(),
+        k => header_of(k),
+    };
     let mut headers = vec!["series".to_owned(), "case".to_owned()];
     headers.extend(cols.iter().map(|c| header_of(c)));
     for r in &refs {
-        if let Some(rate) = rate {
-            headers.push(format!("{} x {r}", header_of(rate)));
-        }
-        if cols.iter().any(|c| c == "p50_us") {
-            headers.push(format!("p50 x {r}"));
+        for k in &ratio_keys {
+            headers.push(format!("{} x {r}", ratio_header(k)));
         }
     }
     let body: Vec<Vec<String>> = rows
@@ -458,15 +467,11 @@ fn results_table(step: &Step, rows: &[Row]) -> String {
             );
             for r in &refs {
                 let other = peer(rows, row, r);
-                let ratio = |k: &str| match (row.value(k), other.and_then(|o| o.value(k))) {
-                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-                    _ => "-".to_owned(),
-                };
-                if let Some(rate) = rate {
-                    cells.push(ratio(rate));
-                }
-                if cols.iter().any(|c| c == "p50_us") {
-                    cells.push(ratio("p50_us"));
+                for k in &ratio_keys {
+                    cells.push(match (row.value(k), other.and_then(|o| o.value(k))) {
+                        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                        _ => "-".to_owned(),
+                    });
                 }
             }
             cells
@@ -482,7 +487,7 @@ fn results_table(step: &Step, rows: &[Row]) -> String {
     if !refs.is_empty() {
         s.push_str(
             "\n`x REF` columns: this series over REF in the same case; above 1 is more for rates, \
-             slower for latencies.\n",
+             slower for latencies, more memory for RSS.\n",
         );
     }
     if rows.iter().any(|r| r.lines > 1) {
