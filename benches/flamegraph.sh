@@ -19,7 +19,13 @@
 #   NODE=<binary> NODE_ARGS="..." LOAD_CMD="..."
 #                             any binary of examples/ or benches/: NODE_ARGS
 #                             is its whole argument list and LOAD_CMD a shell
-#                             command that loads it; both may say {PORT}
+#                             command that loads it; both may say {PORT},
+#                             LOAD_CMD also {NODE_PID} (the node's process id)
+#                             and {BIN}/NAME (a benches/ binary, built with
+#                             the same profile), e.g.
+#   NODE=typed-ringwire NODE_ARGS="server --endpoint tcp://127.0.0.1:{PORT}" \
+#   LOAD_CMD="{BIN}/typed-ringwire client --endpoint tcp://127.0.0.1:{PORT} --duration 7" \
+#   ./benches/flamegraph.sh typed.svg
 #
 # Environment: SECONDS_TO_SAMPLE (5), PORT (7900), NODE_CPU (0),
 #              LOADGEN_CPU (1), NODE_ARGS (for echo-node and kv-node: extra
@@ -64,7 +70,7 @@ case "$NODE" in
     echo-node)
         ARGS="--cores 1 --listen 127.0.0.1:{PORT} ${NODE_ARGS:-}"
         LOAD_BINS=(loadgen)
-        DEFAULT_LOAD="{BIN}/loadgen --addr 127.0.0.1:{PORT} --core $LOADGEN_CPU --warmup 1 --duration {LOAD_SECS} ${LOADGEN_ARGS:-}"
+        DEFAULT_LOAD="{BIN}/loadgen --addr 127.0.0.1:{PORT} --core $LOADGEN_CPU --warmup 1 --duration {LOAD_SECS} --server-pid {NODE_PID} --label echo-node ${LOADGEN_ARGS:-}"
         ;;
     kv-node)
         ARGS="--cores 1 --listen 127.0.0.1:{PORT} ${NODE_ARGS:-}"
@@ -78,6 +84,8 @@ case "$NODE" in
         [ -n "${LOAD_CMD:-}" ] || die "NODE=$NODE needs LOAD_CMD (a shell command that loads it; {PORT} is replaced)"
         ARGS=$NODE_ARGS
         DEFAULT_LOAD=""
+        # Binaries of benches/ that LOAD_CMD names as {BIN}/NAME are built too.
+        read -r -a LOAD_BINS <<<"$(grep -o '{BIN}/[A-Za-z0-9_-]*' <<<"$LOAD_CMD" | sed 's|{BIN}/||' | sort -u | tr '\n' ' ')"
         ;;
 esac
 LOAD=${LOAD_CMD:-$DEFAULT_LOAD}
@@ -95,24 +103,24 @@ echo "== building $NODE with the profiling profile and frame pointers"
 export RUSTFLAGS="${RUSTFLAGS:-} -C force-frame-pointers=yes"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/frame-pointers}"
 cargo build --profile profiling -p "$PACKAGE" --bin "$NODE"
-for b in "${LOAD_BINS[@]}"; do
+for b in "${LOAD_BINS[@]+"${LOAD_BINS[@]}"}"; do
     cargo build --profile profiling -p ringwire-benches --bin "$b"
 done
 BIN="$CARGO_TARGET_DIR/profiling"
 
 LOAD_SECS=$((SECONDS_TO_SAMPLE + 2))
-subst() { # subst TEXT: fills in {PORT}, {BIN} and {LOAD_SECS}
+NODE_PID=""
+subst() { # subst TEXT: fills in {PORT}, {BIN}, {LOAD_SECS} and {NODE_PID}
     local s=$1
     s=${s//\{PORT\}/$PORT}
     s=${s//\{BIN\}/$BIN}
     s=${s//\{LOAD_SECS\}/$LOAD_SECS}
+    s=${s//\{NODE_PID\}/$NODE_PID}
     printf '%s' "$s"
 }
 ARGS=$(subst "$ARGS")
-LOAD=$(subst "$LOAD")
 
 WORK=$(mktemp -d)
-NODE_PID=""
 LOAD_PID=""
 cleanup() {
     stop_pid "$LOAD_PID" "flamegraph.sh: load"
@@ -147,6 +155,7 @@ done
     die "$NODE does not listen on port $PORT after 10 s"
 }
 
+LOAD=$(subst "$LOAD")
 echo "== load on CPU $LOADGEN_CPU: $LOAD"
 taskset -c "$LOADGEN_CPU" timeout -k 5 $((LOAD_SECS + 5)) bash -c "$LOAD" >"$WORK/load.log" 2>&1 &
 LOAD_PID=$!
@@ -163,6 +172,11 @@ perf record -e cpu-clock -F 999 --call-graph fp -p "$NODE_PID" -o "$WORK/perf.da
     cat "$WORK/perf.log" >&2
     die "perf record failed (as non-root, /proc/sys/kernel/perf_event_paranoid must allow it)"
 }
+# A load that ends by itself (loadgen) prints its summary; give it a moment.
+for _ in $(seq 40); do
+    kill -0 "$LOAD_PID" 2>/dev/null || break
+    sleep 0.1
+done
 stop_pid "$LOAD_PID" "flamegraph.sh: load"
 LOAD_PID=""
 grep -E 'RESULT|requests per second|^[A-Z]+: ' "$WORK/load.log" | sed 's/^/    /' | tail -n 5 || true
@@ -173,17 +187,21 @@ inferno-flamegraph --title "$NODE $ARGS under: $LOAD" <"$WORK/collapsed.txt" >"$
 
 # How much of the node's sampled time passes through ringwire's own
 # functions (frames of the ringwire_* crates; the first frame, the thread's
-# name, does not count).
+# name, does not count), and how much is spent in their own code (the
+# innermost frame is theirs).
 awk '
     {
         n = $NF; total += n
         stack = $0; sub(/ [0-9]+$/, "", stack); sub(/^[^;]*;?/, "", stack)
-        if (stack ~ /ringwire_[a-z_]+::/) own += n
+        if (stack ~ /ringwire_[a-z_]+::/) through += n
+        leaf = stack; sub(/^.*;/, "", leaf)
+        if (leaf ~ /ringwire_[a-z_]+::/) own += n
     }
     END {
         if (total == 0) exit 1
-        printf "== %.0f%% of the sampled time in stacks with frames of ringwire_* crates\n", 100 * own / total
-        exit (own > 0 ? 0 : 2)
+        printf "== of the sampled time: %.0f%% in stacks through ringwire_* functions, %.1f%% in their own code\n", \
+            100 * through / total, 100 * own / total
+        exit (through > 0 ? 0 : 2)
     }
 ' "$WORK/collapsed.txt" || die "no sample has a frame of a ringwire_* crate: the profile lacks symbols (debug info or frame pointers missing?)"
 echo "== wrote $OUT ($(wc -c <"$OUT") bytes)"
