@@ -202,7 +202,7 @@ if want echo-sizes; then
         servers="echo-node-park tokio"
         envs="DURATION=1 PP_DURATION=0.2 WARMUP=0.3 REPEAT=1"
     else
-        sizes="64 256 4096 16384 65536"
+        sizes="64 4096 16384 65536"
         servers="echo-node-park tokio"
         envs="DURATION=2 PP_DURATION=0.2 WARMUP=0.5 REPEAT=1"
         [ "$HAVE_FLOOR" = 1 ] && servers="floor $servers"
@@ -265,7 +265,7 @@ if want codec; then
     if [ "$QUICK" = 1 ]; then
         args="--warm-up-time 0.2 --measurement-time 0.4 --nresamples 10000 '/1KiB\$'"
     else
-        args="--warm-up-time 0.5 --measurement-time 2"
+        args="--warm-up-time 0.5 --measurement-time 1"
     fi
     run codec "criterion=proto_codec;pairs=rkyv_round_trip/bincode_round_trip,decode_validate/bincode_decode,decode_unchecked/decode_validate" \
         "proto codec: rkyv framing against bincode" 300 \
