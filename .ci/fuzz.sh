@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Bounded fuzz run of every parser that takes a peer's bytes:
 # ringwire-proto's decoder, handshake and session; the transports' endpoint
-# syntax and RDMA side-channel exchange; kv-node's RESP parser. Installs what
-# it needs: the nightly toolchain's rust-src, cargo-fuzz, and the rdma
-# feature's build dependencies (.ci/setup-rdma.sh).
+# syntax, RDMA side-channel exchange and udp:// datagrams; kv-node's RESP
+# parser. Installs what it needs: the nightly toolchain's rust-src,
+# cargo-fuzz, and the rdma feature's build dependencies (.ci/setup-rdma.sh).
 # Usage: .ci/fuzz.sh [seconds-per-target]   (default 60)
 set -euo pipefail
 
@@ -23,7 +23,7 @@ fi
 .ci/setup-rdma.sh
 
 cd fuzz
-for target in decoder handshake session endpoint resp rdma_sidechannel; do
+for target in decoder handshake session endpoint resp rdma_sidechannel udp_datagram; do
     echo "== fuzzing ${target} for ${SECONDS_PER_TARGET}s"
     mkdir -p "corpus/${target}"
     # -rss_limit_mb bounds memory; -max_len keeps inputs to a few frames.

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Model-checks the lock-free mailbox ring with loom: every interleaving of the
-# `#[cfg(loom)]` tests in runtime/src/mailbox/ up to LOOM_MAX_PREEMPTIONS
-# preemptions per execution (5 finishes in about a minute on a laptop core;
-# unbounded takes far longer). Runnable locally and in CI:
-#   .ci/loom.sh                              # all mailbox loom tests
+# Model-checks the runtime's lock-free protocols with loom: every
+# interleaving of the `#[cfg(loom)]` tests (modules named `loom_tests`) up to
+# LOOM_MAX_PREEMPTIONS preemptions per execution (5 finishes in about a
+# minute on a laptop core; unbounded takes far longer):
+#   - mailbox::ring: the SPSC ring and its park handshake;
+#   - mailbox::channel: the typed channel's waiter handshake with both
+#     doorbells (MSG_RING completion; eventfd with the pending flag);
+#   - remote: the control queue, its wake flag and the eventfd.
+# Runnable locally and in CI:
+#   .ci/loom.sh                              # all loom tests
 #   LOOM_MAX_PREEMPTIONS=3 .ci/loom.sh park  # quicker, one test family
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +19,6 @@ export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-5}"
 # the two do not keep invalidating each other.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
 
-filter="${1:-mailbox}"
+filter="${1:-loom_tests}"
 echo "loom: LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS, filter '$filter'"
 cargo test -p ringwire-runtime --release --lib "$filter"

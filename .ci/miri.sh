@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs the mailbox ring's unit tests under miri with strict provenance (undefined
-# behaviour, data races, weak-memory effects, leaks). Runnable locally and in CI;
-# installs miri into the nightly toolchain if it is missing.
-#   .ci/miri.sh            # all mailbox unit tests
+# Runs the runtime's pure-memory unit tests under miri with strict provenance
+# (undefined behaviour, data races, weak-memory effects, leaks): the mailbox
+# ring, the operation lifecycle's transitions, the user_data tags, the scoped
+# thread-locals, the buffer types, the counters and the start-up errors.
+# Runnable locally and in CI; installs miri into the nightly toolchain if it
+# is missing.
+#   .ci/miri.sh            # all of the above
 #   .ci/miri.sh wrap       # only tests whose name contains "wrap"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +16,9 @@ fi
 
 export MIRIFLAGS="-Zmiri-strict-provenance ${MIRIFLAGS:-}"
 
-filter="${1:-mailbox}"
-cargo +nightly miri test -p ringwire-runtime --lib "$filter"
+if [ "$#" -gt 0 ]; then
+    filters=("$@")
+else
+    filters=(mailbox driver::lifecycle driver::tags scoped buf:: stats:: error::)
+fi
+cargo +nightly miri test -p ringwire-runtime --lib -- "${filters[@]}"

@@ -7,6 +7,10 @@ set -euo pipefail
 need_apt=()
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# kv-node's integration tests drive it with redis-cli and redis-benchmark;
+# benches/kv.sh compares it with a stock redis-server.
+command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The ZeroMQ peer of benches/typed.sh links Debian's libzmq (the zmq crate
 # finds it through pkg-config when its build script runs, for clippy too).
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)

@@ -1,13 +1,15 @@
-//! Core lists (`--cores`) and thread pinning.
+//! CPU selection and thread pinning for the peer servers.
 //!
-//! `--cores` takes either a comma-separated list of CPU ids (`0,1`) or a
-//! count `N`, meaning the first `N` CPUs this process may run on (its
-//! affinity mask, so `taskset -c 3 server --cores 1` runs on CPU 3). This is
-//! the same convention as ringwire's `echo-node`.
+//! The servers take the example nodes' `--cpus LIST` / `--cores N`
+//! ([`CoreArgs`]): `--cpus` (or a list after `--cores`, as in `--cores 0,1`)
+//! names CPU ids; `--cores N` means the first `N` CPUs this process may run
+//! on (its affinity mask, so `taskset -c 3 server --cores 1` runs on CPU 3).
 
-use crate::cli::CliError;
+use ringwire::runtime::Placement;
 
-/// A parsed `--cores` value.
+use crate::cli::CoreArgs;
+
+/// The CPUs a server was asked to run on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreSpec {
     /// These CPU ids, in order.
@@ -16,30 +18,15 @@ pub enum CoreSpec {
     Count(usize),
 }
 
-/// Parses a `--cores` value.
-pub fn parse_cores(value: &str) -> Result<CoreSpec, CliError> {
-    let bad = |why: &str| CliError(format!("invalid `--cores {value}`: {why}"));
-    let value = value.trim();
-    if !value.contains(',') {
-        let n: usize = value
-            .parse()
-            .map_err(|_| bad("expected a count N or a list like 0,1"))?;
-        if n == 0 {
-            return Err(bad(
-                "a count must be at least 1 (use a list like 0,1 for CPU ids)",
-            ));
+impl CoreSpec {
+    /// What `args` ask for; the first `default` CPUs when they ask nothing.
+    pub fn from_args(args: &CoreArgs, default: usize) -> CoreSpec {
+        match args.placement() {
+            Placement::Cpus(cpus) => CoreSpec::List(cpus),
+            Placement::Count(n) | Placement::Unpinned(n) => CoreSpec::Count(n),
+            Placement::AllOnline => CoreSpec::Count(default),
         }
-        return Ok(CoreSpec::Count(n));
     }
-    let mut cores = Vec::new();
-    for part in value.split(',').map(str::trim) {
-        let id: usize = part.parse().map_err(|_| bad("expected CPU ids like 0,1"))?;
-        if cores.contains(&id) {
-            return Err(bad("CPU listed twice"));
-        }
-        cores.push(id);
-    }
-    Ok(CoreSpec::List(cores))
 }
 
 /// CPUs the calling thread may run on.
@@ -95,20 +82,45 @@ pub fn pin_current_thread(id: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Server {
+        #[command(flatten)]
+        cores: CoreArgs,
+    }
+
+    fn spec(args: &[&str]) -> Result<CoreSpec, clap::Error> {
+        Server::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
+            .map(|s| CoreSpec::from_args(&s.cores, 1))
+    }
 
     #[test]
     fn counts_and_lists() {
-        assert_eq!(parse_cores("1").unwrap(), CoreSpec::Count(1));
-        assert_eq!(parse_cores("2").unwrap(), CoreSpec::Count(2));
-        assert_eq!(parse_cores("0,1").unwrap(), CoreSpec::List(vec![0, 1]));
-        assert_eq!(parse_cores("3, 1").unwrap(), CoreSpec::List(vec![3, 1]));
+        assert_eq!(spec(&[]).unwrap(), CoreSpec::Count(1));
+        assert_eq!(spec(&["--cores", "1"]).unwrap(), CoreSpec::Count(1));
+        assert_eq!(spec(&["--cores", "2"]).unwrap(), CoreSpec::Count(2));
+        assert_eq!(
+            spec(&["--cores", "0,1"]).unwrap(),
+            CoreSpec::List(vec![0, 1])
+        );
+        assert_eq!(
+            spec(&["--cores", "3, 1"]).unwrap(),
+            CoreSpec::List(vec![3, 1])
+        );
+        assert_eq!(
+            spec(&["--cpus", "0-2"]).unwrap(),
+            CoreSpec::List(vec![0, 1, 2])
+        );
+        assert_eq!(spec(&["--cpus", "1"]).unwrap(), CoreSpec::List(vec![1]));
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "0", "a", "0,0", ",", "1,", "-1"] {
-            assert!(parse_cores(bad).is_err(), "{bad:?} accepted");
+        for bad in ["", "0", "a", "0,0", ",", "-1"] {
+            assert!(spec(&["--cores", bad]).is_err(), "{bad:?} accepted");
         }
+        assert!(spec(&["--cpus", "0", "--cores", "1"]).is_err());
     }
 
     #[test]

@@ -12,13 +12,15 @@
 //! whole machine's busy time (`/proc/stat`), so a report gives messages per
 //! server CPU-second and shows how much else was running.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 
-use crate::cli::{parse_args, parse_duration, parse_value, Arg, CliError};
-use crate::cores::{parse_cores, CoreSpec};
+use crate::cli::{parse_duration, server_cores_help, CoreArgs};
+use crate::cores::CoreSpec;
 use crate::cpu::{machine_busy_time, process_cpu_time, self_cpu_time};
 use crate::typed::{Codec, Target, MAX_LEN};
 
@@ -40,11 +42,12 @@ pub fn parse_vm_hwm(status: &str) -> Option<u64> {
 }
 
 /// The two workloads of the request/reply clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// Many connections, many requests in flight on each.
     Throughput,
     /// One request in flight.
+    #[value(name = "pingpong", alias = "ping-pong")]
     PingPong,
 }
 
@@ -58,7 +61,8 @@ impl Mode {
     }
 }
 
-/// Flags shared by the request/reply clients.
+/// Flags shared by the request/reply clients, checked: what a client runs
+/// with.
 #[derive(Debug, Clone)]
 pub struct ClientArgs {
     /// Where the server listens.
@@ -85,126 +89,114 @@ pub struct ClientArgs {
     pub wait: Duration,
 }
 
-/// Usage text of the request/reply clients.
-pub fn client_usage(name: &str) -> String {
-    format!(
-        "usage: {name} client [options]\n\
-         \n\
-         \x20 --endpoint E        tcp://127.0.0.1:PORT or unix:///path (required)\n\
-         \x20 --mode M            throughput | pingpong (default throughput)\n\
-         \x20 --conns C           connections (default 64 throughput, 1 pingpong)\n\
-         \x20 --depth D           requests in flight per connection (default 16;\n\
-         \x20                     pingpong is always 1)\n\
-         \x20 --size S            request payload bytes (default 1024 throughput,\n\
-         \x20                     64 pingpong)\n\
-         \x20 --reply-size S      reply payload bytes (default: --size)\n\
-         \x20 --codec C           rkyv | bincode (tokio only; default rkyv)\n\
-         \x20 --warmup T          warm-up before measuring (default 1s)\n\
-         \x20 --duration T        measured interval (default 5s)\n\
-         \x20 --core N            pin the client to CPU N\n\
-         \x20 --server-pid PID    report the server's CPU time and peak RSS\n\
-         \x20 --label NAME        stack name for the RESULT line\n\
-         \x20 --wait T            retry the first connect for up to T (default 2s)\n\
-         \x20 --stall-timeout T   fail if no reply arrives for T (default 5s)\n\
-         \n\
-         Every reply is checked (id and payload); a wrong or missing reply fails\n\
-         the run. Exit status: 0 ok, 1 runtime error, 2 usage error.\n"
-    )
+/// The client's flags as given, before the mode-dependent defaults and the
+/// range checks of [`ClientArgs::from_flags`].
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Durations accept 5, 2.5s or 500ms. Every reply is checked (id and payload); \
+                  a wrong or missing reply fails the run. Exit status: 0 ok, 1 runtime error, \
+                  2 usage error."
+)]
+pub struct ClientFlags {
+    /// Where the server listens: tcp://127.0.0.1:PORT or unix:///path.
+    #[arg(long, value_name = "E")]
+    pub endpoint: String,
+    /// Workload.
+    #[arg(long, value_name = "M", value_enum, default_value_t = Mode::Throughput)]
+    pub mode: Mode,
+    /// Connections (default 64 throughput, 1 pingpong).
+    #[arg(long, value_name = "C")]
+    pub conns: Option<usize>,
+    /// Requests in flight per connection (default 16; pingpong is always 1).
+    #[arg(long, value_name = "D")]
+    pub depth: Option<usize>,
+    /// Request payload bytes (default 1024 throughput, 64 pingpong).
+    #[arg(long, value_name = "S")]
+    pub size: Option<usize>,
+    /// Reply payload bytes (default: --size).
+    #[arg(long, value_name = "S")]
+    pub reply_size: Option<usize>,
+    /// rkyv | bincode (tokio only).
+    #[arg(long, value_name = "C", default_value = "rkyv")]
+    pub codec: Codec,
+    /// Warm-up before measuring.
+    #[arg(long, value_name = "T", default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Measured interval.
+    #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Pin the client to CPU N.
+    #[arg(long, value_name = "N")]
+    pub core: Option<usize>,
+    /// Report the server's CPU time and peak RSS.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Stack name for the RESULT line (default: the program's name).
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// Retry the first connect for up to T.
+    #[arg(long, value_name = "T", default_value = "2s", value_parser = parse_duration)]
+    pub wait: Duration,
+    /// Fail if no reply arrives for T.
+    #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
 }
 
 impl ClientArgs {
-    /// Parses the client flags (after the `client` word); `Ok(None)` means
-    /// help was asked for.
-    pub fn parse<I>(args: I, default_label: &str) -> Result<Option<ClientArgs>, CliError>
-    where
-        I: IntoIterator<Item = String>,
-    {
-        let mut endpoint = None;
-        let mut mode = Mode::Throughput;
-        let (mut conns, mut depth, mut size, mut reply_size) = (None, None, None, None);
-        let mut codec = Codec::Rkyv;
-        let mut meter = MeterConfig::default();
-        let mut core = None;
-        let mut label = default_label.to_owned();
-        let mut wait = Duration::from_secs(2);
-        for arg in parse_args(args)? {
-            let (name, value) = match arg {
-                Arg::Help => return Ok(None),
-                Arg::Opt { name, value } => (name, value),
-            };
-            match name.as_str() {
-                "endpoint" => endpoint = Some(value),
-                "mode" => {
-                    mode = match value.as_str() {
-                        "throughput" => Mode::Throughput,
-                        "pingpong" | "ping-pong" => Mode::PingPong,
-                        _ => {
-                            return Err(CliError(format!(
-                                "invalid `--mode {value}`: expected throughput or pingpong"
-                            )))
-                        }
-                    }
-                }
-                "conns" => conns = Some(parse_value::<usize>(&name, &value)?),
-                "depth" => depth = Some(parse_value::<usize>(&name, &value)?),
-                "size" => size = Some(parse_value::<usize>(&name, &value)?),
-                "reply-size" => reply_size = Some(parse_value::<usize>(&name, &value)?),
-                "codec" => codec = parse_value(&name, &value)?,
-                "warmup" => meter.warmup = parse_duration(&name, &value)?,
-                "duration" => meter.duration = parse_duration(&name, &value)?,
-                "core" => core = Some(parse_value(&name, &value)?),
-                "server-pid" => meter.server_pid = Some(parse_value(&name, &value)?),
-                "label" => label = value,
-                "wait" => wait = parse_duration(&name, &value)?,
-                "stall-timeout" => meter.stall_timeout = parse_duration(&name, &value)?,
-                _ => return Err(CliError(format!("unknown option `--{name}`"))),
-            }
-        }
-        let endpoint = endpoint.ok_or_else(|| CliError("`--endpoint` is required".into()))?;
-        let (conns, depth, size) = match mode {
+    /// Checks what clap cannot: the mode-dependent defaults and the ranges.
+    /// The label defaults to `default_label`.
+    pub fn from_flags(f: ClientFlags, default_label: &str) -> Result<ClientArgs, String> {
+        let (conns, depth, size) = match f.mode {
             Mode::Throughput => (
-                conns.unwrap_or(64),
-                depth.unwrap_or(16),
-                size.unwrap_or(1024),
+                f.conns.unwrap_or(64),
+                f.depth.unwrap_or(16),
+                f.size.unwrap_or(1024),
             ),
             Mode::PingPong => {
-                if depth.is_some_and(|d| d != 1) {
-                    return Err(CliError(
+                if f.depth.is_some_and(|d| d != 1) {
+                    return Err(
                         "pingpong mode keeps exactly one request in flight; drop `--depth`".into(),
-                    ));
+                    );
                 }
-                (conns.unwrap_or(1), 1, size.unwrap_or(64))
+                (f.conns.unwrap_or(1), 1, f.size.unwrap_or(64))
             }
         };
-        let reply_size = reply_size.unwrap_or(size);
+        let reply_size = f.reply_size.unwrap_or(size);
         if conns == 0 || conns > 4096 {
-            return Err(CliError("`--conns` must be 1..=4096".into()));
+            return Err("`--conns` must be 1..=4096".into());
         }
         if depth == 0 || depth > 1024 {
-            return Err(CliError("`--depth` must be 1..=1024".into()));
+            return Err("`--depth` must be 1..=1024".into());
         }
         if size > MAX_LEN || reply_size > MAX_LEN {
-            return Err(CliError(format!(
+            return Err(format!(
                 "`--size` and `--reply-size` must be at most {MAX_LEN}"
-            )));
+            ));
         }
+        let meter = MeterConfig {
+            warmup: f.warmup,
+            duration: f.duration,
+            server_pid: f.server_pid,
+            stall_timeout: f.stall_timeout,
+        };
         meter.check()?;
+        let label = f.label.unwrap_or_else(|| default_label.to_owned());
         if label.is_empty() || label.contains(char::is_whitespace) {
-            return Err(CliError("`--label` must be one word".into()));
+            return Err("`--label` must be one word".into());
         }
-        Ok(Some(ClientArgs {
-            endpoint,
-            mode,
+        Ok(ClientArgs {
+            endpoint: f.endpoint,
+            mode: f.mode,
             conns,
             depth,
             size,
             reply_size,
-            codec,
+            codec: f.codec,
             meter,
-            core,
+            core: f.core,
             label,
-            wait,
-        }))
+            wait: f.wait,
+        })
     }
 
     /// The endpoint as a [`Target`] (loopback TCP or a Unix path).
@@ -248,48 +240,29 @@ pub struct ServerArgs {
     pub codec: Codec,
 }
 
-/// Usage text of the typed servers.
-pub fn server_usage(name: &str) -> String {
-    format!(
-        "usage: {name} server --endpoint E [--cores N|0,1] [--codec rkyv|bincode]\n\
-         \n\
-         Answers every request with a reply of the size it asks for, until\n\
-         SIGINT/SIGTERM. Prints `READY <endpoint>` on stderr once listening.\n\
-         \n\
-         \x20 --endpoint E   tcp://127.0.0.1:PORT or unix:///path (required)\n\
-         \x20 --cores C      CPU ids `0,1`, or a count N = the first N CPUs this\n\
-         \x20                process may run on; default 1\n\
-         \x20 --codec C      rkyv | bincode (tokio only; default rkyv)\n"
-    )
+/// The server's flags as given.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerFlags {
+    /// Where to listen: tcp://127.0.0.1:PORT or unix:///path.
+    #[arg(long, value_name = "E")]
+    pub endpoint: String,
+    /// Cores to serve on: `--cpus LIST` or `--cores N`.
+    #[command(flatten)]
+    pub cores: CoreArgs,
+    /// rkyv | bincode (tokio only).
+    #[arg(long, value_name = "C", default_value = "rkyv")]
+    pub codec: Codec,
 }
 
 impl ServerArgs {
-    /// Parses the server flags (after the `server` word); `Ok(None)` means
-    /// help was asked for.
-    pub fn parse<I>(args: I) -> Result<Option<ServerArgs>, CliError>
-    where
-        I: IntoIterator<Item = String>,
-    {
-        let mut endpoint = None;
-        let mut cores = CoreSpec::Count(1);
-        let mut codec = Codec::Rkyv;
-        for arg in parse_args(args)? {
-            match arg {
-                Arg::Help => return Ok(None),
-                Arg::Opt { name, value } => match name.as_str() {
-                    "endpoint" => endpoint = Some(value),
-                    "cores" => cores = parse_cores(&value)?,
-                    "codec" => codec = parse_value(&name, &value)?,
-                    _ => return Err(CliError(format!("unknown option `--{name}`"))),
-                },
-            }
+    /// The server's settings from its flags; one core unless `--cpus` or
+    /// `--cores` say otherwise.
+    pub fn from_flags(f: ServerFlags) -> ServerArgs {
+        ServerArgs {
+            endpoint: f.endpoint,
+            cores: CoreSpec::from_args(&f.cores, 1),
+            codec: f.codec,
         }
-        let endpoint = endpoint.ok_or_else(|| CliError("`--endpoint` is required".into()))?;
-        Ok(Some(ServerArgs {
-            endpoint,
-            cores,
-            codec,
-        }))
     }
 }
 
@@ -301,31 +274,56 @@ pub enum Role {
     Client(ClientArgs),
 }
 
-/// Parses `NAME server|client [flags]` from the process arguments, printing
-/// usage and exiting on `--help` or on an error.
-pub fn role_from_env_or_exit(name: &str) -> Role {
-    let mut args = std::env::args().skip(1);
-    let usage = || format!("{}\n{}", server_usage(name), client_usage(name));
-    let which = args.next();
-    let parsed = match which.as_deref() {
-        Some("server") => ServerArgs::parse(args).map(|a| a.map(Role::Server)),
-        Some("client") => ClientArgs::parse(args, name).map(|a| a.map(Role::Client)),
-        Some("-h" | "--help") => Ok(None),
-        _ => Err(CliError(
-            "the first argument must be `server` or `client`".into(),
-        )),
-    };
-    match parsed {
-        Ok(Some(role)) => role,
-        Ok(None) => {
-            print!("{}", usage());
-            std::process::exit(0);
-        }
-        Err(e) => {
-            eprintln!("{name}: {e}\n\n{}", usage());
-            std::process::exit(2);
-        }
+/// One stack of the typed request/reply benchmark (`benches/typed.sh`):
+/// `server` answers requests, `client` loads a server and measures.
+#[derive(Parser, Debug)]
+#[command(version, subcommand_required = true, arg_required_else_help = true)]
+struct TypedCli {
+    #[command(subcommand)]
+    role: RoleFlags,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleFlags {
+    /// Answer every request with a reply of the size it asks for, until
+    /// SIGINT/SIGTERM; prints `READY <endpoint>` on stderr once listening.
+    Server(ServerFlags),
+    /// Load a server with requests and check every reply; prints a summary
+    /// and one RESULT line.
+    Client(ClientFlags),
+}
+
+/// Parses `NAME server|client [flags]` (`args` starts with the program
+/// name). `--help` and `--version` come back as errors whose exit code is 0.
+pub fn parse_role<I, T>(name: &'static str, args: I) -> Result<Role, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut cmd = TypedCli::command()
+        .name(name)
+        .bin_name(name)
+        .mut_subcommand("server", |server| server_cores_help(server, 1));
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    match TypedCli::from_arg_matches(&matches)?.role {
+        RoleFlags::Server(f) => Ok(Role::Server(ServerArgs::from_flags(f))),
+        RoleFlags::Client(f) => ClientArgs::from_flags(f, name)
+            .map(Role::Client)
+            .map_err(|e| {
+                let kind = clap::error::ErrorKind::ValueValidation;
+                match cmd.find_subcommand_mut("client") {
+                    Some(client) => client.error(kind, e),
+                    None => cmd.error(kind, e),
+                }
+            }),
     }
+}
+
+/// Parses `NAME server|client [flags]` from the process arguments; on
+/// `--help` or `--version` prints and exits with 0, on an error prints it
+/// and exits with 2.
+pub fn role_from_env_or_exit(name: &'static str) -> Role {
+    parse_role(name, std::env::args_os()).unwrap_or_else(|e| e.exit())
 }
 
 /// Ends the process with status 1 after `limit`, whatever the client is
@@ -368,12 +366,12 @@ impl Default for MeterConfig {
 
 impl MeterConfig {
     /// Rejects zero durations.
-    pub fn check(&self) -> Result<(), CliError> {
+    pub fn check(&self) -> Result<(), String> {
         if self.duration.is_zero() {
-            return Err(CliError("`--duration` must be positive".into()));
+            return Err("`--duration` must be positive".into());
         }
         if self.stall_timeout.is_zero() {
-            return Err(CliError("`--stall-timeout` must be positive".into()));
+            return Err("`--stall-timeout` must be positive".into());
         }
         Ok(())
     }
@@ -767,42 +765,151 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
+    fn role(args: &[&str]) -> Result<Role, clap::Error> {
+        parse_role(
+            "typed-x",
+            std::iter::once("typed-x").chain(args.iter().copied()),
+        )
+    }
+
+    fn client(args: &[&str]) -> Result<ClientArgs, clap::Error> {
+        let all: Vec<&str> = std::iter::once("client")
+            .chain(args.iter().copied())
+            .collect();
+        match role(&all)? {
+            Role::Client(a) => Ok(a),
+            Role::Server(_) => panic!("`client` parsed as a server"),
+        }
     }
 
     #[test]
     fn client_flags() {
-        let a = ClientArgs::parse(strings(&["--endpoint", "tcp://127.0.0.1:1"]), "x")
-            .unwrap()
-            .unwrap();
+        let a = client(&["--endpoint", "tcp://127.0.0.1:1"]).unwrap();
         assert_eq!(
             (a.conns, a.depth, a.size, a.reply_size),
             (64, 16, 1024, 1024)
         );
-        let a = ClientArgs::parse(
-            strings(&[
-                "--endpoint=unix:///tmp/s",
-                "--mode",
-                "pingpong",
-                "--reply-size",
-                "10",
-            ]),
-            "x",
-        )
-        .unwrap()
+        assert_eq!((a.mode, a.codec), (Mode::Throughput, Codec::Rkyv));
+        assert_eq!(a.label, "typed-x");
+        assert_eq!(a.wait, Duration::from_secs(2));
+        assert_eq!(a.meter.warmup, Duration::from_secs(1));
+        assert_eq!(a.meter.duration, Duration::from_secs(5));
+        assert_eq!(a.meter.stall_timeout, Duration::from_secs(5));
+        let a = client(&[
+            "--endpoint=unix:///tmp/s",
+            "--mode",
+            "pingpong",
+            "--reply-size",
+            "10",
+        ])
         .unwrap();
         assert_eq!((a.conns, a.depth, a.size, a.reply_size), (1, 1, 64, 10));
         assert_eq!(a.target().unwrap().transport(), "unix");
+        // Every flag benches/typed.sh passes.
+        let a = client(&[
+            "--endpoint",
+            "tcp://127.0.0.1:7601",
+            "--core",
+            "1",
+            "--server-pid",
+            "42",
+            "--label",
+            "tokio-bincode",
+            "--warmup",
+            "0.5",
+            "--codec",
+            "bincode",
+            "--mode",
+            "ping-pong",
+            "--size",
+            "64",
+            "--duration",
+            "2",
+            "--stall-timeout",
+            "3s",
+            "--wait",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!((a.core, a.meter.server_pid), (Some(1), Some(42)));
+        assert_eq!((a.mode, a.codec), (Mode::PingPong, Codec::Bincode));
+        assert_eq!(a.label, "tokio-bincode");
+        assert_eq!(a.meter.warmup, Duration::from_millis(500));
+        assert_eq!(a.meter.duration, Duration::from_secs(2));
+        assert_eq!(a.meter.stall_timeout, Duration::from_secs(3));
+        assert_eq!(a.wait, Duration::from_millis(500));
         for bad in [
             &["--mode", "pingpong", "--endpoint", "x", "--depth", "2"][..],
             &["--conns", "1"][..],
+            &["--endpoint", "x", "--conns", "0"][..],
+            &["--endpoint", "x", "--depth", "1025"][..],
             &["--endpoint", "x", "--size", "99999999"][..],
             &["--endpoint", "x", "--duration", "0"][..],
+            &["--endpoint", "x", "--stall-timeout", "0"][..],
             &["--endpoint", "x", "--label", "a b"][..],
+            &["--endpoint", "x", "--codec", "json"][..],
+            &["--endpoint", "x", "--mode", "flood"][..],
+            &["--endpoint", "x", "--cores", "1"][..],
         ] {
-            assert!(ClientArgs::parse(strings(bad), "x").is_err(), "{bad:?}");
+            let e = client(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn server_flags_and_roles() {
+        let server = |args: &[&str]| {
+            let all: Vec<&str> = std::iter::once("server")
+                .chain(args.iter().copied())
+                .collect();
+            match role(&all) {
+                Ok(Role::Server(a)) => Ok(a),
+                Ok(Role::Client(_)) => panic!("`server` parsed as a client"),
+                Err(e) => Err(e),
+            }
+        };
+        let a = server(&["--endpoint", "tcp://127.0.0.1:1"]).unwrap();
+        assert_eq!((a.cores, a.codec), (CoreSpec::Count(1), Codec::Rkyv));
+        let a = server(&[
+            "--endpoint",
+            "unix:///tmp/s",
+            "--cores",
+            "1",
+            "--codec",
+            "bincode",
+        ])
+        .unwrap();
+        assert_eq!((a.cores, a.codec), (CoreSpec::Count(1), Codec::Bincode));
+        assert_eq!(a.endpoint, "unix:///tmp/s");
+        let a = server(&["--endpoint", "x", "--cores", "0,1"]).unwrap();
+        assert_eq!(a.cores, CoreSpec::List(vec![0, 1]));
+        let a = server(&["--endpoint", "x", "--cpus", "1"]).unwrap();
+        assert_eq!(a.cores, CoreSpec::List(vec![1]));
+        for bad in [
+            &[][..],
+            &["--endpoint", "x", "--cores", "0"][..],
+            &["--endpoint", "x", "--duration", "1"][..],
+        ] {
+            assert_eq!(server(bad).err().map(|e| e.exit_code()), Some(2), "{bad:?}");
+        }
+        // No role, or an unknown one, is a usage error; help is not.
+        for bad in [&[][..], &["serve"][..], &["--endpoint", "x"][..]] {
+            assert_eq!(role(bad).err().map(|e| e.exit_code()), Some(2), "{bad:?}");
+        }
+        for help in [
+            &["--help"][..],
+            &["server", "--help"][..],
+            &["client", "-h"][..],
+        ] {
+            assert_eq!(role(help).err().map(|e| e.exit_code()), Some(0), "{help:?}");
+        }
+        let help = role(&["server", "--help"]).err().unwrap().to_string();
+        assert!(
+            help.contains("Without --cpus or --cores: 1 core."),
+            "{help}"
+        );
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! echo servers (`tokio-echo`, `glommio-echo`).
 //!
 //! Both servers take the same flags as ringwire's `echo-node`:
-//! `--cores 0,1|N --listen ADDR --wire raw|lenprefix`.
+//! `--cpus LIST | --cores N`, `--listen ADDR`, `--wire raw|lenprefix`.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{parse_args, parse_value, Arg, CliError};
-use crate::cores::{parse_cores, pin_current_thread, CoreSpec};
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::cli::{server_cores_help, CoreArgs};
+use crate::cores::{pin_current_thread, CoreSpec};
 use crate::wire::Wire;
 
 /// Receive buffer size per connection.
@@ -30,61 +33,47 @@ pub struct ServerConfig {
     pub wire: Wire,
 }
 
-/// Usage text shared by the peer servers.
-pub fn usage(name: &str) -> String {
-    format!(
-        "usage: {name} [--cores 0,1|N] [--listen ADDR] [--wire raw|lenprefix]\n\
-         \n\
-         Echo server, one pinned single-threaded executor per core, each with its\n\
-         own SO_REUSEPORT listener on ADDR. Stops cleanly on SIGINT/SIGTERM.\n\
-         \n\
-         --cores   CPU ids `0,1`, or a count N = the first N CPUs this process may\n\
-         \x20         run on (so `taskset -c 3 ... --cores 1` uses CPU 3); default 1\n\
-         --listen  address to listen on; default 127.0.0.1:7000\n\
-         --wire    raw (echo bytes as-is) or lenprefix (4-byte LE length + payload,\n\
-         \x20         echo whole messages); default lenprefix\n"
-    )
+/// Echo server, one pinned single-threaded executor per core, each with its
+/// own SO_REUSEPORT listener on the address. Stops cleanly on
+/// SIGINT/SIGTERM.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct ServerArgs {
+    #[command(flatten)]
+    cores: CoreArgs,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// raw (echo bytes as they are read) or lenprefix (4-byte little-endian
+    /// length, then the payload; echo whole messages).
+    #[arg(long, value_name = "WIRE", default_value = "lenprefix")]
+    wire: Wire,
 }
 
 impl ServerConfig {
-    /// Parses the server flags; `Ok(None)` means help was asked for.
-    pub fn from_args<I>(args: I) -> Result<Option<Self>, CliError>
+    /// Parses the server flags of the server called `name` (`args` starts
+    /// with the program name). Without `--cpus` or `--cores`, one core.
+    pub fn from_args<I, T>(name: &'static str, args: I) -> Result<Self, clap::Error>
     where
-        I: IntoIterator<Item = String>,
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
     {
-        let mut cfg = ServerConfig {
-            cores: CoreSpec::Count(1),
-            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
-            wire: Wire::LenPrefix,
-        };
-        for arg in parse_args(args)? {
-            match arg {
-                Arg::Help => return Ok(None),
-                Arg::Opt { name, value } => match name.as_str() {
-                    "cores" => cfg.cores = parse_cores(&value)?,
-                    "listen" => cfg.listen = parse_value(&name, &value)?,
-                    "wire" => cfg.wire = parse_value(&name, &value)?,
-                    _ => return Err(CliError(format!("unknown option `--{name}`"))),
-                },
-            }
-        }
-        Ok(Some(cfg))
+        let matches = server_cores_help(ServerArgs::command(), 1)
+            .name(name)
+            .bin_name(name)
+            .try_get_matches_from(args)?;
+        let args = ServerArgs::from_arg_matches(&matches)?;
+        Ok(ServerConfig {
+            cores: CoreSpec::from_args(&args.cores, 1),
+            listen: args.listen,
+            wire: args.wire,
+        })
     }
 
-    /// Parses `std::env::args()`, printing usage and exiting on `--help` or
-    /// on an error.
-    pub fn from_env_or_exit(name: &str) -> Self {
-        match Self::from_args(std::env::args().skip(1)) {
-            Ok(Some(cfg)) => cfg,
-            Ok(None) => {
-                print!("{}", usage(name));
-                std::process::exit(0);
-            }
-            Err(e) => {
-                eprintln!("{name}: {e}\n\n{}", usage(name));
-                std::process::exit(2);
-            }
-        }
+    /// Parses `std::env::args()`; on `--help` or `--version` prints and
+    /// exits with 0, on an error prints it and exits with 2.
+    pub fn from_env_or_exit(name: &'static str) -> Self {
+        Self::from_args(name, std::env::args_os()).unwrap_or_else(|e| e.exit())
     }
 }
 
@@ -146,30 +135,33 @@ where
 mod tests {
     use super::*;
 
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
+    fn parse(args: &[&str]) -> Result<ServerConfig, clap::Error> {
+        ServerConfig::from_args("peer", std::iter::once("peer").chain(args.iter().copied()))
     }
 
     #[test]
     fn defaults_and_flags() {
-        let cfg = ServerConfig::from_args(Vec::new()).unwrap().unwrap();
+        let cfg = parse(&[]).unwrap();
         assert_eq!(cfg.cores, CoreSpec::Count(1));
+        assert_eq!(cfg.listen.port(), 7000);
         assert_eq!(cfg.wire, Wire::LenPrefix);
-        let cfg = ServerConfig::from_args(strings(&[
-            "--cores",
-            "0,1",
-            "--listen",
-            "127.0.0.1:7100",
-            "--wire=raw",
-        ]))
-        .unwrap()
-        .unwrap();
+        let cfg = parse(&["--cores", "0,1", "--listen", "127.0.0.1:7100", "--wire=raw"]).unwrap();
         assert_eq!(cfg.cores, CoreSpec::List(vec![0, 1]));
         assert_eq!(cfg.listen.port(), 7100);
         assert_eq!(cfg.wire, Wire::Raw);
-        assert!(ServerConfig::from_args(strings(&["--bogus", "1"])).is_err());
-        assert!(ServerConfig::from_args(strings(&["--help"]))
-            .unwrap()
-            .is_none());
+        assert_eq!(
+            parse(&["--cpus", "1"]).unwrap().cores,
+            CoreSpec::List(vec![1])
+        );
+        assert_eq!(parse(&["--bogus", "1"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["--wire", "nope"]).unwrap_err().exit_code(), 2);
+        let help = parse(&["--help"]).unwrap_err();
+        assert_eq!(help.exit_code(), 0);
+        let help = help.to_string();
+        assert!(help.contains("Usage: peer"));
+        assert!(
+            help.contains("Without --cpus or --cores: 1 core."),
+            "{help}"
+        );
     }
 }

@@ -22,6 +22,14 @@ use crate::message::Message;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidatedAs(pub(crate) TypeId);
 
+impl ValidatedAs {
+    /// Whether the payload was validated as `T` (then reading it as `T`
+    /// needs no second validation).
+    pub fn is<T: Message>(&self) -> bool {
+        self.0 == TypeId::of::<T>()
+    }
+}
+
 type ValidateFn = fn(&[u8]) -> Result<(), rancor::Error>;
 
 #[derive(Clone)]

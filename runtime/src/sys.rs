@@ -108,3 +108,42 @@ pub(crate) fn wait_for_signal(set: &libc::sigset_t) -> io::Result<libc::c_int> {
         }
     }
 }
+
+/// The index of the network interface called `name` (`if_nametoindex`).
+pub(crate) fn interface_index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} contains a NUL byte"),
+        )
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("interface {name:?}: {e}")));
+    }
+    Ok(index)
+}
+
+/// Sets `IP_MULTICAST_IF` by interface index (`struct ip_mreqn`), which
+/// `socket2` offers only by address.
+pub(crate) fn set_multicast_if_index_v4(fd: RawFd, index: u32) -> io::Result<()> {
+    let mreqn = libc::ip_mreqn {
+        imr_multiaddr: libc::in_addr { s_addr: 0 },
+        imr_address: libc::in_addr { s_addr: 0 },
+        imr_ifindex: index as libc::c_int,
+    };
+    // SAFETY: `mreqn` is a valid `ip_mreqn` that lives for the call, and the
+    // length passed is its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            (&mreqn as *const libc::ip_mreqn).cast(),
+            std::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}

@@ -89,6 +89,15 @@ pub enum Error {
     /// The caller used the API in a way it does not allow (says how).
     #[error("{0}")]
     Usage(&'static str),
+    /// A message does not fit one datagram (`udp://` neither fragments nor
+    /// reassembles); nothing was sent.
+    #[error("the message needs a datagram of at least {needed} bytes; the limit is {limit}")]
+    DatagramTooLarge {
+        /// A lower bound of the datagram's length.
+        needed: usize,
+        /// The socket's largest datagram.
+        limit: usize,
+    },
 }
 
 impl Error {

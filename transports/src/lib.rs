@@ -32,6 +32,7 @@ pub mod pool;
 pub mod rdma;
 pub mod stats;
 mod stream;
+pub mod udp;
 
 #[doc = include_str!("../../docs/TRANSPORTS.md")]
 pub mod guide {}
@@ -58,6 +59,7 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
             kind: listener::Kind::Mem(mem::MemListener::bind(endpoint, name, config)?),
             endpoint: endpoint.clone(),
         }),
+        (Scheme::Udp, _) => Err(udp_has_no_connections()),
         (Scheme::Tcp | Scheme::Unix, _) => {
             let l = stream::bind(endpoint, config)?;
             let endpoint = l.local.clone();
@@ -82,6 +84,7 @@ pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection,
         (Scheme::Tcp | Scheme::Unix, _) => {
             stream::connect(std::slice::from_ref(endpoint), config).await
         }
+        (Scheme::Udp, _) => Err(udp_has_no_connections()),
         (scheme, _) => Err(not_enabled(scheme)),
     }
 }
@@ -108,6 +111,14 @@ pub async fn connect_any(endpoints: &[Endpoint], config: &Config) -> Result<Conn
         _ if endpoints.len() == 1 => connect(first, config).await,
         scheme => Err(not_enabled(scheme)),
     }
+}
+
+/// `udp://` carries datagrams, not connections.
+fn udp_has_no_connections() -> Error {
+    Error::Usage(
+        "udp:// carries datagrams, not connections: use udp::bind to receive and \
+         udp::connect to send (a Datagrams socket with the same typed send/recv)",
+    )
 }
 
 fn not_enabled(scheme: Scheme) -> Error {

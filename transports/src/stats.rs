@@ -1,6 +1,8 @@
 //! Per-core counters of the transports layer: messages and bytes in and out
 //! per scheme, rejections, connection errors, back-pressure waits and drops,
-//! bulk bytes received direct and by copy, frames assembled by copy.
+//! bulk bytes received direct and by copy, frames assembled by copy; for
+//! `udp://` also sequence gaps, reordering, duplicates, bad datagrams by
+//! reason, and how sends went to the kernel ([`UdpStats`]).
 //!
 //! They are the runtime's named per-core counters
 //! ([`ringwire_runtime::Counter`]: plain adds on the calling core, no
@@ -31,6 +33,8 @@ struct Counters {
     bytes_out: PerScheme,
     rejected: PerScheme,
     connection_errors: PerScheme,
+    connections_opened: PerScheme,
+    connections_freed: PerScheme,
     back_pressure_waits: PerScheme,
     dropped: PerScheme,
     bulk_bytes_direct: PerScheme,
@@ -38,7 +42,28 @@ struct Counters {
     frames_assembled: PerScheme,
     frames_direct: PerScheme,
     send_pool_empty: Counter,
+    udp: UdpCounters,
 }
+
+/// The `udp://` counters (per core, like the others).
+struct UdpCounters {
+    gaps: Counter,
+    late: Counter,
+    duplicates: Counter,
+    stale: Counter,
+    restarts: Counter,
+    senders_evicted: Counter,
+    bad: [Counter; BAD_KINDS],
+    receive_errors: Counter,
+    sends: Counter,
+    gso_sends: Counter,
+    gso_fallbacks: Counter,
+    send_failed: Counter,
+    events_dropped: Counter,
+    destinations_forgotten: Counter,
+}
+
+const BAD_KINDS: usize = crate::udp::BadDatagram::KINDS.len();
 
 fn per_scheme(name: &str, help: &str) -> PerScheme {
     Scheme::ALL.map(|s| Counter::register(name, help, &[("scheme", s.name())]))
@@ -58,6 +83,14 @@ fn counters() -> &'static Counters {
         connection_errors: per_scheme(
             "transport_connection_errors_total",
             "connections that ended with an error",
+        ),
+        connections_opened: per_scheme(
+            "transport_connections_opened_total",
+            "connections made (accepted or connected, before their handshake)",
+        ),
+        connections_freed: per_scheme(
+            "transport_connections_freed_total",
+            "connections whose state and buffers were freed (opened minus freed: live)",
         ),
         back_pressure_waits: per_scheme(
             "transport_back_pressure_waits_total",
@@ -88,6 +121,80 @@ fn counters() -> &'static Counters {
             "frames encoded into heap memory because the send pool was empty",
             &[],
         ),
+        udp: UdpCounters {
+            gaps: Counter::register(
+                "transport_udp_gaps_total",
+                "sequence numbers skipped when a later datagram of the sender arrived",
+                &[],
+            ),
+            late: Counter::register(
+                "transport_udp_reordered_total",
+                "datagrams that arrived after a later one of their sender (delivered)",
+                &[],
+            ),
+            duplicates: Counter::register(
+                "transport_udp_duplicates_total",
+                "datagrams received again (dropped)",
+                &[],
+            ),
+            stale: Counter::register(
+                "transport_udp_stale_total",
+                "datagrams too far behind to tell new from duplicate (dropped)",
+                &[],
+            ),
+            restarts: Counter::register(
+                "transport_udp_sender_restarts_total",
+                "senders that started their sequence over",
+                &[],
+            ),
+            senders_evicted: Counter::register(
+                "transport_udp_senders_evicted_total",
+                "senders forgotten to make room for new ones",
+                &[],
+            ),
+            bad: crate::udp::BadDatagram::KINDS.map(|k| {
+                Counter::register(
+                    "transport_udp_bad_total",
+                    "bad datagrams dropped, by reason",
+                    &[("reason", k)],
+                )
+            }),
+            receive_errors: Counter::register(
+                "transport_udp_receive_errors_total",
+                "errors reported by datagram receives",
+                &[],
+            ),
+            sends: Counter::register(
+                "transport_udp_sendmsg_total",
+                "SENDMSG operations of datagram sockets",
+                &[],
+            ),
+            gso_sends: Counter::register(
+                "transport_udp_gso_sends_total",
+                "SENDMSG operations that carried several datagrams (UDP GSO)",
+                &[],
+            ),
+            gso_fallbacks: Counter::register(
+                "transport_udp_gso_fallbacks_total",
+                "GSO sends the kernel refused, sent again one datagram at a time",
+                &[],
+            ),
+            send_failed: Counter::register(
+                "transport_udp_send_failed_total",
+                "datagrams the kernel refused to send",
+                &[],
+            ),
+            events_dropped: Counter::register(
+                "transport_udp_events_dropped_total",
+                "datagram socket events dropped because the event queue was full",
+                &[],
+            ),
+            destinations_forgotten: Counter::register(
+                "transport_udp_destinations_forgotten_total",
+                "send_to destinations whose sequence was forgotten to bound memory",
+                &[],
+            ),
+        },
     })
 }
 
@@ -109,6 +216,14 @@ pub(crate) fn message_rejected(s: Scheme) {
 
 pub(crate) fn connection_error(s: Scheme) {
     counters().connection_errors[idx(s)].add(1);
+}
+
+pub(crate) fn connection_opened(s: Scheme) {
+    counters().connections_opened[idx(s)].add(1);
+}
+
+pub(crate) fn connection_freed(s: Scheme) {
+    counters().connections_freed[idx(s)].add(1);
 }
 
 pub(crate) fn back_pressure_wait(s: Scheme) {
@@ -142,6 +257,54 @@ pub(crate) fn send_pool_empty() {
     counters().send_pool_empty.add(1);
 }
 
+/// Counts what one datagram arrival did (see [`crate::udp::seq`]).
+pub(crate) fn udp_observed(obs: &crate::udp::seq::Observation) {
+    let c = &counters().udp;
+    if let Some((first, last)) = obs.gap {
+        c.gaps.add(last - first + 1);
+    }
+    c.late.add(u64::from(obs.late));
+    c.duplicates.add(u64::from(obs.duplicate));
+    c.stale.add(u64::from(obs.stale));
+    c.restarts.add(u64::from(obs.restarted.is_some()));
+    c.senders_evicted.add(obs.evicted.len() as u64);
+}
+
+/// A bad datagram was dropped.
+pub(crate) fn udp_bad(reason: &crate::udp::BadDatagram) {
+    let c = &counters().udp;
+    if let Some(i) = crate::udp::BadDatagram::KINDS
+        .iter()
+        .position(|k| *k == reason.kind())
+    {
+        c.bad[i].add(1);
+    }
+}
+
+/// A datagram receive reported an error.
+pub(crate) fn udp_receive_error() {
+    counters().udp.receive_errors.add(1);
+}
+
+/// A batch of datagrams went to the kernel.
+pub(crate) fn udp_sent(report: &ringwire_runtime::net::BatchReport) {
+    let c = &counters().udp;
+    c.sends.add(report.sends as u64);
+    c.gso_sends.add(report.gso_sends as u64);
+    c.gso_fallbacks.add(report.gso_fallbacks as u64);
+    c.send_failed.add(report.failed as u64);
+}
+
+/// `n` destinations' sequences were forgotten.
+pub(crate) fn udp_destinations_forgotten(n: u64) {
+    counters().udp.destinations_forgotten.add(n);
+}
+
+/// An event did not fit a socket's event queue.
+pub(crate) fn udp_event_dropped() {
+    counters().udp.events_dropped.add(1);
+}
+
 /// One scheme's counters on one core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -158,6 +321,10 @@ pub struct SchemeStats {
     pub rejected: u64,
     /// Connections that ended with an error.
     pub connection_errors: u64,
+    /// Connections made on this core (accepted or connected).
+    pub connections_opened: u64,
+    /// Connections whose state and buffers were freed on this core.
+    pub connections_freed: u64,
     /// Sends that waited for room in a full send queue.
     pub back_pressure_waits: u64,
     /// Messages dropped by the drop-newest policy or a full queue.
@@ -182,6 +349,67 @@ pub struct TransportStats {
     /// Frames encoded into heap memory because the core's send pool was
     /// empty.
     pub send_pool_empty: u64,
+    /// The `udp://` counters.
+    pub udp: UdpStats,
+}
+
+/// The calling core's `udp://` counters (over all its datagram sockets;
+/// per sender, see [`Datagrams::sender_stats`](crate::udp::Datagrams::sender_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpStats {
+    /// Sequence numbers skipped when a later datagram of the sender arrived.
+    pub gaps: u64,
+    /// Datagrams that arrived after a later one of their sender.
+    pub reordered: u64,
+    /// Datagrams received again (dropped).
+    pub duplicates: u64,
+    /// Datagrams too far behind to tell (dropped).
+    pub stale: u64,
+    /// Senders that started their sequence over.
+    pub sender_restarts: u64,
+    /// Senders forgotten to make room for new ones.
+    pub senders_evicted: u64,
+    /// Bad datagrams dropped, by [`BadDatagram::KINDS`](crate::udp::BadDatagram::KINDS) order.
+    pub bad: [u64; BAD_KINDS],
+    /// Errors reported by datagram receives.
+    pub receive_errors: u64,
+    /// `SENDMSG` operations.
+    pub sendmsgs: u64,
+    /// Of those, GSO sends carrying several datagrams.
+    pub gso_sends: u64,
+    /// GSO sends refused by the kernel and sent again per datagram.
+    pub gso_fallbacks: u64,
+    /// Datagrams the kernel refused to send.
+    pub send_failed: u64,
+    /// Events dropped for a full event queue.
+    pub events_dropped: u64,
+    /// `send_to` destinations whose sequence was forgotten (see
+    /// [`UdpConfig::max_destinations`](crate::udp::UdpConfig::max_destinations)).
+    pub destinations_forgotten: u64,
+}
+
+impl UdpStats {
+    /// Bad datagrams dropped for `reason` (a [`BadDatagram::kind`](crate::udp::BadDatagram::kind)).
+    pub fn bad(&self, reason: &str) -> u64 {
+        crate::udp::BadDatagram::KINDS
+            .iter()
+            .position(|k| *k == reason)
+            .map_or(0, |i| self.bad[i])
+    }
+
+    /// Bad datagrams dropped, every reason.
+    pub fn bad_total(&self) -> u64 {
+        self.bad.iter().sum()
+    }
+}
+
+impl SchemeStats {
+    /// Connections made on this core and not yet freed.
+    pub fn connections_live(&self) -> u64 {
+        self.connections_opened
+            .saturating_sub(self.connections_freed)
+    }
 }
 
 impl TransportStats {
@@ -205,6 +433,8 @@ pub fn snapshot() -> TransportStats {
             bytes_out: c.bytes_out[i].get(),
             rejected: c.rejected[i].get(),
             connection_errors: c.connection_errors[i].get(),
+            connections_opened: c.connections_opened[i].get(),
+            connections_freed: c.connections_freed[i].get(),
             back_pressure_waits: c.back_pressure_waits[i].get(),
             dropped: c.dropped[i].get(),
             bulk_bytes_direct: c.bulk_bytes_direct[i].get(),
@@ -214,6 +444,23 @@ pub fn snapshot() -> TransportStats {
         };
     }
     out.send_pool_empty = c.send_pool_empty.get();
+    let u = &c.udp;
+    out.udp = UdpStats {
+        gaps: u.gaps.get(),
+        reordered: u.late.get(),
+        duplicates: u.duplicates.get(),
+        stale: u.stale.get(),
+        sender_restarts: u.restarts.get(),
+        senders_evicted: u.senders_evicted.get(),
+        bad: u.bad.map(|c| c.get()),
+        receive_errors: u.receive_errors.get(),
+        sendmsgs: u.sends.get(),
+        gso_sends: u.gso_sends.get(),
+        gso_fallbacks: u.gso_fallbacks.get(),
+        send_failed: u.send_failed.get(),
+        events_dropped: u.events_dropped.get(),
+        destinations_forgotten: u.destinations_forgotten.get(),
+    };
     out
 }
 

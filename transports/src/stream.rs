@@ -659,9 +659,10 @@ async fn read_loop(
     }
     loop {
         let received = poll_fn(|cx| {
-            if conn.link() != link {
+            if conn.link() != link || conn.is_closed() {
                 return Poll::Ready(None);
             }
+            // Woken when the link changes or the connection ends.
             conn.wait_link_change(cx);
             let mut recv = std::pin::pin!(socket.recv());
             recv.as_mut().poll(cx).map(Some)

@@ -38,13 +38,14 @@
 //! drains its operations before the memory they use is freed. `--stats`
 //! prints the loop's counters at exit, in Prometheus text format.
 //!
-//! Usage: `floor-echo [--cores 0,1|N] [--listen ADDR] [--wire raw|lenprefix]
-//! [--gather sendmsg|copy] [--wait-batch N:MICROS|off] [--spin MICROS]
-//! [--recv-buffers N] [--recv-buffer-size BYTES] [--max-message BYTES]
-//! [--stats]`.
+//! Usage: `floor-echo [--cpus LIST | --cores N] [--listen ADDR]
+//! [--wire raw|lenprefix] [--gather sendmsg|copy] [--wait-batch N:MICROS|off]
+//! [--spin MICROS] [--recv-buffers N] [--recv-buffer-size BYTES]
+//! [--max-message BYTES] [--stats]`; `--help` says more.
 
 use std::alloc::{self, Layout};
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
@@ -55,43 +56,17 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
-use ringwire_benches::cli::{parse_args, parse_value, Arg, CliError};
-use ringwire_benches::cores::{parse_cores, CoreSpec};
+use ringwire_benches::cli::{parse_wait_batch, server_cores_help, CoreArgs, WaitBatch};
+use ringwire_benches::cores::CoreSpec;
 use ringwire_benches::server::run_per_core;
 use ringwire_benches::wire::{FrameTooLarge, Wire, LEN_PREFIX, MAX_PAYLOAD};
 use slab::Slab;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 const NAME: &str = "floor-echo";
-
-const USAGE: &str = "\
-usage: floor-echo [options]
-
-Hand-written io_uring echo server with no runtime: the floor reference.
-
-  --cores 0,1|N            CPU ids, or the first N CPUs this process may run
-                           on (default 1); one pinned loop per CPU
-  --listen ADDR            address every core listens on (default 127.0.0.1:7000)
-  --wire raw|lenprefix     echo bytes as they come, or whole 4-byte-LE-length
-                           messages (default lenprefix)
-  --gather sendmsg|copy    several buffers ready for one connection leave in
-                           one SENDMSG (one iovec each) or are copied into one
-                           buffer for a plain SEND (default sendmsg)
-  --wait-batch N:MICROS|off  with C connections receiving, wait for
-                           min(C/4, N) completions or MICROS, whichever comes
-                           first (default 16:50, as echo-node); off: wake on
-                           the first completion
-  --spin MICROS            before blocking, poll the ring without sleeping for
-                           up to MICROS while fewer completions than the batch
-                           are ready (default 0: block at once)
-  --recv-buffers N         provided receive buffers per core, a power of two
-                           (default 256, as echo-node)
-  --recv-buffer-size B     bytes per receive buffer (default 65536, as echo-node)
-  --max-message B          largest lenprefix payload (default 16777216)
-  --stats                  print the loop's counters at exit
-";
 
 /// Submission queue entries per ring; the completion queue has four times as
 /// many (the runtime's defaults).
@@ -137,12 +112,68 @@ fn transient_ok(res: io::Result<usize>) -> io::Result<()> {
 }
 
 /// How a send that spans several receive buffers is made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Gather {
     /// One `SENDMSG` with one iovec per buffer (no user-space copy).
+    #[value(name = "sendmsg")]
     SendMsg,
     /// Copy into one per-connection buffer, then one `SEND`.
     Copy,
+}
+
+/// Hand-written io_uring echo server with no runtime: the floor reference.
+#[derive(Parser, Debug)]
+#[command(name = "floor-echo", version)]
+struct Args {
+    #[command(flatten)]
+    cores: CoreArgs,
+    /// Address every core listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// raw (echo bytes as they come) or lenprefix (whole messages, each a
+    /// 4-byte little-endian length and the payload).
+    #[arg(long, value_name = "WIRE", default_value = "lenprefix")]
+    wire: Wire,
+    /// Several buffers ready for one connection leave in one SENDMSG (one
+    /// iovec each) or are copied into one buffer for a plain SEND.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Gather::SendMsg)]
+    gather: Gather,
+    /// With C connections receiving, wait for min(C/4, N) completions or
+    /// MICROS, whichever comes first (as echo-node); off: wake on the first
+    /// completion.
+    #[arg(long, value_name = "N:MICROS|off", default_value = "16:50", value_parser = parse_wait_batch)]
+    wait_batch: WaitBatch,
+    /// Before blocking, poll the ring without sleeping for up to MICROS while
+    /// fewer completions than the batch are ready (0: block at once).
+    #[arg(long, value_name = "MICROS", default_value_t = 0)]
+    spin: u64,
+    /// Provided receive buffers per core, a power of two up to 32768 (as
+    /// echo-node).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = parse_recv_buffers)]
+    recv_buffers: u16,
+    /// Bytes per receive buffer (as echo-node).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 64 * 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    recv_buffer_size: u32,
+    /// Largest lenprefix payload, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_PAYLOAD)]
+    max_message: usize,
+    /// Print the loop's counters at exit.
+    #[arg(long)]
+    stats: bool,
+}
+
+/// Parses `--recv-buffers`: a power of two in 1..=32768.
+fn parse_recv_buffers(v: &str) -> Result<u16, String> {
+    let n: u16 = v.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 || !n.is_power_of_two() || n > 32768 {
+        return Err("expected a power of two in 1..=32768".into());
+    }
+    Ok(n)
 }
 
 #[derive(Clone, Debug)]
@@ -159,104 +190,32 @@ struct Config {
     stats: bool,
 }
 
-fn parse_config<I>(args: I) -> Result<Option<Config>, CliError>
+/// Parses the command line (`args` starts with the program name); without
+/// `--cpus` or `--cores`, one core.
+fn parse_config<I, T>(args: I) -> Result<Config, clap::Error>
 where
-    I: IntoIterator<Item = String>,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
 {
-    let mut cfg = Config {
-        cores: CoreSpec::Count(1),
-        listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
-        wire: Wire::LenPrefix,
-        gather: Gather::SendMsg,
-        wait_batch: Some((16, Duration::from_micros(50))),
-        spin: None,
-        recv_buffers: 256,
-        recv_buffer_size: 64 * 1024,
-        max_message: MAX_PAYLOAD,
-        stats: false,
-    };
-    // `--stats` is the one option without a value.
-    let mut rest = Vec::new();
-    for arg in args {
-        if arg == "--stats" {
-            cfg.stats = true;
-        } else {
-            rest.push(arg);
-        }
-    }
-    for arg in parse_args(rest)? {
-        let (name, value) = match arg {
-            Arg::Help => return Ok(None),
-            Arg::Opt { name, value } => (name, value),
-        };
-        match name.as_str() {
-            "cores" => cfg.cores = parse_cores(&value)?,
-            "listen" => cfg.listen = parse_value(&name, &value)?,
-            "wire" => cfg.wire = parse_value(&name, &value)?,
-            "gather" => {
-                cfg.gather = match value.as_str() {
-                    "sendmsg" => Gather::SendMsg,
-                    "copy" => Gather::Copy,
-                    _ => {
-                        return Err(CliError(format!(
-                            "invalid `--gather {value}`: expected sendmsg or copy"
-                        )))
-                    }
-                }
-            }
-            "wait-batch" => {
-                cfg.wait_batch = if value == "off" {
-                    None
-                } else {
-                    let (n, us) = value.split_once(':').ok_or_else(|| {
-                        CliError(format!(
-                            "invalid `--wait-batch {value}`: expected N:MICROS or off"
-                        ))
-                    })?;
-                    let n: u32 = parse_value(&name, n)?;
-                    let us: u64 = parse_value(&name, us)?;
-                    Some((n, Duration::from_micros(us)))
-                }
-            }
-            "spin" => {
-                let us: u64 = parse_value(&name, &value)?;
-                cfg.spin = (us > 0).then(|| Duration::from_micros(us));
-            }
-            "recv-buffers" => {
-                let n: u16 = parse_value(&name, &value)?;
-                if n == 0 || !n.is_power_of_two() || n > 32768 {
-                    return Err(CliError(format!(
-                        "invalid `--recv-buffers {value}`: expected a power of two in 1..=32768"
-                    )));
-                }
-                cfg.recv_buffers = n;
-            }
-            "recv-buffer-size" => {
-                let n: u32 = parse_value(&name, &value)?;
-                if n == 0 {
-                    return Err(CliError("`--recv-buffer-size` must be positive".into()));
-                }
-                cfg.recv_buffer_size = n;
-            }
-            "max-message" => cfg.max_message = parse_value(&name, &value)?,
-            _ => return Err(CliError(format!("unknown option `--{name}`"))),
-        }
-    }
-    Ok(Some(cfg))
+    let matches = server_cores_help(Args::command(), 1).try_get_matches_from(args)?;
+    let a = Args::from_arg_matches(&matches)?;
+    Ok(Config {
+        cores: CoreSpec::from_args(&a.cores, 1),
+        listen: a.listen,
+        wire: a.wire,
+        gather: a.gather,
+        wait_batch: a.wait_batch.0,
+        spin: (a.spin > 0).then(|| Duration::from_micros(a.spin)),
+        recv_buffers: a.recv_buffers,
+        recv_buffer_size: a.recv_buffer_size,
+        max_message: a.max_message,
+        stats: a.stats,
+    })
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse_config(std::env::args().skip(1)) {
-        Ok(Some(cfg)) => cfg,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad arguments, and --help / --version: clap prints and exits (2, 0).
+    let cfg = parse_config(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let cores = match cfg.cores.resolve() {
         Ok(cores) => cores,
         Err(e) => {
@@ -1532,15 +1491,21 @@ mod tests {
         (out, ends)
     }
 
-    fn parse(args: &[&str]) -> Result<Option<Config>, CliError> {
-        parse_config(args.iter().map(|s| (*s).to_owned()))
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        parse_config(std::iter::once(NAME).chain(args.iter().copied()))
     }
 
     #[test]
     fn flags() {
-        let cfg = parse(&[]).unwrap().unwrap();
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.cores, CoreSpec::Count(1));
+        assert_eq!(cfg.listen, SocketAddr::from(([127, 0, 0, 1], 7000)));
+        assert_eq!(cfg.wire, Wire::LenPrefix);
         assert_eq!(cfg.gather, Gather::SendMsg);
         assert_eq!(cfg.wait_batch, Some((16, Duration::from_micros(50))));
+        assert_eq!(cfg.spin, None);
+        assert_eq!((cfg.recv_buffers, cfg.recv_buffer_size), (256, 64 * 1024));
+        assert_eq!(cfg.max_message, MAX_PAYLOAD);
         assert!(!cfg.stats);
         let cfg = parse(&[
             "--cores",
@@ -1556,17 +1521,64 @@ mod tests {
             "--recv-buffers",
             "64",
         ])
-        .unwrap()
         .unwrap();
+        assert_eq!(cfg.cores, CoreSpec::Count(1));
+        assert_eq!(cfg.listen.port(), 7100);
         assert_eq!(cfg.wire, Wire::Raw);
         assert_eq!(cfg.gather, Gather::Copy);
         assert_eq!(cfg.wait_batch, None);
         assert_eq!(cfg.recv_buffers, 64);
         assert!(cfg.stats);
-        assert!(parse(&["--recv-buffers", "100"]).is_err());
-        assert!(parse(&["--wait-batch", "16"]).is_err());
-        assert!(parse(&["--gather", "splice"]).is_err());
-        assert!(parse(&["--help"]).unwrap().is_none());
+        let cfg = parse(&[
+            "--cores",
+            "0,1",
+            "--spin",
+            "20",
+            "--wait-batch=4:10",
+            "--recv-buffer-size",
+            "4096",
+            "--max-message",
+            "1000",
+            "--gather",
+            "sendmsg",
+        ])
+        .unwrap();
+        assert_eq!(cfg.cores, CoreSpec::List(vec![0, 1]));
+        assert_eq!(cfg.spin, Some(Duration::from_micros(20)));
+        assert_eq!(cfg.wait_batch, Some((4, Duration::from_micros(10))));
+        assert_eq!((cfg.recv_buffer_size, cfg.max_message), (4096, 1000));
+        assert_eq!(cfg.gather, Gather::SendMsg);
+        assert_eq!(parse(&["--spin", "0"]).unwrap().spin, None);
+        assert_eq!(
+            parse(&["--cpus", "1"]).unwrap().cores,
+            CoreSpec::List(vec![1])
+        );
+        for bad in [
+            &["--recv-buffers", "100"][..],
+            &["--recv-buffers", "0"][..],
+            &["--recv-buffers", "65536"][..],
+            &["--recv-buffer-size", "0"][..],
+            &["--wait-batch", "16"][..],
+            &["--wait-batch", "x:1"][..],
+            &["--gather", "splice"][..],
+            &["--wire", "json"][..],
+            &["--listen", "nowhere"][..],
+            &["--cores", "0"][..],
+            &["--spin", "-1"][..],
+            &["--stats", "1"][..],
+        ] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        let help = parse(&["--help"]).unwrap_err();
+        assert_eq!(help.exit_code(), 0);
+        let help = help.to_string();
+        assert!(
+            help.contains("Without --cpus or --cores: 1 core."),
+            "{help}"
+        );
     }
 
     #[test]

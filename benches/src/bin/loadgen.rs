@@ -29,40 +29,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::{CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use ringwire_benches::cli::{parse_args, parse_duration, parse_value, Arg, CliError};
+use ringwire_benches::cli::parse_duration;
 use ringwire_benches::cores::pin_current_thread;
 use ringwire_benches::cpu::{machine_busy_time, process_cpu_time, self_cpu_time};
 use ringwire_benches::wire::{Pattern, Wire, MAX_PAYLOAD};
 
-const USAGE: &str = "\
-usage: loadgen [options]
-
-  --addr ADDR            echo server, loopback only (default 127.0.0.1:7000)
-  --mode MODE            throughput | pingpong (default throughput)
-  --wire WIRE            raw | lenprefix (default lenprefix)
-  --conns C              connections (default 64 throughput, 1 pingpong)
-  --depth D              messages in flight per connection (default 16;
-                         pingpong is always 1)
-  --size S               payload bytes per message (default 1024 throughput,
-                         64 pingpong); lenprefix adds a 4-byte header
-  --warmup T             warm-up before measuring (default 1s)
-  --duration T           measured interval (default 5s)
-  --core N               pin the load generator to core N (default: unpinned)
-  --server-pid PID       report the server's CPU time over the measured interval
-  --label NAME           server name for the RESULT line (default: unknown)
-  --wait T               keep retrying the first connect for up to T while the
-                         server starts (default 0: fail at once)
-  --connect-timeout T    per-connection connect timeout (default 2s)
-  --stall-timeout T      fail if no echo completes for T (default 5s)
-
-Durations accept 5, 2.5s or 500ms. Exit status: 0 ok, 1 runtime error
-(connect failure, wrong echo, stall), 2 usage error.
-";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
+    /// `--conns` connections, each keeping `--depth` messages in flight.
     Throughput,
+    /// `--conns` connections, one message in flight each.
+    #[value(name = "pingpong", alias = "ping-pong")]
     PingPong,
 }
 
@@ -73,6 +52,62 @@ impl Mode {
             Mode::PingPong => "pingpong",
         }
     }
+}
+
+/// Load generator for the echo server comparison: one pinned thread drives
+/// every connection and checks every echoed byte.
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    after_help = "Durations accept 5, 2.5s or 500ms. Exit status: 0 ok, 1 runtime error \
+                  (connect failure, wrong echo, stall), 2 usage error."
+)]
+struct Args {
+    /// Echo server, loopback only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    addr: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Throughput)]
+    mode: Mode,
+    /// raw | lenprefix.
+    #[arg(long, value_name = "WIRE", default_value = "lenprefix")]
+    wire: Wire,
+    /// Connections (default 64 throughput, 1 pingpong).
+    #[arg(long, value_name = "C")]
+    conns: Option<usize>,
+    /// Messages in flight per connection (default 16; pingpong is always 1).
+    #[arg(long, value_name = "D")]
+    depth: Option<usize>,
+    /// Payload bytes per message (default 1024 throughput, 64 pingpong);
+    /// lenprefix adds a 4-byte header.
+    #[arg(long, value_name = "S")]
+    size: Option<usize>,
+    /// Warm-up before measuring.
+    #[arg(long, value_name = "T", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured interval.
+    #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Pin the load generator to core N (default: unpinned).
+    #[arg(long, value_name = "N")]
+    core: Option<usize>,
+    /// Report the server's CPU time over the measured interval.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Server name for the RESULT line.
+    #[arg(long, value_name = "NAME", default_value = "unknown")]
+    label: String,
+    /// Keep retrying the first connect for up to T while the server starts
+    /// (0: fail at once).
+    #[arg(long, value_name = "T", default_value = "0", value_parser = parse_duration)]
+    wait: Duration,
+    /// Per-connection connect timeout.
+    #[arg(long, value_name = "T", default_value = "2s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Fail if no echo completes for T.
+    #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
+    stall_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -93,136 +128,88 @@ struct Config {
     stall_timeout: Duration,
 }
 
-fn parse_config() -> Result<Option<Config>, CliError> {
-    let mut addr = "127.0.0.1:7000".to_owned();
-    let mut mode = Mode::Throughput;
-    let mut wire = Wire::LenPrefix;
-    let (mut conns, mut depth, mut size) = (None, None, None);
-    let mut warmup = Duration::from_secs(1);
-    let mut duration = Duration::from_secs(5);
-    let mut core = None;
-    let mut server_pid = None;
-    let mut label = "unknown".to_owned();
-    let mut wait = Duration::ZERO;
-    let mut connect_timeout = Duration::from_secs(2);
-    let mut stall_timeout = Duration::from_secs(5);
-    for arg in parse_args(std::env::args().skip(1))? {
-        let (name, value) = match arg {
-            Arg::Help => return Ok(None),
-            Arg::Opt { name, value } => (name, value),
-        };
-        match name.as_str() {
-            "addr" => addr = value,
-            "mode" => {
-                mode = match value.as_str() {
-                    "throughput" => Mode::Throughput,
-                    "pingpong" | "ping-pong" => Mode::PingPong,
-                    _ => {
-                        return Err(CliError(format!(
-                            "invalid `--mode {value}`: expected throughput or pingpong"
-                        )))
-                    }
-                }
-            }
-            "wire" => wire = parse_value(&name, &value)?,
-            "conns" => conns = Some(parse_value::<usize>(&name, &value)?),
-            "depth" => depth = Some(parse_value::<usize>(&name, &value)?),
-            "size" => size = Some(parse_value::<usize>(&name, &value)?),
-            "warmup" => warmup = parse_duration(&name, &value)?,
-            "duration" => duration = parse_duration(&name, &value)?,
-            "core" => core = Some(parse_value(&name, &value)?),
-            "server-pid" => server_pid = Some(parse_value(&name, &value)?),
-            "label" => label = value,
-            "wait" => wait = parse_duration(&name, &value)?,
-            "connect-timeout" => connect_timeout = parse_duration(&name, &value)?,
-            "stall-timeout" => stall_timeout = parse_duration(&name, &value)?,
-            _ => return Err(CliError(format!("unknown option `--{name}`"))),
-        }
-    }
-    let (conns, depth, size) = match mode {
+/// Checks what clap cannot: the mode-dependent defaults and the ranges.
+fn config(args: Args) -> Result<Config, String> {
+    let (conns, depth, size) = match args.mode {
         Mode::Throughput => (
-            conns.unwrap_or(64),
-            depth.unwrap_or(16),
-            size.unwrap_or(1024),
+            args.conns.unwrap_or(64),
+            args.depth.unwrap_or(16),
+            args.size.unwrap_or(1024),
         ),
         Mode::PingPong => {
-            if depth.is_some_and(|d| d != 1) {
-                return Err(CliError(
+            if args.depth.is_some_and(|d| d != 1) {
+                return Err(
                     "pingpong mode keeps exactly one message in flight; drop `--depth`".into(),
-                ));
+                );
             }
-            (conns.unwrap_or(1), 1, size.unwrap_or(64))
+            (args.conns.unwrap_or(1), 1, args.size.unwrap_or(64))
         }
     };
     if conns == 0 || conns > 10_000 {
-        return Err(CliError("`--conns` must be 1..=10000".into()));
+        return Err("`--conns` must be 1..=10000".into());
     }
     if depth == 0 || depth > 4096 {
-        return Err(CliError("`--depth` must be 1..=4096".into()));
+        return Err("`--depth` must be 1..=4096".into());
     }
     if size > MAX_PAYLOAD {
-        return Err(CliError(format!("`--size` must be at most {MAX_PAYLOAD}")));
+        return Err(format!("`--size` must be at most {MAX_PAYLOAD}"));
     }
-    if wire == Wire::Raw && size == 0 {
-        return Err(CliError("`--size 0` carries no bytes in raw mode".into()));
+    if args.wire == Wire::Raw && size == 0 {
+        return Err("`--size 0` carries no bytes in raw mode".into());
     }
-    if duration.is_zero() {
-        return Err(CliError("`--duration` must be positive".into()));
+    if args.duration.is_zero() {
+        return Err("`--duration` must be positive".into());
     }
-    if connect_timeout.is_zero() || stall_timeout.is_zero() {
-        return Err(CliError("timeouts must be positive".into()));
+    if args.connect_timeout.is_zero() || args.stall_timeout.is_zero() {
+        return Err("timeouts must be positive".into());
     }
-    if label.is_empty() || label.contains(char::is_whitespace) {
-        return Err(CliError("`--label` must be one word".into()));
+    if args.label.is_empty() || args.label.contains(char::is_whitespace) {
+        return Err("`--label` must be one word".into());
     }
-    let addr = resolve_loopback(&addr)?;
-    Ok(Some(Config {
+    let addr = resolve_loopback(&args.addr)?;
+    Ok(Config {
         addr,
-        mode,
-        wire,
+        mode: args.mode,
+        wire: args.wire,
         conns,
         depth,
         size,
-        warmup,
-        duration,
-        core,
-        server_pid,
-        label,
-        wait,
-        connect_timeout,
-        stall_timeout,
-    }))
+        warmup: args.warmup,
+        duration: args.duration,
+        core: args.core,
+        server_pid: args.server_pid,
+        label: args.label,
+        wait: args.wait,
+        connect_timeout: args.connect_timeout,
+        stall_timeout: args.stall_timeout,
+    })
 }
 
 /// Resolves `addr`, refusing anything that is not a loopback address.
-fn resolve_loopback(addr: &str) -> Result<SocketAddr, CliError> {
+fn resolve_loopback(addr: &str) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
-        .map_err(|e| CliError(format!("cannot resolve `--addr {addr}`: {e}")))?
+        .map_err(|e| format!("cannot resolve `--addr {addr}`: {e}"))?
         .collect();
     let first = *addrs
         .first()
-        .ok_or_else(|| CliError(format!("`--addr {addr}` resolves to nothing")))?;
+        .ok_or_else(|| format!("`--addr {addr}` resolves to nothing"))?;
     if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-        return Err(CliError(format!(
+        return Err(format!(
             "refusing `--addr {addr}`: {} is not a loopback address; loadgen only loads servers on this machine",
             bad.ip()
-        )));
+        ));
     }
     Ok(first)
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse_config() {
-        Ok(Some(cfg)) => cfg,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("loadgen: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    // Bad arguments, and --help / --version: clap prints and exits (2, 0).
+    let cfg = match config(Args::parse()) {
+        Ok(cfg) => cfg,
+        Err(e) => Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit(),
     };
     // Belt and braces: whatever happens, the process ends.
     let hard_limit = cfg.wait

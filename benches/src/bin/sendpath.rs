@@ -28,14 +28,20 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use ringwire::runtime::net::TcpStream;
 use ringwire::runtime::{Placement, Runtime, SendBuf};
+use ringwire_benches::cli::parse_duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
+    /// A heap `Vec<u8>` with IORING_OP_SEND.
     Plain,
+    /// A registered pool buffer with IORING_OP_WRITE_FIXED.
     Fixed,
+    /// A heap buffer with IORING_OP_SEND_ZC.
     Zc,
+    /// A registered buffer with SEND_ZC.
     ZcFixed,
 }
 
@@ -48,65 +54,39 @@ impl Mode {
             Mode::ZcFixed => "zc-fixed",
         }
     }
-
-    fn parse(s: &str) -> Result<Mode, String> {
-        Ok(match s {
-            "plain" => Mode::Plain,
-            "fixed" => Mode::Fixed,
-            "zc" => Mode::Zc,
-            "zc-fixed" => Mode::ZcFixed,
-            other => {
-                return Err(format!(
-                    "unknown mode {other:?} (plain, fixed, zc, zc-fixed)"
-                ))
-            }
-        })
-    }
 }
 
+/// A/B of ringwire's send mechanisms in one run: per message size and mode,
+/// messages/s and messages per sender CPU-second.
+#[derive(Parser, Debug)]
+#[command(name = "sendpath", version)]
 struct Opts {
+    /// Message sizes in bytes.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "64,1024,16384,262144,1048576"
+    )]
     sizes: Vec<usize>,
+    /// Send modes to compare.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "plain,fixed,zc,zc-fixed"
+    )]
     modes: Vec<Mode>,
+    /// Duration of each run, in seconds (or 2.5s, 500ms).
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     duration: Duration,
+    /// CPU of the sending core.
+    #[arg(long, value_name = "CPU", default_value_t = 0)]
     sender_cpu: usize,
+    /// CPU of the sink thread.
+    #[arg(long, value_name = "CPU", default_value_t = 1)]
     sink_cpu: usize,
-}
-
-fn parse() -> Result<Opts, String> {
-    let mut o = Opts {
-        sizes: vec![64, 1024, 16 << 10, 256 << 10, 1 << 20],
-        modes: vec![Mode::Plain, Mode::Fixed, Mode::Zc, Mode::ZcFixed],
-        duration: Duration::from_secs(2),
-        sender_cpu: 0,
-        sink_cpu: 1,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut val = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--sizes" => {
-                o.sizes = val()?
-                    .split(',')
-                    .map(|s| s.parse().map_err(|e| format!("--sizes {s}: {e}")))
-                    .collect::<Result<_, _>>()?
-            }
-            "--modes" => {
-                o.modes = val()?
-                    .split(',')
-                    .map(Mode::parse)
-                    .collect::<Result<_, _>>()?
-            }
-            "--duration" => {
-                let v = val()?;
-                let secs: f64 = v.parse().map_err(|e| format!("--duration {v}: {e}"))?;
-                o.duration = Duration::from_secs_f64(secs);
-            }
-            "--sender-cpu" => o.sender_cpu = val()?.parse().map_err(|e| format!("{e}"))?,
-            "--sink-cpu" => o.sink_cpu = val()?.parse().map_err(|e| format!("{e}"))?,
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    Ok(o)
 }
 
 /// A sink pinned to `cpu` that reads one connection to the end; returns the
@@ -206,13 +186,8 @@ fn run_one(o: &Opts, mode: Mode, size: usize) -> Result<Run, String> {
 }
 
 fn main() -> ExitCode {
-    let o = match parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("sendpath: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad arguments: clap prints the error and exits with code 2.
+    let o = Opts::parse();
     println!(
         "send path A/B: sender on CPU {}, sink on CPU {}, {:.1} s per run, one send in flight",
         o.sender_cpu,

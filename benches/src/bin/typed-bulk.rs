@@ -24,6 +24,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
@@ -32,7 +33,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use ringwire_benches::cli::{parse_args, parse_duration, parse_value, Arg, CliError};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ringwire_benches::cli::parse_duration;
 use ringwire_benches::cores::pin_current_thread;
 use ringwire_benches::measure::{arm_hard_limit, Measured, Meter, MeterConfig, Report, Workload};
 use ringwire_benches::server::{Shutdown, SHUTDOWN_POLL};
@@ -43,29 +45,79 @@ use ringwire_transports::{connect, listen, Config, Connection, Endpoint, Error, 
 
 const NAME: &str = "typed-bulk";
 
-const USAGE: &str = "\
-usage: typed-bulk server --stack ringwire|tcp --endpoint E
-       typed-bulk client --stack ringwire|tcp --endpoint E [options]
-
-  --endpoint E     tcp://127.0.0.1:PORT (both stacks), unix:///path or
-                   mem://NAME (ringwire; mem:// serves itself in one process)
-  --segment B      segment bytes, with an optional K or M suffix (default 2M)
-  --window N       ringwire: segments in flight (default 4)
-  --warmup T       default 1s
-  --duration T     default 5s
-  --core N         pin the client to CPU N
-  --server-pid P   report the server's CPU time and peak RSS
-  --label NAME     stack name for the RESULT line (default: the stack)
-  --wait T         retry the first connect for up to T (default 2s)
-";
-
 /// Largest segment accepted on the command line (64 MiB).
 const MAX_SEGMENT: usize = 64 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Stack {
+    /// ringwire's two-phase bulk (send_bulk / accept_bulk).
     Ringwire,
+    /// A blocking std TCP copy loop.
     Tcp,
+}
+
+/// Large segments each way: ringwire's two-phase bulk against a plain TCP
+/// copy loop.
+#[derive(Parser, Debug)]
+#[command(
+    name = "typed-bulk",
+    version,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: RoleFlags,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleFlags {
+    /// Echo every segment back, until SIGINT/SIGTERM; prints `READY
+    /// <endpoint>` on stderr once listening.
+    Server(Flags),
+    /// Send segments, check every echoed byte; prints a summary and one
+    /// RESULT line.
+    Client(Flags),
+}
+
+/// The flags of both roles.
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Durations accept 5, 2.5s or 500ms. Exit status: 0 ok, 1 runtime error, \
+                        2 usage error."
+)]
+struct Flags {
+    /// ringwire | tcp.
+    #[arg(long, value_name = "S", value_enum)]
+    stack: Stack,
+    /// tcp://127.0.0.1:PORT (both stacks), unix:///path or mem://NAME
+    /// (ringwire; mem:// serves itself in one process).
+    #[arg(long, value_name = "E")]
+    endpoint: String,
+    /// Segment bytes, with an optional K or M suffix.
+    #[arg(long, value_name = "B", default_value = "2M", value_parser = parse_size)]
+    segment: usize,
+    /// ringwire: segments in flight.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    window: usize,
+    /// Warm-up before measuring.
+    #[arg(long, value_name = "T", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured interval.
+    #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Pin the client to CPU N.
+    #[arg(long, value_name = "N")]
+    core: Option<usize>,
+    /// Report the server's CPU time and peak RSS.
+    #[arg(long, value_name = "P")]
+    server_pid: Option<u32>,
+    /// Stack name for the RESULT line (default: the stack).
+    #[arg(long, value_name = "NAME")]
+    label: Option<String>,
+    /// Retry the first connect for up to T.
+    #[arg(long, value_name = "T", default_value = "2s", value_parser = parse_duration)]
+    wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -81,94 +133,72 @@ struct Args {
     wait: Duration,
 }
 
-fn parse_size(name: &str, value: &str) -> Result<usize, CliError> {
+/// Parses a byte count with an optional `K` or `M` suffix (`2M`, `64k`).
+fn parse_size(value: &str) -> Result<usize, String> {
     let (num, scale) = match value.as_bytes().last() {
         Some(b'K' | b'k') => (&value[..value.len() - 1], 1 << 10),
         Some(b'M' | b'm') => (&value[..value.len() - 1], 1 << 20),
         _ => (value, 1),
     };
-    let n: usize = parse_value(name, num)?;
-    n.checked_mul(scale)
-        .ok_or_else(|| CliError(format!("`--{name} {value}` is too large")))
+    let n: usize = num
+        .parse()
+        .map_err(|e| format!("{e} (expected bytes like 4096, 64K or 2M)"))?;
+    n.checked_mul(scale).ok_or_else(|| "too large".to_string())
 }
 
-fn parse() -> Result<Option<Args>, CliError> {
-    let mut it = std::env::args().skip(1);
-    let server = match it.next().as_deref() {
-        Some("server") => true,
-        Some("client") => false,
-        Some("-h" | "--help") => return Ok(None),
-        _ => {
-            return Err(CliError(
-                "the first argument must be `server` or `client`".into(),
-            ))
-        }
+/// Checks what clap cannot: the ranges.
+fn config(server: bool, f: Flags) -> Result<Args, String> {
+    if f.segment == 0 || f.segment > MAX_SEGMENT {
+        return Err(format!("`--segment` must be 1..={MAX_SEGMENT} bytes"));
+    }
+    if f.window == 0 || f.window > 64 {
+        return Err("`--window` must be 1..=64".into());
+    }
+    let meter = MeterConfig {
+        warmup: f.warmup,
+        duration: f.duration,
+        server_pid: f.server_pid,
+        ..MeterConfig::default()
     };
-    let mut a = Args {
+    meter.check()?;
+    Ok(Args {
         server,
-        stack: Stack::Ringwire,
-        endpoint: String::new(),
-        segment: 2 << 20,
-        window: 4,
-        meter: MeterConfig::default(),
-        core: None,
-        label: None,
-        wait: Duration::from_secs(2),
+        stack: f.stack,
+        endpoint: f.endpoint,
+        segment: f.segment,
+        window: f.window,
+        meter,
+        core: f.core,
+        label: f.label,
+        wait: f.wait,
+    })
+}
+
+/// Parses `typed-bulk server|client [flags]` (`args` starts with the
+/// program name).
+fn parse<I, T>(args: I) -> Result<Args, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut cmd = Cli::command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let (role, checked) = match Cli::from_arg_matches(&matches)?.role {
+        RoleFlags::Server(f) => ("server", config(true, f)),
+        RoleFlags::Client(f) => ("client", config(false, f)),
     };
-    let mut stack = None;
-    for arg in parse_args(it)? {
-        let (name, value) = match arg {
-            Arg::Help => return Ok(None),
-            Arg::Opt { name, value } => (name, value),
-        };
-        match name.as_str() {
-            "stack" => {
-                stack = Some(match value.as_str() {
-                    "ringwire" => Stack::Ringwire,
-                    "tcp" => Stack::Tcp,
-                    _ => return Err(CliError(format!("invalid `--stack {value}`"))),
-                })
-            }
-            "endpoint" => a.endpoint = value,
-            "segment" => a.segment = parse_size(&name, &value)?,
-            "window" => a.window = parse_value(&name, &value)?,
-            "warmup" => a.meter.warmup = parse_duration(&name, &value)?,
-            "duration" => a.meter.duration = parse_duration(&name, &value)?,
-            "core" => a.core = Some(parse_value(&name, &value)?),
-            "server-pid" => a.meter.server_pid = Some(parse_value(&name, &value)?),
-            "label" => a.label = Some(value),
-            "wait" => a.wait = parse_duration(&name, &value)?,
-            _ => return Err(CliError(format!("unknown option `--{name}`"))),
+    checked.map_err(|e| {
+        let kind = clap::error::ErrorKind::ValueValidation;
+        match cmd.find_subcommand_mut(role) {
+            Some(sub) => sub.error(kind, e),
+            None => cmd.error(kind, e),
         }
-    }
-    a.stack = stack.ok_or_else(|| CliError("`--stack` is required".into()))?;
-    if a.endpoint.is_empty() {
-        return Err(CliError("`--endpoint` is required".into()));
-    }
-    if a.segment == 0 || a.segment > MAX_SEGMENT {
-        return Err(CliError(format!(
-            "`--segment` must be 1..={MAX_SEGMENT} bytes"
-        )));
-    }
-    if a.window == 0 || a.window > 64 {
-        return Err(CliError("`--window` must be 1..=64".into()));
-    }
-    a.meter.check()?;
-    Ok(Some(a))
+    })
 }
 
 fn main() {
-    let args = match parse() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            print!("{USAGE}");
-            return;
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {e}\n\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+    // Bad arguments, and --help / --version: clap prints and exits (2, 0).
+    let args = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let result = match (args.server, args.stack) {
         (true, Stack::Tcp) => tcp_server(&args),
         (true, Stack::Ringwire) => ringwire_server(&args),
@@ -728,12 +758,124 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("s", "2M").unwrap(), 2 << 20);
-        assert_eq!(parse_size("s", "64k").unwrap(), 64 << 10);
-        assert_eq!(parse_size("s", "100").unwrap(), 100);
-        assert!(parse_size("s", "M").is_err());
-        assert!(parse_size("s", "x").is_err());
-        assert!(parse_size("s", "99999999999999999999M").is_err());
+        assert_eq!(parse_size("2M").unwrap(), 2 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999999999999M").is_err());
+    }
+
+    fn args(v: &[&str]) -> Result<Args, clap::Error> {
+        parse(std::iter::once(NAME).chain(v.iter().copied()))
+    }
+
+    #[test]
+    fn flags() {
+        let a = args(&[
+            "server",
+            "--stack",
+            "tcp",
+            "--endpoint",
+            "tcp://127.0.0.1:1",
+        ])
+        .unwrap();
+        assert!(a.server);
+        assert_eq!((a.stack, a.segment, a.window), (Stack::Tcp, 2 << 20, 4));
+        assert_eq!(a.wait, Duration::from_secs(2));
+        assert_eq!(a.meter.duration, Duration::from_secs(5));
+        // Every flag benches/typed.sh passes.
+        let a = args(&[
+            "client",
+            "--stack",
+            "ringwire",
+            "--endpoint",
+            "tcp://127.0.0.1:1",
+            "--core",
+            "1",
+            "--server-pid",
+            "42",
+            "--segment",
+            "64K",
+            "--window",
+            "8",
+            "--warmup",
+            "0",
+            "--duration",
+            "2",
+            "--label",
+            "bulk",
+            "--wait=500ms",
+        ])
+        .unwrap();
+        assert!(!a.server);
+        assert_eq!(
+            (a.stack, a.segment, a.window),
+            (Stack::Ringwire, 64 << 10, 8)
+        );
+        assert_eq!((a.core, a.meter.server_pid), (Some(1), Some(42)));
+        assert_eq!(a.meter.warmup, Duration::ZERO);
+        assert_eq!(a.meter.duration, Duration::from_secs(2));
+        assert_eq!(a.label.as_deref(), Some("bulk"));
+        assert_eq!(a.wait, Duration::from_millis(500));
+        for bad in [
+            &[][..],
+            &["serve", "--stack", "tcp", "--endpoint", "x"][..],
+            &["client", "--endpoint", "x"][..],
+            &["client", "--stack", "tcp"][..],
+            &["client", "--stack", "udp", "--endpoint", "x"][..],
+            &[
+                "client",
+                "--stack",
+                "tcp",
+                "--endpoint",
+                "x",
+                "--segment",
+                "0",
+            ][..],
+            &[
+                "client",
+                "--stack",
+                "tcp",
+                "--endpoint",
+                "x",
+                "--segment",
+                "65M",
+            ][..],
+            &[
+                "client",
+                "--stack",
+                "tcp",
+                "--endpoint",
+                "x",
+                "--window",
+                "0",
+            ][..],
+            &[
+                "client",
+                "--stack",
+                "tcp",
+                "--endpoint",
+                "x",
+                "--window",
+                "65",
+            ][..],
+            &[
+                "client",
+                "--stack",
+                "tcp",
+                "--endpoint",
+                "x",
+                "--duration",
+                "0",
+            ][..],
+        ] {
+            let e = args(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        assert_eq!(args(&["--help"]).err().map(|e| e.exit_code()), Some(0));
     }
 
     #[test]

@@ -21,14 +21,16 @@
 //! Prints a summary and a `RESULT` line (see `ringwire_benches::measure`).
 
 use std::cell::RefCell;
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringwire_benches::cli::{parse_args, parse_duration, parse_value, Arg, CliError};
-use ringwire_benches::cores::{parse_cores, pin_current_thread, CoreSpec};
+use clap::{CommandFactory, Parser, ValueEnum};
+use ringwire_benches::cli::{parse_cores_value, parse_duration, Cores, CpuList};
+use ringwire_benches::cores::{pin_current_thread, CoreSpec};
 use ringwire_benches::measure::{arm_hard_limit, Measured, Meter, MeterConfig, Report, Workload};
 use ringwire_benches::typed::{fill_request, now_ns, PayloadGen, Req, MAX_LEN};
 use ringwire_runtime::{spawn_local, Placement, Runtime};
@@ -36,25 +38,60 @@ use ringwire_transports::{connect, listen, Config, Endpoint};
 
 const NAME: &str = "typed-mem";
 
-const USAGE: &str = "\
-usage: typed-mem [options]
-
-  --stack S        ringwire | crossbeam (default ringwire)
-  --mode M         throughput | latency (default throughput)
-  --size S         payload bytes per message (default 1024)
-  --rate R         latency mode: messages per second (default 20000)
-  --capacity C     crossbeam: channel slots (default 1024)
-  --cpus A,B       receiver on CPU A, sender on CPU B (default: the first two
-                   CPUs this process may run on)
-  --warmup T       default 1s
-  --duration T     default 5s
-  --label NAME     stack name for the RESULT line (default: the stack)
-";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Stack {
+    /// A two-core ringwire runtime, mem:// between the cores.
     Ringwire,
+    /// Two pinned threads and a bounded crossbeam channel of boxed messages.
     Crossbeam,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Send as fast as the channel takes them.
+    Throughput,
+    /// Pace the sender at --rate messages per second.
+    Latency,
+}
+
+/// Typed messages between two cores of one process: ringwire's mem://
+/// against a crossbeam channel.
+#[derive(Parser, Debug)]
+#[command(
+    name = "typed-mem",
+    version,
+    after_help = "Durations accept 5, 2.5s or 500ms. Exit status: 0 ok, 1 runtime error, \
+                  2 usage error."
+)]
+struct Flags {
+    /// ringwire | crossbeam.
+    #[arg(long, value_name = "S", value_enum, default_value_t = Stack::Ringwire)]
+    stack: Stack,
+    /// throughput | latency.
+    #[arg(long, value_name = "M", value_enum, default_value_t = Mode::Throughput)]
+    mode: Mode,
+    /// Payload bytes per message.
+    #[arg(long, value_name = "S", default_value_t = 1024)]
+    size: usize,
+    /// Latency mode: messages per second.
+    #[arg(long, value_name = "R", default_value_t = 20_000)]
+    rate: u64,
+    /// crossbeam: channel slots.
+    #[arg(long, value_name = "C", default_value_t = 1024)]
+    capacity: usize,
+    /// Receiver on CPU A, sender on CPU B (default: the first two CPUs this
+    /// process may run on).
+    #[arg(long, value_name = "A,B", value_parser = parse_cpu_pair)]
+    cpus: Option<CoreSpec>,
+    /// Warm-up before measuring.
+    #[arg(long, value_name = "T", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured interval.
+    #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stack name for the RESULT line (default: the stack).
+    #[arg(long, value_name = "NAME")]
+    label: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,76 +106,66 @@ struct Args {
     label: Option<String>,
 }
 
-fn parse() -> Result<Option<Args>, CliError> {
-    let mut a = Args {
-        stack: Stack::Ringwire,
-        rate: None,
-        size: 1024,
-        capacity: 1024,
-        cpus: CoreSpec::Count(2),
-        meter: MeterConfig::default(),
-        label: None,
+/// Parses `--cpus`: two CPU ids (`0,1`), or the count 2 (the first two CPUs
+/// this process may run on).
+fn parse_cpu_pair(v: &str) -> Result<CoreSpec, String> {
+    let two = || "expected two CPUs: receiver, sender (e.g. 0,1)".to_string();
+    match parse_cores_value(v) {
+        Ok(Cores::List(CpuList(cpus))) if cpus.len() == 2 => Ok(CoreSpec::List(cpus)),
+        Ok(Cores::Count(2)) => Ok(CoreSpec::Count(2)),
+        // A malformed list: say what is wrong with it.
+        Err(e) if v.contains([',', '-']) => Err(e),
+        _ => Err(two()),
+    }
+}
+
+/// Checks what clap cannot: the ranges.
+fn config(f: Flags) -> Result<Args, String> {
+    let rate = match f.mode {
+        Mode::Throughput => None,
+        Mode::Latency => {
+            if f.rate == 0 || f.rate > 10_000_000 {
+                return Err("`--rate` must be 1..=10000000".into());
+            }
+            Some(f.rate)
+        }
     };
-    let mut latency = false;
-    let mut rate = 20_000u64;
-    for arg in parse_args(std::env::args().skip(1))? {
-        let (name, value) = match arg {
-            Arg::Help => return Ok(None),
-            Arg::Opt { name, value } => (name, value),
-        };
-        match name.as_str() {
-            "stack" => {
-                a.stack = match value.as_str() {
-                    "ringwire" => Stack::Ringwire,
-                    "crossbeam" => Stack::Crossbeam,
-                    _ => return Err(CliError(format!("invalid `--stack {value}`"))),
-                }
-            }
-            "mode" => {
-                latency = match value.as_str() {
-                    "throughput" => false,
-                    "latency" => true,
-                    _ => return Err(CliError(format!("invalid `--mode {value}`"))),
-                }
-            }
-            "size" => a.size = parse_value(&name, &value)?,
-            "rate" => rate = parse_value(&name, &value)?,
-            "capacity" => a.capacity = parse_value(&name, &value)?,
-            "cpus" => a.cpus = parse_cores(&value)?,
-            "warmup" => a.meter.warmup = parse_duration(&name, &value)?,
-            "duration" => a.meter.duration = parse_duration(&name, &value)?,
-            "label" => a.label = Some(value),
-            _ => return Err(CliError(format!("unknown option `--{name}`"))),
-        }
+    if f.size > MAX_LEN {
+        return Err(format!("`--size` must be at most {MAX_LEN}"));
     }
-    if latency {
-        if rate == 0 || rate > 10_000_000 {
-            return Err(CliError("`--rate` must be 1..=10000000".into()));
-        }
-        a.rate = Some(rate);
+    if f.capacity == 0 {
+        return Err("`--capacity` must be positive".into());
     }
-    if a.size > MAX_LEN {
-        return Err(CliError(format!("`--size` must be at most {MAX_LEN}")));
-    }
-    if a.capacity == 0 {
-        return Err(CliError("`--capacity` must be positive".into()));
-    }
-    a.meter.check()?;
-    Ok(Some(a))
+    let meter = MeterConfig {
+        warmup: f.warmup,
+        duration: f.duration,
+        ..MeterConfig::default()
+    };
+    meter.check()?;
+    Ok(Args {
+        stack: f.stack,
+        rate,
+        size: f.size,
+        capacity: f.capacity,
+        cpus: f.cpus.unwrap_or(CoreSpec::Count(2)),
+        meter,
+        label: f.label,
+    })
+}
+
+/// Parses the command line (`args` starts with the program name).
+fn parse<I, T>(args: I) -> Result<Args, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let flags = Flags::try_parse_from(args)?;
+    config(flags).map_err(|e| Flags::command().error(clap::error::ErrorKind::ValueValidation, e))
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad arguments, and --help / --version: clap prints and exits (2, 0).
+    let args = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     arm_hard_limit(
         NAME,
         args.meter.warmup
@@ -488,4 +515,77 @@ fn run_crossbeam(args: &Args, cpus: &[usize]) -> Result<Measured, String> {
         Err(_) => return Err("the sender panicked".into()),
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, clap::Error> {
+        parse(std::iter::once(NAME).chain(v.iter().copied()))
+    }
+
+    #[test]
+    fn flags() {
+        let a = args(&[]).unwrap();
+        assert_eq!((a.stack, a.rate), (Stack::Ringwire, None));
+        assert_eq!((a.size, a.capacity), (1024, 1024));
+        assert_eq!(a.cpus, CoreSpec::Count(2));
+        assert_eq!(a.meter.warmup, Duration::from_secs(1));
+        assert_eq!(a.meter.duration, Duration::from_secs(5));
+        // Every flag benches/typed.sh passes.
+        let a = args(&[
+            "--stack",
+            "crossbeam",
+            "--mode",
+            "latency",
+            "--cpus",
+            "0,1",
+            "--size",
+            "64",
+            "--rate",
+            "5000",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+            "--capacity",
+            "16",
+            "--label",
+            "xbeam",
+        ])
+        .unwrap();
+        assert_eq!((a.stack, a.rate), (Stack::Crossbeam, Some(5000)));
+        assert_eq!((a.size, a.capacity), (64, 16));
+        assert_eq!(a.cpus, CoreSpec::List(vec![0, 1]));
+        assert_eq!(a.meter.warmup, Duration::from_millis(500));
+        assert_eq!(a.meter.duration, Duration::from_secs(2));
+        assert_eq!(a.label.as_deref(), Some("xbeam"));
+        // --rate only matters when pacing.
+        assert_eq!(args(&["--rate", "0"]).unwrap().rate, None);
+        assert_eq!(args(&["--cpus", "2"]).unwrap().cpus, CoreSpec::Count(2));
+        assert_eq!(
+            args(&["--cpus", "3,1"]).unwrap().cpus,
+            CoreSpec::List(vec![3, 1])
+        );
+        for bad in [
+            &["--stack", "flume"][..],
+            &["--mode", "pingpong"][..],
+            &["--cpus", "0"][..],
+            &["--cpus", "0,"][..],
+            &["--cpus", "0,1,2"][..],
+            &["--cpus", "0,0"][..],
+            &["--cpus", "3"][..],
+            &["--mode", "latency", "--rate", "0"][..],
+            &["--size", "99999999"][..],
+            &["--capacity", "0"][..],
+            &["--duration", "0"][..],
+            &["--core", "1"][..],
+        ] {
+            let e = args(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
 }

@@ -18,45 +18,37 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use hdrhistogram::Histogram;
 use ringwire::runtime::mailbox::channel;
 use ringwire::runtime::time::sleep;
 use ringwire::runtime::{submit_to, Doorbell, Placement, Runtime};
+use ringwire_benches::cli::{parse_cpu_list, parse_duration, CpuList};
 
+/// Cross-core messaging inside a ringwire runtime on two pinned cores:
+/// wake-up latency, submit_to round trips and channel throughput, for each
+/// doorbell.
+#[derive(Parser, Debug)]
+#[command(name = "xcore", version)]
 struct Opts {
+    /// Samples per latency test.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
     samples: usize,
+    /// Duration of the throughput test, in seconds (or 2.5s, 500ms).
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     duration: Duration,
-    cpus: Vec<usize>,
+    /// The two CPUs: sender core, then receiver core (taskset syntax).
+    #[arg(long, value_name = "LIST", default_value = "0,1", value_parser = two_cpus)]
+    cpus: CpuList,
 }
 
-fn parse() -> Result<Opts, String> {
-    let mut o = Opts {
-        samples: 5000,
-        duration: Duration::from_secs(2),
-        cpus: vec![0, 1],
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut val = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--samples" => o.samples = val()?.parse().map_err(|e| format!("--samples: {e}"))?,
-            "--duration" => {
-                let s: f64 = val()?.parse().map_err(|e| format!("--duration: {e}"))?;
-                o.duration = Duration::from_secs_f64(s);
-            }
-            "--cpus" => {
-                o.cpus = val()?
-                    .split(',')
-                    .map(|c| c.parse().map_err(|e| format!("--cpus {c}: {e}")))
-                    .collect::<Result<_, _>>()?;
-                if o.cpus.len() != 2 {
-                    return Err("--cpus takes exactly two CPUs".into());
-                }
-            }
-            other => return Err(format!("unknown option {other}")),
-        }
+/// A CPU list of exactly two CPUs.
+fn two_cpus(v: &str) -> Result<CpuList, String> {
+    let list = parse_cpu_list(v)?;
+    if list.0.len() != 2 {
+        return Err("exactly two CPUs: sender, receiver".into());
     }
-    Ok(o)
+    Ok(list)
 }
 
 fn hist() -> Histogram<u64> {
@@ -86,7 +78,7 @@ fn report(name: &str, doorbell: Doorbell, h: &Histogram<u64>) {
 
 fn run(o: &Opts, doorbell: Doorbell) -> Result<(), String> {
     let rt = Runtime::builder()
-        .placement(Placement::Cpus(o.cpus.clone()))
+        .placement(Placement::Cpus(o.cpus.0.clone()))
         .doorbell(doorbell)
         .build()
         .map_err(|e| e.to_string())?;
@@ -176,16 +168,11 @@ fn run(o: &Opts, doorbell: Doorbell) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let o = match parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("xcore: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad arguments: clap prints the error and exits with code 2.
+    let o = Opts::parse();
     println!(
         "cross-core messaging, sender core on CPU {}, receiver core on CPU {}",
-        o.cpus[0], o.cpus[1]
+        o.cpus.0[0], o.cpus.0[1]
     );
     for doorbell in [Doorbell::MsgRing, Doorbell::EventFd] {
         if let Err(e) = run(&o, doorbell) {

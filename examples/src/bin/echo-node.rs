@@ -6,7 +6,7 @@
 //! Ctrl-C or SIGTERM shuts it down gracefully and prints per-core counters.
 //!
 //! ```text
-//! echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000]
+//! echo-node [--cpus LIST | --cores N] [--listen 127.0.0.1:7000]
 //!           [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES]
 //!           [--recv multishot|single] [--accept reuseport|handoff]
 //!           [--wait-batch N:MICROS|off] [--recv-buffers N] [--recv-buffer-size BYTES]
@@ -14,145 +14,103 @@
 //! ```
 
 use std::io;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Parser, ValueEnum};
 use ringwire::runtime::mailbox;
-use ringwire::runtime::net::{TcpListenOptions, TcpListener, TcpStream};
+use ringwire::runtime::net::{TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
-use ringwire::runtime::{spawn_local, stats, IdleStrategy, Placement, Runtime};
-use ringwire_examples::cli::{self, Args};
+use ringwire::runtime::{spawn_local, stats, Runtime};
+use ringwire_examples::cli::{
+    parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
+};
 use ringwire_examples::lenprefix::Reassembler;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Wire {
+    /// Every byte, as it arrives.
     Raw,
+    /// Whole messages: a 4-byte little-endian length, then the payload.
+    #[value(name = "lenprefix")]
     LenPrefix,
 }
 
-struct Config {
-    placement: Placement,
-    listen: SocketAddr,
-    wire: Wire,
-    idle: IdleStrategy,
-    max_message: usize,
-    print_stats: bool,
-    recv_multishot: bool,
-    accept: Accept,
-    wait_batch: Option<(u32, Duration)>,
-    recv_buffers: u16,
-    recv_buffer_size: u32,
-}
-
 /// How connections reach the cores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Accept {
     /// Every core listens on the address (SO_REUSEPORT); the kernel spreads
     /// connections.
+    #[value(name = "reuseport")]
     ReusePort,
     /// Core 0 accepts and hands connections round-robin to every core through
     /// the mailboxes.
     Handoff,
 }
 
-const USAGE: &str = "usage: echo-node [--cores 0,1 | --cores N] [--listen 127.0.0.1:7000] \
-[--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES] \
-[--recv multishot|single] [--accept reuseport|handoff] [--wait-batch N:MICROS|off] [--recv-buffers N] [--recv-buffer-size BYTES] [--stats]";
+/// How a connection receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Recv {
+    /// One multishot receive armed per socket.
+    Multishot,
+    /// One receive submitted per completion.
+    Single,
+}
 
-fn parse() -> Result<Config, String> {
-    let mut args = Args::from_env();
-    let mut cfg = Config {
-        placement: Placement::AllOnline,
-        listen: "127.0.0.1:7000".parse().map_err(|e| format!("{e}"))?,
-        wire: Wire::LenPrefix,
-        idle: IdleStrategy::Park,
-        max_message: 16 << 20,
-        print_stats: false,
-        recv_multishot: true,
-        accept: Accept::ReusePort,
-        wait_batch: Some((16, Duration::from_micros(50))),
-        recv_buffers: 256,
-        recv_buffer_size: 64 * 1024,
-    };
-    while let Some(flag) = args.next_flag()? {
-        match flag.as_str() {
-            "--cores" => cfg.placement = cli::parse_cores(&args.value(&flag)?)?,
-            "--listen" => {
-                let v = args.value(&flag)?;
-                cfg.listen = v
-                    .parse()
-                    .map_err(|e| format!("--listen {v}: {e} (expected IP:PORT)"))?;
-            }
-            "--wire" => {
-                cfg.wire = match args.value(&flag)?.as_str() {
-                    "raw" => Wire::Raw,
-                    "lenprefix" => Wire::LenPrefix,
-                    other => return Err(format!("--wire {other}: expected raw or lenprefix")),
-                }
-            }
-            "--idle" => cfg.idle = cli::parse_idle(&args.value(&flag)?)?,
-            "--max-message" => {
-                let v = args.value(&flag)?;
-                cfg.max_message = v.parse().map_err(|e| format!("--max-message {v}: {e}"))?;
-            }
-            "--stats" => cfg.print_stats = true,
-            "--accept" => {
-                cfg.accept = match args.value(&flag)?.as_str() {
-                    "reuseport" => Accept::ReusePort,
-                    "handoff" => Accept::Handoff,
-                    other => {
-                        return Err(format!("--accept {other}: expected reuseport or handoff"))
-                    }
-                }
-            }
-            "--recv-buffers" => {
-                let v = args.value(&flag)?;
-                cfg.recv_buffers = v.parse().map_err(|e| format!("--recv-buffers {v}: {e}"))?;
-            }
-            "--recv-buffer-size" => {
-                let v = args.value(&flag)?;
-                cfg.recv_buffer_size = v
-                    .parse()
-                    .map_err(|e| format!("--recv-buffer-size {v}: {e}"))?;
-            }
-            "--wait-batch" => {
-                let v = args.value(&flag)?;
-                cfg.wait_batch = if v == "off" {
-                    None
-                } else {
-                    let (n, us) = v
-                        .split_once(':')
-                        .ok_or_else(|| format!("--wait-batch {v}: expected N:MICROS or off"))?;
-                    let n = n.parse().map_err(|e| format!("--wait-batch {v}: {e}"))?;
-                    let us = us.parse().map_err(|e| format!("--wait-batch {v}: {e}"))?;
-                    Some((n, Duration::from_micros(us)))
-                };
-            }
-            "--recv" => {
-                cfg.recv_multishot = match args.value(&flag)?.as_str() {
-                    "multishot" => true,
-                    "single" => false,
-                    other => return Err(format!("--recv {other}: expected multishot or single")),
-                }
-            }
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown option {other}\n{USAGE}")),
-        }
-    }
-    Ok(cfg)
+/// A core-pinned TCP echo server on ringwire.
+///
+/// Every core listens on the same address (SO_REUSEPORT) and echoes what it
+/// receives. Ctrl-C or SIGTERM shuts it down gracefully. Logs go to stderr,
+/// filtered by RUST_LOG (default: info).
+#[derive(Parser, Debug)]
+#[command(name = "echo-node", version)]
+struct Args {
+    #[command(flatten)]
+    cores: CoreArgs,
+    /// Where every core listens: tcp://HOST:PORT or HOST:PORT, with options
+    /// nodelay, backlog, reuseport.
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        default_value = "127.0.0.1:7000",
+        value_parser = parse_tcp_listen
+    )]
+    listen: TcpListen,
+    /// What is echoed.
+    #[arg(long, value_enum, default_value_t = Wire::LenPrefix)]
+    wire: Wire,
+    #[command(flatten)]
+    idle: IdleArgs,
+    /// Largest lenprefix message accepted, in bytes; a larger one closes the
+    /// connection.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    max_message: usize,
+    /// How connections receive.
+    #[arg(long, value_enum, default_value_t = Recv::Multishot)]
+    recv: Recv,
+    /// How connections reach the cores.
+    #[arg(long, value_enum, default_value_t = Accept::ReusePort)]
+    accept: Accept,
+    /// How long a parked core waits for more completions before it runs
+    /// what it has: N:MICROS (wake at N completions or after MICROS) or off.
+    #[arg(long, value_name = "N:MICROS|off", default_value = "16:50", value_parser = parse_wait_batch)]
+    wait_batch: WaitBatch,
+    /// Receive buffers per core (a power of two).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    recv_buffers: u16,
+    /// Size of each receive buffer in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    recv_buffer_size: u32,
+    /// Print per-core counters (Prometheus text format) at shutdown.
+    #[arg(long)]
+    stats: bool,
 }
 
 fn main() -> ExitCode {
+    // Bad arguments: clap prints the error and exits with code 2.
+    let args = Args::parse();
     ringwire_examples::init_tracing();
-    let cfg = match parse() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(cfg) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("echo-node: {e}");
@@ -161,36 +119,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> io::Result<()> {
+fn run(cfg: Args) -> io::Result<()> {
     let signals = TerminationSignals::block()?;
     let rt = Runtime::builder()
-        .placement(cfg.placement.clone())
-        .idle(cfg.idle)
+        .placement(cfg.cores.placement())
+        .idle(cfg.idle.idle)
         .recv_buffer_size(cfg.recv_buffer_size)
         .recv_buffers(cfg.recv_buffers)
-        .recv_multishot(cfg.recv_multishot)
-        .wait_batch(cfg.wait_batch)
+        .recv_multishot(cfg.recv == Recv::Multishot)
+        .wait_batch(cfg.wait_batch.0)
         .thread_name("echo-core")
         .build()?;
-    let (listen, wire, max_message, accept) = (cfg.listen, cfg.wire, cfg.max_message, cfg.accept);
+    let (wire, max_message, accept) = (cfg.wire, cfg.max_message, cfg.accept);
+    let (listen, options) = (cfg.listen.addr, cfg.listen.options.clone());
     let cores = rt.core_count();
     // Bind before announcing the node, so that a load generator started
     // right after the banner finds the port open.
     let bound: Vec<_> = rt
-        .spawn_on_all(move |core| async move {
-            match accept {
-                Accept::ReusePort => {
-                    let listener = TcpListener::bind(listen)?;
-                    spawn_local(accept_loop(listener, wire, max_message));
+        .spawn_on_all(move |core| {
+            let options = options.clone();
+            async move {
+                match accept {
+                    Accept::ReusePort => {
+                        let listener = TcpListener::bind_with(listen, &options)?;
+                        spawn_local(accept_loop(listener, wire, max_message));
+                    }
+                    Accept::Handoff if core == 0 => {
+                        let opts = options.clone().reuse_port(false);
+                        let listener = TcpListener::bind_with(listen, &opts)?;
+                        spawn_local(handoff_loop(listener, cores, wire, max_message));
+                    }
+                    Accept::Handoff => {}
                 }
-                Accept::Handoff if core == 0 => {
-                    let opts = TcpListenOptions::default().reuse_port(false);
-                    let listener = TcpListener::bind_with(listen, &opts)?;
-                    spawn_local(handoff_loop(listener, cores, wire, max_message));
-                }
-                Accept::Handoff => {}
+                Ok::<_, io::Error>(())
             }
-            Ok::<_, io::Error>(())
         })
         .into_iter()
         .map(|h| h.join())
@@ -207,14 +169,14 @@ fn run(cfg: Config) -> io::Result<()> {
         "echo-node listening on {listen} ({wire:?}) with {} cores on CPUs [{}], idle {:?}",
         rt.core_count(),
         cpus.join(", "),
-        cfg.idle
+        cfg.idle.idle
     );
     tracing::info!(features = ?rt.ring_features(), "ring features");
     let sig = signals.wait()?;
     tracing::info!(?sig, "shutting down");
     let snapshot = rt.stats();
     let report = rt.shutdown(Duration::from_secs(5));
-    if cfg.print_stats {
+    if cfg.stats {
         print!("{}", stats::render_prometheus(&snapshot));
     }
     eprintln!("echo-node stopped: {report:?}");

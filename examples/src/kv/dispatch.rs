@@ -7,14 +7,17 @@
 //!    reaching a shard (unknown command, wrong arity, syntax, bad numbers)
 //!    are answered at once into the output; anything else becomes a
 //!    [`Plan`]: one [`ShardOp`] for one shard, or several and a [`Merge`].
-//! 2. [`execute`] runs a [`ShardOp`] against the shard's [`Store`] (on the
-//!    core that owns it; a `ShardOp` and its [`ShardReply`] are owned and
-//!    `Send`, to travel through the mailboxes).
-//! 3. [`write_reply`] (one shard) or [`Merge::write`] (several) turns the
-//!    answers into reply bytes, keys in the order the client gave them.
+//! 2. [`execute_into`] runs a [`ShardOp`] against the shard's [`Store`] (on
+//!    the core that owns it) and writes the reply; [`execute`] gives the
+//!    answer as a [`ShardReply`] instead, for a [`Merge`]. A planned op
+//!    borrows keys and values from the request; `kv::pipeline` packs the
+//!    ops for other cores into one batch per core (`ShardReply` is `Send`,
+//!    to travel back).
+//! 3. [`Merge::write`] (several shards) turns the answers into one reply,
+//!    keys in the order the client gave them.
 //!
 //! A connection must write replies in request order: with pipelining and
-//! forwarding, the node keeps a reply slot per request.
+//! forwarding, [`super::pipeline::Turn`] keeps the place of each reply.
 //!
 //! Multi-key writes (`MSET`, `DEL`) spanning several shards are atomic per
 //! shard, not across shards; keys sharing a hash tag share a shard.
@@ -39,53 +42,61 @@
 //! );
 //! ```
 
+use std::borrow::Cow;
+
 use super::resp::{self, parse_i64, Request};
 use super::shard::{shard_of, Split};
 use super::store::{Condition, Expiry, SetOptions, Store, StoreError};
 
-/// What one shard runs.
+/// A key or value in a [`ShardOp`]: borrowed (from the request, or from a
+/// batch that came from another core), or owned.
+pub type Bytes<'a> = Cow<'a, [u8]>;
+
+/// What one shard runs. Planned ops borrow from the request
+/// ([`Dispatcher::plan`]); `kv::pipeline` packs those for other cores'
+/// shards into a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ShardOp {
+pub enum ShardOp<'a> {
     /// `GET key`.
     Get {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes<'a>,
     },
     /// `SET key value ...`.
     Set {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes<'a>,
         /// The value.
-        value: Vec<u8>,
+        value: Bytes<'a>,
         /// `NX`/`XX`, expiry, `GET`.
         options: SetOptions,
     },
     /// `INCRBY key delta` (also INCR, DECR, DECRBY).
     IncrBy {
         /// The key.
-        key: Vec<u8>,
+        key: Bytes<'a>,
         /// The amount added.
         delta: i64,
     },
     /// `DEL key...`: the count of keys removed.
     Del {
         /// The keys, in command order.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Bytes<'a>>,
     },
     /// `EXISTS key...`: the count of keys present (repeats count again).
     Exists {
         /// The keys, in command order.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Bytes<'a>>,
     },
     /// `MGET key...`: values in key order.
     MGet {
         /// The keys, in command order.
-        keys: Vec<Vec<u8>>,
+        keys: Vec<Bytes<'a>>,
     },
     /// `MSET key value...`.
     MSet {
         /// The pairs, in command order (a later pair for the same key wins).
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        pairs: Vec<(Bytes<'a>, Bytes<'a>)>,
     },
     /// `DBSIZE`: the shard's key count.
     DbSize,
@@ -110,8 +121,11 @@ pub enum ShardReply {
     Error(StoreError),
 }
 
-/// Runs `op` on the shard's store at time `now` (milliseconds).
-pub fn execute(store: &mut Store, op: ShardOp, now: u64) -> ShardReply {
+/// Runs `op` on the shard's store at time `now` (milliseconds); the answer
+/// as a value, for a [`Merge`] with other shards' answers. To reply from a
+/// single shard, [`execute_into`] writes the reply without copying values
+/// out of the store first.
+pub fn execute(store: &mut Store, op: ShardOp<'_>, now: u64) -> ShardReply {
     match op {
         ShardOp::Get { key } => ShardReply::Value(store.get(&key, now).map(<[u8]>::to_vec)),
         ShardOp::Set {
@@ -154,6 +168,22 @@ pub fn execute(store: &mut Store, op: ShardOp, now: u64) -> ShardReply {
             store.clear();
             ShardReply::Ok
         }
+    }
+}
+
+/// Runs `op` on the shard's store at time `now` and appends its reply to
+/// `out`: the same bytes as [`write_reply`] of [`execute`], with values
+/// copied once, from the store into `out`.
+pub fn execute_into(store: &mut Store, op: ShardOp<'_>, now: u64, out: &mut Vec<u8>) {
+    match op {
+        ShardOp::Get { key } => resp::write_optional_bulk(out, store.get(&key, now)),
+        ShardOp::MGet { keys } => {
+            resp::write_array(out, keys.len());
+            for key in keys {
+                resp::write_optional_bulk(out, store.get(&key, now));
+            }
+        }
+        op => write_reply(execute(store, op, now), out),
     }
 }
 
@@ -236,9 +266,10 @@ fn mismatch(reply: ShardReply, out: &mut Vec<u8>) {
     }
 }
 
-/// What a request needs after [`Dispatcher::plan`].
+/// What a request needs after [`Dispatcher::plan`]; its ops borrow from the
+/// request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Plan {
+pub enum Plan<'a> {
     /// The reply has been written.
     Done,
     /// One shard runs `op`; its answer, through [`write_reply`], is the
@@ -247,13 +278,13 @@ pub enum Plan {
         /// The shard.
         shard: usize,
         /// What it runs.
-        op: ShardOp,
+        op: ShardOp<'a>,
     },
     /// Each listed shard runs its op; `merge` combines their answers (in
     /// this order).
     Many {
         /// Shard and op, at most one op per shard, in shard order.
-        ops: Vec<(usize, ShardOp)>,
+        ops: Vec<(usize, ShardOp<'a>)>,
         /// How the answers combine.
         merge: Merge,
     },
@@ -282,7 +313,7 @@ impl Dispatcher {
     /// Plans `request` at time `now` (milliseconds, the stores' clock:
     /// relative expiry times are made absolute here). Writes the reply
     /// into `out` and returns [`Plan::Done`] when no shard is needed.
-    pub fn plan(&self, request: &Request<'_>, now: u64, out: &mut Vec<u8>) -> Plan {
+    pub fn plan<'a>(&self, request: &Request<'a>, now: u64, out: &mut Vec<u8>) -> Plan<'a> {
         let Some(command) = lookup(request.name()) else {
             unknown_command(request, out);
             return Plan::Done;
@@ -294,7 +325,7 @@ impl Dispatcher {
             return Plan::Done;
         }
         let arg = |i: usize| request.arg(i).unwrap_or_default();
-        let one = |op: ShardOp, key: &[u8]| Plan::One {
+        let one = |op: ShardOp<'a>, key: &[u8]| Plan::One {
             shard: shard_of(key, self.shards),
             op,
         };
@@ -317,17 +348,16 @@ impl Dispatcher {
                 command_command(request, out);
                 Plan::Done
             }
-            Cmd::Get => one(
-                ShardOp::Get {
-                    key: arg(1).to_vec(),
-                },
-                arg(1),
-            ),
+            Cmd::Config => {
+                config_command(request, out);
+                Plan::Done
+            }
+            Cmd::Get => one(ShardOp::Get { key: arg(1).into() }, arg(1)),
             Cmd::Set => match set_options(request, now) {
                 Ok(options) => one(
                     ShardOp::Set {
-                        key: arg(1).to_vec(),
-                        value: arg(2).to_vec(),
+                        key: arg(1).into(),
+                        value: arg(2).into(),
                         options,
                     },
                     arg(1),
@@ -351,7 +381,7 @@ impl Dispatcher {
                 match delta {
                     Ok(delta) => one(
                         ShardOp::IncrBy {
-                            key: arg(1).to_vec(),
+                            key: arg(1).into(),
                             delta,
                         },
                         arg(1),
@@ -363,15 +393,23 @@ impl Dispatcher {
                 }
             }
             Cmd::Del | Cmd::Exists | Cmd::MGet => {
-                let keys: Vec<&[u8]> = request.args().skip(1).collect();
+                let make = |keys| match command {
+                    Cmd::Del => ShardOp::Del { keys },
+                    Cmd::Exists => ShardOp::Exists { keys },
+                    _ => ShardOp::MGet { keys },
+                };
+                if let Some(shard) = self.one_shard(request.args().skip(1)) {
+                    // The common case (always, on one core): no split.
+                    let keys = request.args().skip(1).map(Cow::from).collect();
+                    return Plan::One {
+                        shard,
+                        op: make(keys),
+                    };
+                }
+                let keys: Vec<&'a [u8]> = request.args().skip(1).collect();
                 let split = Split::new(keys.iter().copied(), self.shards);
                 let op = |positions: &[usize]| {
-                    let keys = positions.iter().map(|&p| keys[p].to_vec()).collect();
-                    match command {
-                        Cmd::Del => ShardOp::Del { keys },
-                        Cmd::Exists => ShardOp::Exists { keys },
-                        _ => ShardOp::MGet { keys },
-                    }
+                    make(positions.iter().map(|&p| Cow::from(keys[p])).collect())
                 };
                 self.fan_out(split, op, |split| match command {
                     Cmd::MGet => Merge::Values(split),
@@ -383,17 +421,26 @@ impl Dispatcher {
                     arity_error(info.name, out);
                     return Plan::Done;
                 }
-                let pairs: Vec<(&[u8], &[u8])> = request
-                    .args()
-                    .skip(1)
-                    .step_by(2)
-                    .zip(request.args().skip(2).step_by(2))
-                    .collect();
+                let pairs = || {
+                    request
+                        .args()
+                        .skip(1)
+                        .step_by(2)
+                        .zip(request.args().skip(2).step_by(2))
+                };
+                if let Some(shard) = self.one_shard(pairs().map(|(k, _)| k)) {
+                    let pairs = pairs().map(|(k, v)| (Cow::from(k), Cow::from(v))).collect();
+                    return Plan::One {
+                        shard,
+                        op: ShardOp::MSet { pairs },
+                    };
+                }
+                let pairs: Vec<(&'a [u8], &'a [u8])> = pairs().collect();
                 let split = Split::new(pairs.iter().map(|(k, _)| *k), self.shards);
                 let op = |positions: &[usize]| ShardOp::MSet {
                     pairs: positions
                         .iter()
-                        .map(|&p| (pairs[p].0.to_vec(), pairs[p].1.to_vec()))
+                        .map(|&p| (Cow::from(pairs[p].0), Cow::from(pairs[p].1)))
                         .collect(),
                 };
                 self.fan_out(split, op, |_| Merge::AllOk)
@@ -414,12 +461,12 @@ impl Dispatcher {
     }
 
     /// One op per shard of `split`; a single shard answers alone.
-    fn fan_out(
+    fn fan_out<'a>(
         &self,
         split: Split,
-        op: impl Fn(&[usize]) -> ShardOp,
+        op: impl Fn(&[usize]) -> ShardOp<'a>,
         merge: impl FnOnce(Split) -> Merge,
-    ) -> Plan {
+    ) -> Plan<'a> {
         if let [part] = split.parts() {
             // All keys on one shard: its answer is in key order already.
             return Plan::One {
@@ -438,8 +485,22 @@ impl Dispatcher {
         }
     }
 
+    /// The shard owning every one of `keys`, if they share one (with one
+    /// shard, without hashing them).
+    fn one_shard<'k>(&self, mut keys: impl Iterator<Item = &'k [u8]>) -> Option<usize> {
+        if self.shards == 1 {
+            return Some(0);
+        }
+        let first = shard_of(keys.next()?, self.shards);
+        keys.all(|k| shard_of(k, self.shards) == first)
+            .then_some(first)
+    }
+
     /// The same op on every shard.
-    fn all(&self, op: ShardOp, merge: Merge) -> Plan {
+    fn all(&self, op: ShardOp<'static>, merge: Merge) -> Plan<'static> {
+        if self.shards == 1 {
+            return Plan::One { shard: 0, op };
+        }
         Plan::Many {
             ops: (0..self.shards).map(|shard| (shard, op.clone())).collect(),
             merge,
@@ -464,7 +525,7 @@ impl Dispatcher {
         assert_eq!(stores.len(), self.shards, "one store per shard");
         match self.plan(request, now, out) {
             Plan::Done => {}
-            Plan::One { shard, op } => write_reply(execute(&mut stores[shard], op, now), out),
+            Plan::One { shard, op } => execute_into(&mut stores[shard], op, now, out),
             Plan::Many { ops, merge } => {
                 let replies = ops
                     .into_iter()
@@ -568,10 +629,11 @@ enum Cmd {
     Ping,
     Echo,
     Command,
+    Config,
 }
 
 impl Cmd {
-    const ALL: [Cmd; 15] = [
+    const ALL: [Cmd; 16] = [
         Cmd::Get,
         Cmd::Set,
         Cmd::Del,
@@ -587,6 +649,7 @@ impl Cmd {
         Cmd::Ping,
         Cmd::Echo,
         Cmd::Command,
+        Cmd::Config,
     ];
 
     fn info(self) -> &'static Info {
@@ -655,6 +718,7 @@ struct Info {
     group: &'static str,
     complexity: &'static str,
     args: &'static [Arg],
+    subcommands: &'static [Info],
 }
 
 /// An argument as COMMAND DOCS describes it.
@@ -691,9 +755,10 @@ const KEYS: Arg = Arg {
     ..arg("key", "key")
 };
 
-const TABLE: [Info; 15] = [
+const TABLE: [Info; 16] = [
     Info {
         name: "get",
+        subcommands: &[],
         arity: 2,
         flags: &["readonly", "fast"],
         first_key: 1,
@@ -708,6 +773,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "set",
+        subcommands: &[],
         arity: -3,
         flags: &["write", "denyoom"],
         first_key: 1,
@@ -749,6 +815,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "del",
+        subcommands: &[],
         arity: -2,
         flags: &["write"],
         first_key: 1,
@@ -763,6 +830,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "exists",
+        subcommands: &[],
         arity: -2,
         flags: &["readonly", "fast"],
         first_key: 1,
@@ -777,6 +845,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "incr",
+        subcommands: &[],
         arity: 2,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -791,6 +860,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "incrby",
+        subcommands: &[],
         arity: 3,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -805,6 +875,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "decr",
+        subcommands: &[],
         arity: 2,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -819,6 +890,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "decrby",
+        subcommands: &[],
         arity: 3,
         flags: &["write", "denyoom", "fast"],
         first_key: 1,
@@ -833,6 +905,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "mget",
+        subcommands: &[],
         arity: -2,
         flags: &["readonly", "fast"],
         first_key: 1,
@@ -847,6 +920,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "mset",
+        subcommands: &[],
         arity: -3,
         flags: &["write", "denyoom"],
         first_key: 1,
@@ -865,6 +939,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "dbsize",
+        subcommands: &[],
         arity: 1,
         flags: &["readonly", "fast"],
         first_key: 0,
@@ -879,6 +954,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "flushall",
+        subcommands: &[],
         arity: -1,
         flags: &["write"],
         first_key: 0,
@@ -900,6 +976,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "ping",
+        subcommands: &[],
         arity: -1,
         flags: &["fast"],
         first_key: 0,
@@ -917,6 +994,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "echo",
+        subcommands: &[],
         arity: 2,
         flags: &["fast"],
         first_key: 0,
@@ -931,6 +1009,7 @@ const TABLE: [Info; 15] = [
     },
     Info {
         name: "command",
+        subcommands: &COMMAND_SUBCOMMANDS,
         arity: -1,
         flags: &["loading", "stale"],
         first_key: 0,
@@ -943,6 +1022,21 @@ const TABLE: [Info; 15] = [
         complexity: "O(N) where N is the number of commands",
         args: &[],
     },
+    Info {
+        name: "config",
+        subcommands: &CONFIG_SUBCOMMANDS,
+        arity: -2,
+        flags: &[],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        categories: &["@slow"],
+        summary: "A container for server configuration commands (GET: what kv-node can tell).",
+        since: "2.0.0",
+        group: "server",
+        complexity: "Depends on subcommand.",
+        args: &[],
+    },
 ];
 
 const COMMAND_NAMES: Arg = Arg {
@@ -952,7 +1046,7 @@ const COMMAND_NAMES: Arg = Arg {
 };
 
 /// COMMAND's subcommands.
-const SUBCOMMANDS: [Info; 5] = [
+const COMMAND_SUBCOMMANDS: [Info; 5] = [
     sub("command|count", 2, "Returns a count of commands.", &[]),
     sub(
         "command|docs",
@@ -989,7 +1083,170 @@ const fn sub(name: &'static str, arity: i64, summary: &'static str, args: &'stat
         group: "server",
         complexity: "O(N) where N is the number of commands",
         args,
+        subcommands: &[],
     }
+}
+
+/// CONFIG's subcommands.
+const CONFIG_SUBCOMMANDS: [Info; 2] = [
+    Info {
+        name: "config|get",
+        arity: -3,
+        flags: &["admin", "noscript", "loading", "stale"],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        categories: &["@admin", "@slow", "@dangerous"],
+        summary: "Returns the effective values of configuration parameters (those kv-node has).",
+        since: "2.0.0",
+        group: "server",
+        complexity: "O(N) when N is the number of configuration parameters provided",
+        args: &[Arg {
+            multiple: true,
+            ..arg("parameter", "string")
+        }],
+        subcommands: &[],
+    },
+    Info {
+        name: "config|help",
+        arity: 2,
+        flags: &["loading", "stale"],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        categories: &["@slow"],
+        summary: "Returns helpful text about the different subcommands.",
+        since: "5.0.0",
+        group: "server",
+        complexity: "O(1)",
+        args: &[],
+        subcommands: &[],
+    },
+];
+
+/// The configuration parameters `CONFIG GET` reports, with kv-node's
+/// values: it keeps nothing on disk. (redis-benchmark asks for these two.)
+const CONFIG_PARAMETERS: [(&str, &str); 2] = [("save", ""), ("appendonly", "no")];
+
+const CONFIG_HELP: [&str; 5] = [
+    "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GET <pattern>",
+    "    Return parameters matching the glob-like <pattern> and their values.",
+    "HELP",
+    "    Print this help.",
+];
+
+/// CONFIG GET and CONFIG HELP.
+fn config_command(request: &Request<'_>, out: &mut Vec<u8>) {
+    let subcommand = request.arg(1).unwrap_or_default();
+    let Some(info) = find_subcommand(&CONFIG_SUBCOMMANDS, subcommand) else {
+        return unknown_subcommand(subcommand, "CONFIG", out);
+    };
+    if !arity_ok(info.arity, request.len()) {
+        return arity_error(info.name, out);
+    }
+    if info.name == "config|help" {
+        return write_statuses(&CONFIG_HELP, out);
+    }
+    let patterns: Vec<&[u8]> = request.args().skip(2).collect();
+    let matching: Vec<&(&str, &str)> = CONFIG_PARAMETERS
+        .iter()
+        .filter(|(name, _)| patterns.iter().any(|p| glob_match(p, name.as_bytes())))
+        .collect();
+    resp::write_array(out, matching.len() * 2);
+    for (name, value) in matching {
+        resp::write_bulk(out, name.as_bytes());
+        resp::write_bulk(out, value.as_bytes());
+    }
+}
+
+/// Whether `text` matches the glob `pattern`, ignoring ASCII case, as
+/// Redis matches configuration names: `*` any run, `?` any byte, `[abc]`,
+/// `[a-z]` and `[^...]` classes, `\x` a literal `x`. Linear in the product
+/// of the lengths (no exponential backtracking).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where to resume after the last `*`: (pattern after it, text position).
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        let c = text[t].to_ascii_lowercase();
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, t));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => match_class(pattern, p + 1, c),
+            Some(b'\\') if p + 1 < pattern.len() => {
+                (pattern[p + 1].to_ascii_lowercase() == c).then_some(p + 2)
+            }
+            Some(&b) => (b.to_ascii_lowercase() == c).then_some(p + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
+            }
+            (None, Some((after, from))) => {
+                // Let the last `*` take one more byte.
+                p = after;
+                t = from + 1;
+                star = Some((after, from + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&b| b == b'*')
+}
+
+/// Matches `c` against the class starting at `pattern[from]` (after its
+/// `[`): the pattern position after the class if it matches. An unclosed
+/// class runs to the end of the pattern, as in Redis.
+fn match_class(pattern: &[u8], from: usize, c: u8) -> Option<usize> {
+    let mut i = from;
+    let negate = pattern.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    while i < pattern.len() && pattern[i] != b']' {
+        if pattern[i] == b'\\' && i + 1 < pattern.len() {
+            i += 1;
+            matched |= pattern[i].to_ascii_lowercase() == c;
+        } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
+            let (mut lo, mut hi) = (
+                pattern[i].to_ascii_lowercase(),
+                pattern[i + 2].to_ascii_lowercase(),
+            );
+            if lo > hi {
+                std::mem::swap(&mut lo, &mut hi);
+            }
+            matched |= (lo..=hi).contains(&c);
+            i += 2;
+        } else {
+            matched |= pattern[i].to_ascii_lowercase() == c;
+        }
+        i += 1;
+    }
+    (matched != negate).then_some((i + 1).min(pattern.len()))
+}
+
+fn find_subcommand(table: &'static [Info], name: &[u8]) -> Option<&'static Info> {
+    table.iter().find(|s| {
+        s.name
+            .split_once('|')
+            .is_some_and(|(_, sub)| sub.as_bytes().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Redis's reply to an unknown subcommand of `command`.
+fn unknown_subcommand(subcommand: &[u8], command: &str, out: &mut Vec<u8>) {
+    let mut message = b"ERR unknown subcommand '".to_vec();
+    message.extend_from_slice(c_str(subcommand, 128));
+    message.extend_from_slice(format!("'. Try {command} HELP.").as_bytes());
+    resp::write_error(out, &message);
 }
 
 const COMMAND_HELP: [&str; 13] = [
@@ -1017,16 +1274,8 @@ fn command_command(request: &Request<'_>, out: &mut Vec<u8>) {
         }
         return;
     };
-    let Some(info) = SUBCOMMANDS.iter().find(|s| {
-        s.name
-            .split_once('|')
-            .is_some_and(|(_, name)| name.as_bytes().eq_ignore_ascii_case(subcommand))
-    }) else {
-        let mut message = b"ERR unknown subcommand '".to_vec();
-        message.extend_from_slice(c_str(subcommand, 128));
-        message.extend_from_slice(b"'. Try COMMAND HELP.");
-        resp::write_error(out, &message);
-        return;
+    let Some(info) = find_subcommand(&COMMAND_SUBCOMMANDS, subcommand) else {
+        return unknown_subcommand(subcommand, "COMMAND", out);
     };
     if !arity_ok(info.arity, request.len()) {
         return arity_error(info.name, out);
@@ -1089,12 +1338,8 @@ fn write_info(info: &Info, out: &mut Vec<u8>) {
     write_statuses(info.categories, out);
     resp::write_array(out, 0); // tips
     resp::write_array(out, 0); // key specifications
-    if info.name == "command" {
-        resp::write_array(out, SUBCOMMANDS.len());
-        SUBCOMMANDS.iter().for_each(|s| write_info(s, out));
-    } else {
-        resp::write_array(out, 0);
-    }
+    resp::write_array(out, info.subcommands.len());
+    info.subcommands.iter().for_each(|s| write_info(s, out));
 }
 
 fn write_statuses(items: &[&str], out: &mut Vec<u8>) {
@@ -1106,8 +1351,8 @@ fn write_statuses(items: &[&str], out: &mut Vec<u8>) {
 
 /// COMMAND DOCS's map for one command (a flat array in RESP2).
 fn write_docs(info: &Info, out: &mut Vec<u8>) {
-    let is_command = info.name == "command";
-    let fields = 4 + usize::from(!info.args.is_empty()) + usize::from(is_command);
+    let has_subcommands = !info.subcommands.is_empty();
+    let fields = 4 + usize::from(!info.args.is_empty()) + usize::from(has_subcommands);
     resp::write_array(out, fields * 2);
     for (key, value) in [
         ("summary", info.summary),
@@ -1122,10 +1367,10 @@ fn write_docs(info: &Info, out: &mut Vec<u8>) {
         resp::write_bulk(out, b"arguments");
         write_args(info.args, out);
     }
-    if is_command {
+    if has_subcommands {
         resp::write_bulk(out, b"subcommands");
-        resp::write_array(out, SUBCOMMANDS.len() * 2);
-        for sub in &SUBCOMMANDS {
+        resp::write_array(out, info.subcommands.len() * 2);
+        for sub in info.subcommands {
             resp::write_bulk(out, sub.name.as_bytes());
             write_docs(sub, out);
         }
@@ -1382,7 +1627,7 @@ mod tests {
             Plan::One {
                 shard: shard_of(b"somekey", 4),
                 op: ShardOp::Get {
-                    key: b"somekey".to_vec()
+                    key: Cow::from(&b"somekey"[..])
                 }
             }
         );
@@ -1572,7 +1817,7 @@ mod tests {
                 "arguments" => items(&pair[1]).iter().for_each(check_arg),
                 "subcommands" => {
                     for sub in items(&pair[1]).chunks(2) {
-                        assert!(bulk(&sub[0]).starts_with("command|"));
+                        assert!(bulk(&sub[0]).contains('|'));
                         check_docs(&sub[1]);
                     }
                 }
@@ -1607,7 +1852,7 @@ mod tests {
         let fields = items(info);
         assert_eq!(fields.len(), 10);
         let name = bulk(&fields[0]);
-        assert!(lookup(name.as_bytes()).is_some() || name.starts_with("command|"));
+        assert!(lookup(name.as_bytes()).is_some() || name.contains('|'));
         assert!(matches!(fields[1], Value::Int(_)));
         for i in [2, 6] {
             assert!(items(&fields[i])
@@ -1624,7 +1869,7 @@ mod tests {
     fn command_and_its_subcommands() {
         let mut n = Node::new(1);
         let all = decode_all(&n.cmd("COMMAND", 0));
-        assert_eq!(items(&all).len(), 15);
+        assert_eq!(items(&all).len(), 16);
         items(&all).iter().for_each(check_info);
         let get = &items(&all)[0];
         assert_eq!(bulk(&items(get)[0]), "get");
@@ -1639,9 +1884,9 @@ mod tests {
             let command = lookup(name.as_bytes()).expect("listed commands exist");
             assert_eq!(command.info().arity, arity);
         }
-        assert_eq!(n.cmd("command count", 0), ":15\r\n");
+        assert_eq!(n.cmd("command count", 0), ":16\r\n");
         let docs = decode_all(&n.cmd("COMMAND DOCS", 0));
-        assert_eq!(items(&docs).len(), 30);
+        assert_eq!(items(&docs).len(), 32);
         for pair in items(&docs).chunks(2) {
             lookup(bulk(&pair[0]).as_bytes()).expect("documented commands exist");
             check_docs(&pair[1]);
@@ -1654,7 +1899,7 @@ mod tests {
         check_info(&items(&info)[0]);
         assert_eq!(items(&info)[1], Value::Bulk(None));
         let list = decode_all(&n.cmd("COMMAND LIST", 0));
-        assert_eq!(items(&list).len(), 15);
+        assert_eq!(items(&list).len(), 16);
         let help = decode_all(&n.cmd("COMMAND HELP", 0));
         assert!(items(&help).iter().all(|l| matches!(l, Value::Status(_))));
         assert_eq!(
@@ -1663,6 +1908,72 @@ mod tests {
         );
         assert_eq!(n.cmd("COMMAND COUNT x", 0), arity("command|count"));
         assert_eq!(n.cmd("COMMAND LIST FILTERBY x", 0), SYNTAX_ERR);
+    }
+
+    #[test]
+    fn config_get_reports_what_the_node_has() {
+        let mut n = Node::new(2);
+        // What redis-benchmark asks at start.
+        assert_eq!(
+            n.cmd("CONFIG GET save", 0),
+            "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+        );
+        assert_eq!(
+            n.cmd("config get APPENDONLY", 0),
+            "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n"
+        );
+        // Patterns; each parameter once however many patterns match it.
+        assert_eq!(
+            n.cmd("CONFIG GET * s*", 0),
+            "*4\r\n$4\r\nsave\r\n$0\r\n\r\n$10\r\nappendonly\r\n$2\r\nno\r\n"
+        );
+        assert_eq!(n.cmd("CONFIG GET maxmemory", 0), "*0\r\n");
+        assert_eq!(n.cmd("CONFIG GET", 0), arity("config|get"));
+        assert_eq!(n.cmd("CONFIG", 0), arity("config"));
+        assert_eq!(
+            n.cmd("CONFIG SET save x", 0),
+            "-ERR unknown subcommand 'SET'. Try CONFIG HELP.\r\n"
+        );
+        let help = decode_all(&n.cmd("CONFIG HELP", 0));
+        assert!(items(&help).iter().all(|l| matches!(l, Value::Status(_))));
+        // CONFIG is documented with its subcommands.
+        let docs = decode_all(&n.cmd("COMMAND DOCS config", 0));
+        assert_eq!(bulk(&items(&docs)[0]), "config");
+        check_docs(&items(&docs)[1]);
+    }
+
+    #[test]
+    fn glob_patterns_match_as_redis_does() {
+        for (pattern, text, matches) in [
+            ("*", "save", true),
+            ("", "", true),
+            ("", "a", false),
+            ("save", "SAVE", true),
+            ("sa?e", "save", true),
+            ("sa?e", "sae", false),
+            ("*only", "appendonly", true),
+            ("*only*", "appendonly", true),
+            ("a*d*y", "appendonly", true),
+            ("a*d*x", "appendonly", false),
+            ("[ab]ppendonly", "appendonly", true),
+            ("[^a]ppendonly", "appendonly", false),
+            ("[b-z]ave", "save", true),
+            ("[z-b]ave", "save", true),
+            ("[a-c]ave", "save", false),
+            ("\\*", "*", true),
+            ("\\*", "a", false),
+            ("s[a", "sa", true),
+            ("**a**", "a", true),
+        ] {
+            assert_eq!(
+                glob_match(pattern.as_bytes(), text.as_bytes()),
+                matches,
+                "{pattern:?} against {text:?}"
+            );
+        }
+        // Many stars against a long text stay fast (no backtracking blow-up).
+        let pattern = "*a".repeat(30) + "b";
+        assert!(!glob_match(pattern.as_bytes(), "a".repeat(2000).as_bytes()));
     }
 
     /// A deterministic mix of commands over a few keys.

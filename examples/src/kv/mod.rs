@@ -10,8 +10,15 @@
 //!   merging their answers in key order.
 //! - [`dispatch`]: request -> which shard(s) run what -> reply bytes; errors
 //!   in Redis's wording; COMMAND for clients that ask at start.
+//! - [`pipeline`]: one connection's turn of pipelined requests: local ones
+//!   answered at once, the others batched per owning shard, every reply
+//!   put back in request order for one send.
+//!
+//! The `kv-node` binary adds the sockets, the cores and the mailboxes that
+//! carry a turn's batches between them.
 
 pub mod dispatch;
+pub mod pipeline;
 pub mod resp;
 pub mod shard;
 pub mod store;

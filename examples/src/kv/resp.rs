@@ -38,6 +38,10 @@
 use std::fmt;
 use std::ops::Range;
 
+/// Buffer capacity the parser keeps between requests; past it, memory is
+/// released once the large request has been handed out.
+const RETAIN: usize = 1 << 20;
+
 /// How much one request may make the parser hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -239,6 +243,11 @@ impl RequestParser {
             // Drop what was handed out; keep the request in progress.
             self.buf.drain(..self.start);
             self.start = 0;
+            // And do not hold on to the memory of a huge request once it
+            // has been handed out.
+            if self.buf.capacity() > RETAIN && self.buf.len() <= RETAIN / 2 {
+                self.buf.shrink_to(RETAIN / 2);
+            }
         }
         self.buf.extend_from_slice(bytes);
     }
@@ -877,6 +886,23 @@ mod tests {
         assert!(parser.next().unwrap().is_none());
         parser.feed(b"");
         assert_eq!(parser.buffered(), 0);
+    }
+
+    #[test]
+    fn the_memory_of_a_huge_request_is_released() {
+        let mut parser = RequestParser::new(Limits::default());
+        let big = vec![b'x'; 4 * RETAIN];
+        parser.feed(format!("*2\r\n$4\r\nECHO\r\n${}\r\n", big.len()).as_bytes());
+        parser.feed(&big);
+        parser.feed(b"\r\n");
+        assert_eq!(
+            parser.next().unwrap().unwrap().arg(1).map(<[u8]>::len),
+            Some(big.len())
+        );
+        assert!(parser.next().unwrap().is_none());
+        parser.feed(b"PING\r\n");
+        assert!(parser.buf.capacity() <= RETAIN);
+        assert_eq!(parser.next().unwrap().unwrap().name(), b"PING");
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! Like Redis's `DBSIZE`, [`Store::len`] counts expired keys that have not
 //! been reclaimed yet.
 //!
+//! Values are taken as `impl Into<Cow<[u8]>>`: an owned `Vec<u8>` moves
+//! into the store, a borrowed slice (straight from a request buffer) is
+//! copied once, into the old value's memory when it fits.
+//!
 //! Two families of operations:
 //! - the typed ones kv-node's native protocol exposes: [`Store::get`],
 //!   [`Store::put`], [`Store::compare_and_set`], [`Store::increment`],
@@ -32,8 +36,12 @@
 //! assert_eq!(store.get(b"k", 1_000), None); // expired
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::hash_table::{self, HashTable};
 
 use super::resp::parse_i64;
 
@@ -115,21 +123,91 @@ pub enum Cas {
     },
 }
 
+/// Keys up to this many bytes are held in their table slot.
+const INLINE_KEY: usize = 22;
+
+/// A key as the table holds it: in the slot itself when short (most keys
+/// are), so that comparing it costs no memory access beyond the slot, else
+/// on the heap. 24 bytes either way.
+#[derive(Clone, Debug)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..key.len()].copy_from_slice(key);
+                Key::Inline { len, bytes }
+            }
+            _ => Key::Heap(key.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            // `len` is at most INLINE_KEY by construction.
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
+    key: Key,
     value: Vec<u8>,
     /// Deadline in milliseconds; the key is gone once `now >= deadline`.
     deadline: Option<u64>,
 }
 
+impl Entry {
+    fn expired(&self, now: u64) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
 /// One shard's keys. See the [module docs](self).
+///
+/// Each operation hashes its key once (SipHash with per-process random
+/// keys, as std's `HashMap`: clients cannot choose keys that pile up in one
+/// bucket) and probes the table once.
 #[derive(Debug, Default)]
 pub struct Store {
-    map: HashMap<Vec<u8>, Entry>,
+    table: HashTable<Entry>,
+    hasher: RandomState,
     /// The keys that have a deadline, in deadline order: what
-    /// [`Store::sweep`] walks. Holds exactly the map's `(deadline, key)`
+    /// [`Store::sweep`] walks. Holds exactly the table's `(deadline, key)`
     /// pairs.
     deadlines: BTreeSet<(u64, Vec<u8>)>,
+}
+
+/// Drops `entry`'s deadline from the index.
+fn forget_deadline(deadlines: &mut BTreeSet<(u64, Vec<u8>)>, entry: &Entry) {
+    if let Some(deadline) = entry.deadline {
+        deadlines.remove(&(deadline, entry.key.as_slice().to_vec()));
+    }
+}
+
+/// Moves `key`'s deadline in the index from `old` to `new`.
+fn move_deadline(
+    deadlines: &mut BTreeSet<(u64, Vec<u8>)>,
+    key: &[u8],
+    old: Option<u64>,
+    new: Option<u64>,
+) {
+    if old == new {
+        return;
+    }
+    if let Some(old) = old {
+        deadlines.remove(&(old, key.to_vec()));
+    }
+    if let Some(new) = new {
+        deadlines.insert((new, key.to_vec()));
+    }
 }
 
 impl Store {
@@ -141,12 +219,12 @@ impl Store {
     /// Number of keys, including expired keys not reclaimed yet (Redis's
     /// `DBSIZE` counts the same way).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// Whether the store holds no key at all.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 
     /// Number of keys that have a deadline.
@@ -159,36 +237,45 @@ impl Store {
         self.deadlines.first().map(|(deadline, _)| *deadline)
     }
 
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The table slot for `key`, occupied or vacant, for one probe.
+    fn slot(&mut self, key: &[u8]) -> hash_table::Entry<'_, Entry> {
+        let hash = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        self.table.entry(
+            hash,
+            |e| e.key.as_slice() == key,
+            |e| hasher.hash_one(e.key.as_slice()),
+        )
+    }
+
     /// The live entry for `key`, reclaiming it if it has expired.
     fn live(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
-        let expired = self.map.get(key)?.deadline.is_some_and(|d| now >= d);
-        if expired {
-            self.remove(key);
-            return None;
+        let hash = self.hash(key);
+        match self.table.find_entry(hash, |e| e.key.as_slice() == key) {
+            Ok(found) if found.get().expired(now) => {
+                let (entry, _) = found.remove();
+                forget_deadline(&mut self.deadlines, &entry);
+                None
+            }
+            Ok(found) => Some(found.into_mut()),
+            Err(_) => None,
         }
-        self.map.get_mut(key)
     }
 
     /// Removes `key` and its deadline; returns the entry.
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let entry = self.map.remove(key)?;
-        if let Some(deadline) = entry.deadline {
-            self.deadlines.remove(&(deadline, key.to_vec()));
-        }
+        let hash = self.hash(key);
+        let (entry, _) = self
+            .table
+            .find_entry(hash, |e| e.key.as_slice() == key)
+            .ok()?
+            .remove();
+        forget_deadline(&mut self.deadlines, &entry);
         Some(entry)
-    }
-
-    /// Changes the deadline of the entry for `key` from `old` to `new`.
-    fn move_deadline(&mut self, key: &[u8], old: Option<u64>, new: Option<u64>) {
-        if old == new {
-            return;
-        }
-        if let Some(old) = old {
-            self.deadlines.remove(&(old, key.to_vec()));
-        }
-        if let Some(new) = new {
-            self.deadlines.insert((new, key.to_vec()));
-        }
     }
 
     /// The value of `key`, if it exists and has not expired.
@@ -211,33 +298,44 @@ impl Store {
     /// Sets `key` to `value` with the deadline `deadline` (`None`: never
     /// expires), replacing any value and deadline it had. A deadline not
     /// after `now` deletes the key.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, deadline: Option<u64>, now: u64) {
-        if deadline.is_some_and(|d| d <= now) {
-            self.remove(key);
-            return;
-        }
-        match self.map.get_mut(key) {
-            Some(entry) => {
-                entry.value = value;
-                let old = std::mem::replace(&mut entry.deadline, deadline);
-                self.move_deadline(key, old, deadline);
-            }
-            None => {
-                self.map.insert(key.to_vec(), Entry { value, deadline });
-                if let Some(deadline) = deadline {
-                    self.deadlines.insert((deadline, key.to_vec()));
-                }
-            }
-        }
+    pub fn put<'v>(
+        &mut self,
+        key: &[u8],
+        value: impl Into<Cow<'v, [u8]>>,
+        deadline: Option<u64>,
+        now: u64,
+    ) {
+        let options = SetOptions {
+            expiry: deadline.map_or(Expiry::Clear, Expiry::At),
+            ..SetOptions::default()
+        };
+        self.set(key, value, options, now);
     }
 
     /// Redis's `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]`: the
     /// condition is checked against the live key, the old value returned if
     /// asked for, whether or not the write happened.
-    pub fn set(&mut self, key: &[u8], value: Vec<u8>, options: SetOptions, now: u64) -> SetOutcome {
-        let current = self.live(key, now);
+    pub fn set<'v>(
+        &mut self,
+        key: &[u8],
+        value: impl Into<Cow<'v, [u8]>>,
+        options: SetOptions,
+        now: u64,
+    ) -> SetOutcome {
+        let hash = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        let slot = self.table.entry(
+            hash,
+            |e| e.key.as_slice() == key,
+            |e| hasher.hash_one(e.key.as_slice()),
+        );
+        // An expired entry counts as absent.
+        let current = match &slot {
+            hash_table::Entry::Occupied(o) if !o.get().expired(now) => Some(o.get()),
+            _ => None,
+        };
         let old = if options.get {
-            current.as_ref().map(|e| e.value.clone())
+            current.map(|e| e.value.clone())
         } else {
             None
         };
@@ -248,13 +346,38 @@ impl Store {
             Condition::IfAbsent => !exists,
             Condition::IfPresent => exists,
         };
-        if allowed {
-            let deadline = match options.expiry {
-                Expiry::Clear => None,
-                Expiry::Keep => current_deadline,
-                Expiry::At(at) => Some(at),
-            };
-            self.put(key, value, deadline, now);
+        let deadline = match options.expiry {
+            Expiry::Clear => None,
+            Expiry::Keep => current_deadline,
+            Expiry::At(at) => Some(at),
+        };
+        match slot {
+            hash_table::Entry::Occupied(o)
+                if !allowed && o.get().expired(now)
+                    || allowed && deadline.is_some_and(|d| d <= now) =>
+            {
+                // Not written and expired: reclaimed, as a read would. Or
+                // written with a deadline already past: deleted.
+                let (entry, _) = o.remove();
+                forget_deadline(&mut self.deadlines, &entry);
+            }
+            hash_table::Entry::Occupied(mut o) if allowed => {
+                let entry = o.get_mut();
+                assign(&mut entry.value, value.into());
+                let before = std::mem::replace(&mut entry.deadline, deadline);
+                move_deadline(&mut self.deadlines, key, before, deadline);
+            }
+            hash_table::Entry::Vacant(v) if allowed && deadline.is_none_or(|d| d > now) => {
+                v.insert(Entry {
+                    key: Key::new(key),
+                    value: value.into().into_owned(),
+                    deadline,
+                });
+                if let Some(deadline) = deadline {
+                    self.deadlines.insert((deadline, key.to_vec()));
+                }
+            }
+            _ => {}
         }
         SetOutcome {
             written: allowed,
@@ -265,7 +388,7 @@ impl Store {
     /// Deletes `key`; whether it existed (and had not expired).
     pub fn delete(&mut self, key: &[u8], now: u64) -> bool {
         match self.remove(key) {
-            Some(entry) => entry.deadline.is_none_or(|d| now < d),
+            Some(entry) => !entry.expired(now),
             None => false,
         }
     }
@@ -274,37 +397,69 @@ impl Store {
     /// 0) and returns the sum; the key keeps its deadline, as with Redis's
     /// `INCRBY`. The value must be a decimal integer as Redis writes them.
     pub fn increment(&mut self, key: &[u8], delta: i64, now: u64) -> Result<i64, StoreError> {
-        let current = match self.live(key, now) {
-            Some(entry) => parse_i64(&entry.value).ok_or(StoreError::NotInteger)?,
-            None => 0,
-        };
-        let sum = current.checked_add(delta).ok_or(StoreError::Overflow)?;
-        let mut text = Vec::with_capacity(20);
-        super::resp::write_decimal(&mut text, sum);
-        match self.map.get_mut(key) {
-            Some(entry) => entry.value = text,
-            None => self.put(key, text, None, now),
+        let hash = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        let slot = self.table.entry(
+            hash,
+            |e| e.key.as_slice() == key,
+            |e| hasher.hash_one(e.key.as_slice()),
+        );
+        match slot {
+            hash_table::Entry::Occupied(mut o) => {
+                let entry = o.get_mut();
+                let expired = entry.expired(now);
+                let current = if expired {
+                    0
+                } else {
+                    parse_i64(&entry.value).ok_or(StoreError::NotInteger)?
+                };
+                let sum = current.checked_add(delta).ok_or(StoreError::Overflow)?;
+                if expired {
+                    // A fresh key: no deadline.
+                    let before = entry.deadline.take();
+                    move_deadline(&mut self.deadlines, key, before, None);
+                }
+                // In place: the digits fit the old value's memory most times.
+                entry.value.clear();
+                super::resp::write_decimal(&mut entry.value, sum);
+                Ok(sum)
+            }
+            hash_table::Entry::Vacant(v) => {
+                let mut value = Vec::with_capacity(20);
+                super::resp::write_decimal(&mut value, delta);
+                v.insert(Entry {
+                    key: Key::new(key),
+                    value,
+                    deadline: None,
+                });
+                Ok(delta)
+            }
         }
-        Ok(sum)
     }
 
     /// Replaces the value of `key` with `new` if it is `expected` now
     /// (`None`: the key must be absent). A replaced value keeps its
     /// deadline; a created key has none.
-    pub fn compare_and_set(
+    pub fn compare_and_set<'v>(
         &mut self,
         key: &[u8],
         expected: Option<&[u8]>,
-        new: Vec<u8>,
+        new: impl Into<Cow<'v, [u8]>>,
         now: u64,
     ) -> Cas {
         match (self.live(key, now), expected) {
             (Some(entry), Some(expected)) if entry.value == expected => {
-                entry.value = new;
+                assign(&mut entry.value, new.into());
                 Cas::Swapped
             }
             (None, None) => {
-                self.put(key, new, None, now);
+                if let hash_table::Entry::Vacant(v) = self.slot(key) {
+                    v.insert(Entry {
+                        key: Key::new(key),
+                        value: new.into().into_owned(),
+                        deadline: None,
+                    });
+                }
                 Cas::Swapped
             }
             (current, _) => Cas::Mismatch {
@@ -315,7 +470,7 @@ impl Store {
 
     /// Removes every key (`FLUSHALL`).
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.table.clear();
         self.deadlines.clear();
     }
 
@@ -334,10 +489,32 @@ impl Store {
             let Some((_, key)) = self.deadlines.pop_first() else {
                 break;
             };
-            self.map.remove(&key);
+            let hash = self.hash(&key);
+            if let Ok(found) = self.table.find_entry(hash, |e| e.key.as_slice() == key) {
+                found.remove();
+            }
             removed += 1;
         }
         removed
+    }
+}
+
+/// Stores `value` in `slot`: an owned value moves in; a borrowed one is
+/// copied into the slot's memory when it fits without holding on to much
+/// more than it needs, else into a fresh allocation.
+fn assign(slot: &mut Vec<u8>, value: Cow<'_, [u8]>) {
+    match value {
+        Cow::Owned(value) => *slot = value,
+        Cow::Borrowed(value) => {
+            let fits = slot.capacity() >= value.len();
+            let snug = slot.capacity() <= value.len().saturating_mul(2).max(64);
+            if fits && snug {
+                slot.clear();
+                slot.extend_from_slice(value);
+            } else {
+                *slot = value.to_vec();
+            }
+        }
     }
 }
 
@@ -345,14 +522,48 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// Checks the invariant tying `deadlines` to the map.
+    /// Checks the invariant tying `deadlines` to the table, and that every
+    /// entry is where its hash says.
     fn check(store: &Store) {
-        let from_map: BTreeSet<(u64, Vec<u8>)> = store
-            .map
+        let from_table: BTreeSet<(u64, Vec<u8>)> = store
+            .table
             .iter()
-            .filter_map(|(k, e)| e.deadline.map(|d| (d, k.clone())))
+            .filter_map(|e| e.deadline.map(|d| (d, e.key.as_slice().to_vec())))
             .collect();
-        assert_eq!(from_map, store.deadlines);
+        assert_eq!(from_table, store.deadlines);
+        for e in store.table.iter() {
+            assert!(entry(store, e.key.as_slice()).is_some());
+        }
+    }
+
+    /// The table's entry for `key`, expired or not.
+    fn entry<'s>(store: &'s Store, key: &[u8]) -> Option<&'s Entry> {
+        store
+            .table
+            .find(store.hash(key), |e| e.key.as_slice() == key)
+    }
+
+    #[test]
+    fn keys_short_and_long() {
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        let mut s = Store::new();
+        let long = vec![b'L'; 200];
+        for key in [&b""[..], b"a", &[b's'; 22], &[b'h'; 23], &long] {
+            assert!(matches!(
+                (Key::new(key), key.len() <= INLINE_KEY),
+                (Key::Inline { .. }, true) | (Key::Heap(_), false)
+            ));
+            assert_eq!(Key::new(key).as_slice(), key);
+            s.put(key, key, None, 0);
+        }
+        for key in [&b""[..], b"a", &[b's'; 22], &[b'h'; 23], &long] {
+            assert_eq!(s.get(key, 0), Some(key));
+        }
+        // Prefixes and extensions of stored keys are other keys.
+        assert_eq!(s.get(&[b's'; 21], 0), None);
+        assert_eq!(s.get(&[b'h'; 24], 0), None);
+        assert_eq!(s.len(), 5);
+        check(&s);
     }
 
     #[test]
@@ -473,6 +684,30 @@ mod tests {
             outcome(true, Some(b"2"))
         );
         assert_eq!(s.get(b"e", 60), None);
+        check(&s);
+    }
+
+    #[test]
+    fn borrowed_values_reuse_memory_that_fits() {
+        let mut s = Store::new();
+        s.put(b"k", &b"0123456789"[..], None, 0);
+        let before = entry(&s, b"k").unwrap().value.as_ptr();
+        s.set(b"k", &b"abcdefgh"[..], SetOptions::default(), 0);
+        assert_eq!(s.get(b"k", 0), Some(&b"abcdefgh"[..]));
+        assert_eq!(entry(&s, b"k").unwrap().value.as_ptr(), before);
+        // An owned value moves in.
+        let owned = b"moved".to_vec();
+        let at = owned.as_ptr();
+        s.put(b"k", owned, None, 0);
+        assert_eq!(entry(&s, b"k").unwrap().value.as_ptr(), at);
+        // A much smaller value does not keep a large allocation alive.
+        s.put(b"k", vec![b'x'; 4096], None, 0);
+        s.put(b"k", &b"y"[..], None, 0);
+        assert!(entry(&s, b"k").unwrap().value.capacity() < 4096);
+        assert_eq!(s.get(b"k", 0), Some(&b"y"[..]));
+        // A larger one gets its own memory.
+        s.compare_and_set(b"k", Some(b"y"), &[b'z'; 100][..], 0);
+        assert_eq!(s.get(b"k", 0), Some(&[b'z'; 100][..]));
         check(&s);
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ringwire::proto::rkyv::{self, Archive, Serialize};
 use ringwire::proto::{encode_message, Decoder, FrameHeader, FrameKind, Item, Message};
 use ringwire::runtime::mailbox::channel;
+use ringwire::runtime::time::timeout;
 use ringwire::runtime::{core_stats, Placement, RemoteBuf, Runtime, SendBuf};
 
 #[derive(Archive, Serialize, Debug, PartialEq)]
@@ -68,15 +69,20 @@ fn archived_message_crosses_cores_without_a_copy() {
             }
             drop(tx);
             // All 20 went through a 4-buffer pool, so buffers came back while
-            // we sent; wait for the last ones.
-            for _ in 0..500 {
-                let s = core_stats();
-                if s.send_buffers_free == s.send_buffers_total {
-                    break;
+            // we sent; wait for the last ones by taking all four (`acquire`
+            // waits for each to come home; the timeout only bounds a failure).
+            let all = timeout(Duration::from_secs(10), async {
+                let mut held = Vec::new();
+                for _ in 0..4 {
+                    held.push(SendBuf::acquire().await);
                 }
-                ringwire::runtime::time::sleep(Duration::from_millis(2)).await;
-            }
-            core_stats().send_buffers_free
+                held
+            })
+            .await
+            .expect("every lent buffer comes home");
+            let total = core_stats().send_buffers_total;
+            drop(all);
+            total
         })
         .unwrap();
     let seen = reader.join().unwrap();
@@ -85,5 +91,5 @@ fn archived_message_crosses_cores_without_a_copy() {
         assert_eq!(id, i as u64);
         assert_eq!(sym, format!("SYM{i}"));
     }
-    assert_eq!(free_after, 4, "every lent buffer went home");
+    assert_eq!(free_after, 4, "the pool has four buffers, all taken back");
 }

@@ -187,7 +187,9 @@ impl Core {
 
     /// Dispatches completions; hands MSG_RING doorbells to the mesh.
     fn dispatch(&self) {
-        self.driver.dispatch();
+        if !self.driver.dispatch() {
+            return;
+        }
         let Some((doorbells, failed)) = self.driver.take_doorbells() else {
             return;
         };

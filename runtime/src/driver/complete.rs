@@ -11,18 +11,18 @@ use crate::stats::{self, Stats};
 impl Context {
     /// Moves completions out of the completion queue into their slots,
     /// waking the tasks that wait for them; doorbell CQEs are collected for
-    /// the loop ([`Context::take_doorbells`]). Returns whether the control
-    /// eventfd fired.
+    /// the loop. Returns whether doorbells are waiting to be taken
+    /// ([`Context::take_doorbells`]).
     pub(crate) fn dispatch(&self) -> bool {
         let mut bufs = self.bufs.borrow_mut();
         let mut driver = self.driver.borrow_mut();
-        driver.dispatch(&mut bufs)
+        driver.dispatch(&mut bufs);
+        !(driver.doorbells.is_empty() && driver.failed_doorbells.is_empty())
     }
 }
 
 impl Driver {
-    fn dispatch(&mut self, bufs: &mut BufRing) -> bool {
-        let mut woke = false;
+    fn dispatch(&mut self, bufs: &mut BufRing) {
         let mut completed = 0u64;
         // Take completions in batches so that the CQ borrow ends before slots
         // are touched.
@@ -59,10 +59,7 @@ impl Driver {
             for &(ud, cqe) in &batch[..n] {
                 match Tag::decode(ud) {
                     Tag::Ignore => {}
-                    Tag::Wake => {
-                        woke = true;
-                        self.arm_wake();
-                    }
+                    Tag::Wake => self.arm_wake(),
                     Tag::DoorbellIn(token) => self.doorbells.push(token),
                     Tag::DoorbellFailed(target) => {
                         // Only failures post a source CQE (SKIP_SUCCESS).
@@ -74,8 +71,9 @@ impl Driver {
                 }
             }
         }
-        stats::with(|s| Stats::add(&s.ops_completed, completed));
-        woke
+        if completed > 0 {
+            stats::with(|s| Stats::add(&s.ops_completed, completed));
+        }
     }
 
     #[inline]

@@ -158,7 +158,16 @@ impl Driver {
         resources: Box<dyn Any>,
         buffers: &mut super::bufring::BufRing,
     ) {
-        let act = self.multi(key).abandon(resources);
+        let life = self.multi(key);
+        let returns_fd = life.returns_fd();
+        let (act, untaken) = life.abandon(resources);
+        for cqe in untaken {
+            let rel = Released::of(cqe, returns_fd);
+            if let Some(bid) = rel.recycle {
+                buffers.recycle(bid);
+            }
+            drop(rel.close);
+        }
         self.apply(key, act, Some(buffers));
     }
 
@@ -176,67 +185,57 @@ impl Driver {
     /// Carries out what a transition of slot `key` asked for. `buffers` is
     /// where provided buffers go back (`None` only when the transition
     /// cannot release any).
+    #[inline]
     pub(super) fn apply(
         &mut self,
         key: usize,
         act: Actions,
-        mut buffers: Option<&mut super::bufring::BufRing>,
+        buffers: Option<&mut super::bufring::BufRing>,
     ) {
-        let Actions {
-            wake,
-            free,
-            bury,
-            close,
-            recycle,
-            release,
-            cancel,
-            starved,
-            zc_notified,
-            failed,
-        } = act;
-        if let Some(bid) = recycle {
-            if let Some(b) = buffers.as_deref_mut() {
-                b.recycle(bid);
+        if act.is_only_wake() {
+            if let Some(w) = act.wake {
+                w.wake();
             }
+            return;
         }
-        drop(close);
-        if !release.is_empty() {
-            let returns_fd = match self.slots.get(key) {
-                Some(Slot::Multi(m)) => m.life.returns_fd(),
-                _ => false,
-            };
-            for cqe in release {
-                let rel = Released::of(cqe, returns_fd);
-                if let (Some(bid), Some(b)) = (rel.recycle, buffers.as_deref_mut()) {
-                    b.recycle(bid);
-                }
-                drop(rel.close);
-            }
+        self.apply_slow(key, act, buffers);
+    }
+
+    #[inline(never)]
+    fn apply_slow(
+        &mut self,
+        key: usize,
+        mut act: Actions,
+        buffers: Option<&mut super::bufring::BufRing>,
+    ) {
+        if let (Some(bid), Some(b)) = (act.recycle, buffers) {
+            b.recycle(bid);
         }
-        if cancel {
+        drop(act.close.take());
+        if act.cancel() {
             self.cancel(key);
         }
-        if starved {
+        if act.starved() {
             self.starved.push(key);
             stats::with(|s| Stats::add(&s.bufring_starvation, 1));
         }
-        if free {
+        if act.free() {
             self.slots.remove(key);
             self.starved.retain(|k| *k != key);
         }
-        if let Some(r) = bury {
+        if let Some(r) = act.bury.take() {
             self.graveyard.push(r);
         }
-        if let Some(copied) = zc_notified {
+        if let Some(copied) = act.zc_notified() {
             stats::with(|s| {
                 Stats::add(&s.zc_notifications, 1);
                 Stats::add(&s.zc_copied, u64::from(copied));
             });
         }
-        if failed {
+        if act.failed() {
             stats::with(|s| Stats::add(&s.errors, 1));
         }
-        if let Some(w) = wake {
+        if let Some(w) = act.wake.take() {
             w.wake();
         }
     }
@@ -258,7 +257,9 @@ impl Driver {
         // block with work that cannot be submitted.
         let wait = wait && self.backlog.is_empty();
         let to_submit = self.ring.submission().len() as u32;
-        stats::with(|s| Stats::add(&s.ops_submitted, u64::from(to_submit)));
+        if to_submit > 0 {
+            stats::with(|s| Stats::add(&s.ops_submitted, u64::from(to_submit)));
+        }
         if self.features.sqpoll {
             // The kernel thread submits; only wake it and wait if asked.
             self.ring.submission().sync();
@@ -290,7 +291,9 @@ impl Driver {
         self.flush_backlog();
         let want = if self.backlog.is_empty() { want } else { 0 };
         let to_submit = self.ring.submission().len() as u64;
-        stats::with(|s| Stats::add(&s.ops_submitted, to_submit));
+        if to_submit > 0 {
+            stats::with(|s| Stats::add(&s.ops_submitted, to_submit));
+        }
         self.ring.submission().sync();
         let ts = types::Timespec::from(max_wait);
         let args = types::SubmitArgs::new().timespec(&ts);

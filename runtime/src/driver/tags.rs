@@ -46,12 +46,17 @@ impl Tag {
     /// Decodes a completion's `user_data`.
     #[inline]
     pub(crate) fn decode(user_data: u64) -> Tag {
+        if user_data <= LOW_MASK {
+            // The common case first: an operation's slot.
+            return Tag::Slot(user_data as usize);
+        }
         match user_data {
             IGNORE => Tag::Ignore,
             WAKE => Tag::Wake,
             ud if ud & DOORBELL_IN_BIT != 0 => Tag::DoorbellIn(ud & LOW_MASK),
             ud if ud & DOORBELL_OUT_BIT != 0 => Tag::DoorbellFailed((ud & LOW_MASK) as usize),
-            key => Tag::Slot(key as usize),
+            // Nothing else is ever submitted; treat it as nobody's.
+            _ => Tag::Ignore,
         }
     }
 }
@@ -90,5 +95,6 @@ mod tests {
         assert_eq!(Tag::decode(doorbell_out(3)), Tag::DoorbellFailed(3));
         assert_eq!(Tag::decode(slot(0)), Tag::Slot(0));
         assert_eq!(Tag::decode(slot(123_456)), Tag::Slot(123_456));
+        assert_eq!(Tag::decode(1 << 50), Tag::Ignore);
     }
 }

@@ -217,7 +217,7 @@ async fn flusher(fd: Rc<OwnedFd>, state: Rc<RefCell<State>>) {
             Stats::add(&s.batched_messages, msgs);
         });
         for (buf, _) in batch.drain(..) {
-            let (res, buf) = crate::net::stream::send_all(&fd, buf).await;
+            let (res, buf) = crate::net::send::send_all(&fd, buf).await;
             drop(buf);
             if let Err(e) = res {
                 let mut st = state.borrow_mut();

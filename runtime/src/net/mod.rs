@@ -7,12 +7,18 @@
 mod batch;
 pub(crate) mod listener;
 mod readiness;
+pub(crate) mod send;
 pub(crate) mod stream;
 mod tcp;
+mod udp;
 mod unix;
 
 pub use batch::BatchWriter;
 pub use readiness::{readable, Readable};
-pub use stream::WriteHalf;
+pub use send::WriteHalf;
 pub use tcp::{TcpListenOptions, TcpListener, TcpStream};
+pub use udp::{
+    interface_index, BatchReport, Datagram, MulticastInterface, OutDatagram, SendMode, UdpOptions,
+    UdpSender, UdpSocket, GSO_MAX_SEGMENTS, MAX_UDP_PAYLOAD,
+};
 pub use unix::{UnixListener, UnixStream};

@@ -8,11 +8,9 @@
 //! what the multishot already took, pauses it, and lets one plain `RECV`
 //! (`MSG_WAITALL`) put the rest straight where the caller wants it.
 //!
-//! Sending takes any [`IoBuf`] (or a vector of them, gathered into one
-//! `SENDMSG`) and gives it back with the result. A [`WriteHalf`] shares the
-//! socket so that other tasks can send while one receives.
+//! Sending lives in [`super::send`]; the stream types get both sides through
+//! [`stream_methods!`](stream_methods).
 
-use std::any::Any;
 use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
@@ -21,12 +19,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use crate::buf::{IoBuf, IoBufMut, RecvBuf, SendBuf};
+use crate::buf::{IoBufMut, RecvBuf};
 use crate::driver::op::recv::Recv;
 use crate::driver::op::recv_multi::{Receiver, RecvEvent};
-use crate::driver::op::send::Send as SendOp;
-use crate::driver::op::sendmsg::SendMsg;
-use crate::driver::op::shutdown::Shutdown;
 use crate::driver::op::Op;
 use crate::stats::{self, Stats};
 
@@ -284,126 +279,6 @@ impl Stream {
     }
 }
 
-/// Sends bytes from `buf` starting at `offset` on `sock`; returns how many
-/// went out. Registered [`SendBuf`]s take the fixed-buffer path when the core
-/// is set up for it; sends at or above the core's zero-copy threshold use
-/// `SEND_ZC`.
-///
-/// The operation holds a reference to the socket: its descriptor cannot be
-/// closed, and its number reused by another connection, before the SQE
-/// naming it has completed, even if the stream is dropped meanwhile.
-pub(crate) async fn send_at<B: IoBuf>(
-    sock: &Rc<OwnedFd>,
-    buf: B,
-    offset: usize,
-) -> (io::Result<usize>, B) {
-    let registered = (&buf as &dyn Any)
-        .downcast_ref::<SendBuf>()
-        .map(SendBuf::index);
-    Op::new(SendOp::new(sock.clone(), buf, offset, registered)).await
-}
-
-/// Sends all of `buf` on `sock`.
-pub(crate) async fn send_all<B: IoBuf>(sock: &Rc<OwnedFd>, mut buf: B) -> (io::Result<()>, B) {
-    let total = buf.bytes_init();
-    let mut done = 0;
-    while done < total {
-        let (res, b) = send_at(sock, buf, done).await;
-        buf = b;
-        match res {
-            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (Err(e), buf),
-        }
-    }
-    (Ok(()), buf)
-}
-
-/// Sends every byte of `bufs`, in order, gathered into `SENDMSG`s (one,
-/// unless the kernel takes less or there are more than 1024 buffers).
-pub(crate) async fn send_vectored<B: IoBuf>(
-    sock: &Rc<OwnedFd>,
-    mut bufs: Vec<B>,
-) -> (io::Result<()>, Vec<B>) {
-    let total: usize = bufs.iter().map(IoBuf::bytes_init).sum();
-    let mut done = 0;
-    while done < total {
-        let (res, b) = Op::new(SendMsg::new(sock.clone(), bufs, done)).await;
-        bufs = b;
-        match res {
-            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), bufs),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (Err(e), bufs),
-        }
-    }
-    (Ok(()), bufs)
-}
-
-/// Shuts down one or both directions of `sock`.
-pub(crate) async fn shutdown(sock: &Rc<OwnedFd>, how: std::net::Shutdown) -> io::Result<()> {
-    Op::new(Shutdown::new(sock.clone(), how)).await
-}
-
-/// The sending side of a stream socket, shared by any number of tasks on the
-/// socket's core (see `TcpStream::write_half`).
-///
-/// Cloning is cheap (it shares the socket). Sends from different tasks are
-/// each submitted whole, but a send the kernel takes in part is finished by
-/// further sends, so give each message to one `send_all` (or
-/// [`send_vectored`](WriteHalf::send_vectored)) and do not interleave
-/// messages of one logical stream from several tasks without ordering them.
-/// The socket stays open while any half, the stream or a pending send holds
-/// it. Not `Send`: it belongs to the socket's core.
-#[derive(Clone)]
-pub struct WriteHalf {
-    fd: Rc<OwnedFd>,
-}
-
-impl WriteHalf {
-    pub(crate) fn new(fd: Rc<OwnedFd>) -> WriteHalf {
-        WriteHalf { fd }
-    }
-
-    /// Sends what the kernel takes of `buf` in one go; returns the count and
-    /// the buffer.
-    pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        send_at(&self.fd, buf, 0).await
-    }
-
-    /// Sends all of `buf`, then gives it back.
-    pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        send_all(&self.fd, buf).await
-    }
-
-    /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
-    /// rest follows in further ones if the kernel takes less), then gives
-    /// the buffers back.
-    pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> (io::Result<()>, Vec<B>) {
-        send_vectored(&self.fd, bufs).await
-    }
-
-    /// Shuts down one or both directions of the connection.
-    pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-        shutdown(&self.fd, how).await
-    }
-}
-
-impl AsRawFd for WriteHalf {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl std::fmt::Debug for WriteHalf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteHalf")
-            .field("fd", &self.fd.as_raw_fd())
-            .finish()
-    }
-}
-
 /// The methods every stream socket type has, over the shared [`Stream`].
 /// `$kind` names the socket type in the docs ("TCP", "Unix stream").
 macro_rules! stream_methods {
@@ -434,7 +309,9 @@ macro_rules! stream_methods {
             "(bulk segments, frames larger than a receive buffer).\n\n",
             "Fails with `InvalidInput` when `range` starts past the buffer's initialised ",
             "bytes or ends past its capacity. The counters `recv_direct_bytes` and ",
-            "`recv_direct_copied_bytes` say how the bytes arrived."
+            "`recv_direct_copied_bytes` say how the bytes arrived. Dropping the future ",
+            "before it completes drops the buffer (once the kernel is done with it) and ",
+            "the bytes already taken from the stream with it."
         )]
         pub async fn recv_exact_into<B: IoBufMut>(
             &mut self,
@@ -444,22 +321,28 @@ macro_rules! stream_methods {
             self.inner.recv_exact_into(buf, range).await
         }
 
-        /// Sends what the kernel takes of `buf` in one go; returns the count and
-        /// the buffer.
-        pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-            crate::net::stream::send_at(self.inner.sock(), buf, 0).await
+        /// Sends what the kernel takes of `buf` in one go; resolves to the count
+        /// and the buffer.
+        pub fn send<B: IoBuf>(
+            &self,
+            buf: B,
+        ) -> impl std::future::Future<Output = (io::Result<usize>, B)> + '_ {
+            crate::net::send::send(self.inner.sock(), buf)
         }
 
         /// Sends all of `buf`, then gives it back.
-        pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-            crate::net::stream::send_all(self.inner.sock(), buf).await
+        pub fn send_all<B: IoBuf>(
+            &self,
+            buf: B,
+        ) -> impl std::future::Future<Output = (io::Result<()>, B)> + '_ {
+            crate::net::send::send_all(self.inner.sock(), buf)
         }
 
         /// Sends every byte of `bufs` in order, gathered into one `SENDMSG` (the
         /// rest follows in further ones if the kernel takes less), then gives
         /// the buffers back.
         pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> (io::Result<()>, Vec<B>) {
-            crate::net::stream::send_vectored(self.inner.sock(), bufs).await
+            crate::net::send::send_vectored(self.inner.sock(), bufs).await
         }
 
         #[doc = concat!(
@@ -511,7 +394,7 @@ macro_rules! stream_methods {
 
         /// Shuts down one or both halves of the connection.
         pub async fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-            crate::net::stream::shutdown(self.inner.sock(), how).await
+            crate::net::send::shutdown(self.inner.sock(), how).await
         }
     };
 }

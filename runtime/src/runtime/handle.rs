@@ -128,7 +128,9 @@ impl ShutdownHandle {
 /// the runtime running: once a core has stopped, work sent to it fails with
 /// [`MailboxError::Closed`]. Work travels through each core's control queue
 /// (a lock and an eventfd write), so it suits control traffic; use the core
-/// mesh ([`crate::mailbox`]) for the data path between cores.
+/// mesh ([`crate::mailbox`]) for the data path between cores. While a handle
+/// lives it keeps each core's control eventfd and a duplicate of its ring
+/// descriptor open (a few kernel pages per core, no buffers).
 #[derive(Clone)]
 pub struct RuntimeHandle {
     pub(super) peers: Arc<Vec<Arc<Peer>>>,

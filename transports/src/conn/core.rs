@@ -259,6 +259,27 @@ pub(crate) struct Conn {
     pub(crate) st: RefCell<State>,
 }
 
+/// The error of a connection its session declared lost.
+fn lost_error(reason: LostReason, config: &Config) -> Error {
+    match reason {
+        LostReason::IdleTimeout => Error::Timeout {
+            what: "the idle timeout (nothing received from the peer)",
+            after: config.session.idle_timeout,
+        },
+        LostReason::HandshakeTimeout => Error::Timeout {
+            what: "the peer's handshake",
+            after: config.session.handshake_timeout,
+        },
+        LostReason::Transport => Error::closed("the transport reported the connection lost"),
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        stats::connection_freed(self.scheme);
+    }
+}
+
 fn next_conn_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -332,6 +353,7 @@ impl Conn {
                 pool_buf_size,
             }),
         });
+        stats::connection_opened(scheme);
         // The hello goes first.
         conn.after_session();
         conn
@@ -370,6 +392,7 @@ impl Conn {
     /// Ends the connection with `err` (unless already over) and wakes every
     /// waiter so that each sees it.
     pub(crate) fn fail(self: &Rc<Self>, err: Error) {
+        let mut close_link = None;
         let wakers = {
             let mut st = self.st.borrow_mut();
             if matches!(st.phase, Phase::Closed(_)) {
@@ -382,6 +405,11 @@ impl Conn {
             st.phase = Phase::Closed(err.clone());
             super::resume::hand_back_on_failure(&mut st, &err);
             st.out.clear();
+            // Nothing more goes out: shut the transport now, so that the
+            // peer learns at once and a reader parked on a silent peer ends.
+            if let Some(close) = st.link_closer.take() {
+                close_link = Some(close);
+            }
             let mut w = take_all_waiters(&mut st);
             for slot in st.calls.values_mut() {
                 if slot.result.is_none() {
@@ -394,6 +422,9 @@ impl Conn {
             }
             (w, std::mem::take(&mut st.on_end))
         };
+        if let Some(close) = close_link {
+            close();
+        }
         wake_all(wakers.0);
         for hook in wakers.1 {
             hook();
@@ -546,22 +577,10 @@ impl Conn {
                     // itself calls when a link breaks: already handled.
                     Event::ConnectionLost(LostReason::Transport) => {}
                     Event::ConnectionLost(reason) if st.retain && st.peer.is_some() => {
-                        lost = Some(Error::closed(match reason {
-                            LostReason::IdleTimeout => "nothing received within the idle timeout",
-                            LostReason::HandshakeTimeout => {
-                                "the peer's handshake did not arrive in time"
-                            }
-                            LostReason::Transport => "the transport reported the connection lost",
-                        }));
+                        lost = Some(lost_error(reason, &self.config));
                     }
                     Event::ConnectionLost(reason) => {
-                        end = Some(Error::closed(match reason {
-                            LostReason::IdleTimeout => "nothing received within the idle timeout",
-                            LostReason::HandshakeTimeout => {
-                                "the peer's handshake did not arrive in time"
-                            }
-                            LostReason::Transport => "the transport reported the connection lost",
-                        }));
+                        end = Some(lost_error(reason, &self.config));
                     }
                     Event::Closed {
                         reason,
@@ -1522,7 +1541,6 @@ impl Conn {
         self.st.borrow().peer
     }
 
-    /// Whether the connection is over.
     /// How long the connection has been without a working link (zero while
     /// it has one).
     pub(crate) fn down_for(&self) -> std::time::Duration {
@@ -1532,10 +1550,12 @@ impl Conn {
             .map_or(std::time::Duration::ZERO, |t| t.elapsed())
     }
 
+    /// Whether messages flow now (open, not waiting for a new link).
     pub(crate) fn is_linked(&self) -> bool {
         matches!(self.st.borrow().phase, Phase::Open)
     }
 
+    /// Whether the connection is over.
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.st.borrow().phase, Phase::Closed(_))
     }

@@ -23,6 +23,10 @@
 //! read), [`msg_ring`] (doorbells to other cores), [`recv_multi`],
 //! [`accept_multi`]. The buffer traits the send and receive operations take
 //! live in [`buf`].
+//!
+//! Datagrams: [`recvmsg_multi`] (multishot `RECVMSG`, one datagram and its
+//! source address per provided buffer), [`sendmsg_to`] (`SENDMSG` with a
+//! destination and, for UDP GSO, a segment size).
 
 pub(crate) mod accept_multi;
 pub mod buf;
@@ -33,8 +37,10 @@ pub(crate) mod multishot;
 pub(crate) mod poll_add;
 pub(crate) mod recv;
 pub(crate) mod recv_multi;
+pub(crate) mod recvmsg_multi;
 pub(crate) mod send;
 pub(crate) mod sendmsg;
+pub(crate) mod sendmsg_to;
 pub(crate) mod shutdown;
 pub(crate) mod timeout;
 

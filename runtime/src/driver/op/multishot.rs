@@ -61,6 +61,12 @@ impl<O: MultishotOperation> Multi<O> {
         }
     }
 
+    /// The operation's slot (for operation types that read completions
+    /// together with other driver state).
+    pub(crate) fn key(&self) -> usize {
+        self.key
+    }
+
     /// Keeps the task's waker for the next completion, re-arming the
     /// operation if it ended by itself.
     pub(crate) fn wait(&mut self, cx: &mut Context<'_>) {

@@ -91,7 +91,11 @@ impl Receiver {
 
     /// The next event that already arrived.
     pub(crate) fn try_recv(&mut self) -> Option<RecvEvent> {
-        self.multi.try_next().map(event)
+        let key = self.multi.key();
+        crate::driver::with(|cx| {
+            let cqe = cx.driver.borrow_mut().multi(key).take()?;
+            Some(event(cqe, cx))
+        })
     }
 
     /// Stops the receive (see [`Multi::pause`]).
@@ -124,22 +128,22 @@ impl Drop for Receiver {
 }
 
 /// Interprets a receive completion.
-fn event(cqe: Cqe) -> RecvEvent {
+fn event(cqe: Cqe, cx: &crate::driver::Context) -> RecvEvent {
     if cqe.result > 0 {
         let Some(bid) = cqe.buffer() else {
             return RecvEvent::Failed(io::Error::other("receive completion without a buffer id"));
         };
         let len = cqe.result as usize;
-        let (ptr, mem) = crate::driver::with(|cx| {
+        let (ptr, mem) = {
             let bufs = cx.bufs.borrow();
             (bufs.buf_ptr(bid).cast_const(), bufs.mem().clone())
-        });
+        };
         stats::with(|s| Stats::add(&s.bytes_received, len as u64));
         return RecvEvent::Data(Chunk { ptr, len, bid, mem });
     }
     // End of stream or an error: a buffer it may carry goes back.
     if let Some(bid) = cqe.buffer() {
-        crate::driver::with(|cx| cx.bufs.borrow_mut().recycle(bid));
+        cx.bufs.borrow_mut().recycle(bid);
     }
     if cqe.result == 0 {
         RecvEvent::Eof

@@ -58,14 +58,14 @@ impl<B: IoBuf> Send<B> {
         } else {
             Kind::Plain
         };
-        stats::with(|s| match kind {
-            Kind::ZeroCopy(fixed) => {
+        match kind {
+            Kind::ZeroCopy(fixed) => stats::with(|s| {
                 Stats::add(&s.zc_sends, 1);
                 Stats::add(&s.fixed_sends, u64::from(fixed.is_some()));
-            }
-            Kind::Fixed(_) => Stats::add(&s.fixed_sends, 1),
+            }),
+            Kind::Fixed(_) => stats::with(|s| Stats::add(&s.fixed_sends, 1)),
             Kind::Plain => {}
-        });
+        }
         Send {
             buf,
             sock,
