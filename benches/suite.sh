@@ -12,8 +12,7 @@
 #   typed       benches/typed.sh, typed request/reply against tokio+codec and
 #               ZeroMQ (when the script is in the tree)
 #   kv          benches/kv.sh, kv-node against redis-server with
-#               redis-benchmark (when the script and the tools are there;
-#               full run only)
+#               redis-benchmark (when the script and the tools are there)
 #   mailbox     criterion: the cross-core ring against crossbeam and glommio
 #   codec       criterion: rkyv framing against bincode
 #   bulk        bulk-bench: sync, async and mix transfers, ringwire against a
@@ -229,18 +228,44 @@ if want typed; then
     fi
 fi
 
+# kv.sh prints a table but no RESULT lines: derive them from its per-run
+# lines ("== round R: SERVER", then "   SET  P16   123456 requests/s"), into
+# raw/kv-results.txt, unless it printed RESULT lines itself.
+kv_results() {
+    local raw="$OUT_ABS/raw/kv.txt" out="$OUT_ABS/raw/kv-results.txt"
+    [ -f "$raw" ] || return 0
+    grep -q '^ *RESULT ' "$raw" && return 0
+    {
+        echo "# RESULT lines derived by suite.sh from raw/kv.txt"
+        awk '
+            /^== round [0-9]+: / { server = $4; round = $3; sub(/:$/, "", round) }
+            /^ +[A-Z]+ +P[0-9]+ +[0-9.]+ requests\/s/ {
+                name = server
+                if (server == "redis") name = "redis-server"
+                else if (server == "kv1") name = "kv-node-x1"
+                else if (server == "kv2") name = "kv-node-x2"
+                printf "RESULT server=%s op=%s pipeline=%s run=%s requests_per_s=%s\n", name, $1, substr($2, 2), round, $3
+            }
+        ' "$raw"
+    } >"$out"
+}
+
 if want kv; then
     title="Key-value node against redis-server"
     if [ ! -x benches/kv.sh ]; then
         skip kv "" "$title" "./benches/kv.sh" "benches/kv.sh is not in this tree"
-    elif [ "$QUICK" = 1 ]; then
-        skip kv "" "$title" "./benches/kv.sh" "not part of --quick (run without --quick)"
     elif ! command -v redis-benchmark >/dev/null 2>&1; then
         skip kv "" "$title" "./benches/kv.sh" "redis-benchmark is not installed (Debian package redis-tools)"
     elif ! command -v redis-server >/dev/null 2>&1; then
         skip kv "" "$title" "./benches/kv.sh" "redis-server is not installed (Debian package redis-server)"
     else
-        run kv "ref=redis-server" "$title" 300 "$COMMON ./benches/kv.sh"
+        if [ "$QUICK" = 1 ]; then
+            envs="N_P16=200000 N_P1=30000 ROUNDS=1"
+        else
+            envs="N_P16=1000000 N_P1=150000 ROUNDS=1"
+        fi
+        run kv "ref=redis-server;with=kv-results" "$title" 300 "$COMMON CLIENT_CORE=$CLIENT_CORE $envs ./benches/kv.sh"
+        kv_results
     fi
 fi
 

@@ -48,7 +48,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ringwire_benches::cli::{parse_args, parse_duration, parse_value, Arg, CliError};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use ringwire_benches::cli::parse_duration;
 use ringwire_benches::cores::pin_current_thread;
 use ringwire_benches::cpu::self_cpu_time;
 use ringwire_proto::rkyv;
@@ -56,33 +57,6 @@ use ringwire_runtime::{spawn_local, Placement, Runtime};
 use ringwire_transports::{connect, listen, type_id, Config, Connection, Endpoint, Error, Message};
 
 const NAME: &str = "bulk-bench";
-
-const USAGE: &str = "\
-usage: bulk-bench [options]                   run the tests (driver)
-       bulk-bench server|client [options]     one side of one run
-
-  --impls LIST      tcp,ringwire (default both; driver only)
-  --tests LIST      sync,async,mix (default all three; driver only)
-  --rounds R        interleaved rounds, medians reported (default 1; driver)
-  --count N         messages per direction (default 256 sync/async, 124 mix)
-  --size B          sync/async message size, K/M suffixes (default 2M)
-  --mix-min B       smallest mix size (default 256)
-  --mix-max B       largest mix size (default 8M)
-  --verify V        sample | full (default sample)
-  --server-core N   CPU of the server process (default 0; driver)
-  --client-core N   CPU of the client process (default 1; driver)
-  --timeout T       limit per run (default 60s)
-
-role options (set by the driver):
-  --impl I          tcp | ringwire
-  --test T          sync | async | mix
-  --core N          pin this process to CPU N
-  --listen ADDR     server: loopback address, port 0 for any (prints LISTENING)
-  --connect ADDR    client: the server's address
-
-Exit status: 0 ok, 1 runtime error (wrong bytes, failed connection,
-timeout), 2 usage error.
-";
 
 /// Largest message accepted on the command line (256 MiB).
 const MAX_MESSAGE: usize = 256 << 20;
@@ -113,9 +87,11 @@ impl Message for BulkMsg {
 
 // ------------------------------------------------------------ configuration
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Impl {
+    /// A plain single-stream copy loop on std blocking sockets.
     Tcp,
+    /// ringwire's two-phase bulk over tcp://.
     Ringwire,
 }
 
@@ -126,22 +102,15 @@ impl Impl {
             Impl::Ringwire => "ringwire",
         }
     }
-
-    fn parse(s: &str) -> Result<Impl, CliError> {
-        match s {
-            "tcp" => Ok(Impl::Tcp),
-            "ringwire" => Ok(Impl::Ringwire),
-            _ => Err(CliError(format!(
-                "unknown implementation `{s}` (tcp, ringwire)"
-            ))),
-        }
-    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Test {
+    /// The client sends N messages, then the server sends N back.
     Sync,
+    /// Both directions at once.
     Async,
+    /// Both directions at once, sizes from --mix-min to --mix-max.
     Mix,
 }
 
@@ -154,24 +123,17 @@ impl Test {
         }
     }
 
-    fn parse(s: &str) -> Result<Test, CliError> {
-        match s {
-            "sync" => Ok(Test::Sync),
-            "async" => Ok(Test::Async),
-            "mix" => Ok(Test::Mix),
-            _ => Err(CliError(format!("unknown test `{s}` (sync, async, mix)"))),
-        }
-    }
-
     /// Whether both directions run at once.
     fn concurrent(self) -> bool {
         self != Test::Sync
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Verify {
+    /// 64 bytes every 64 KiB and the last 64 of each message.
     Sample,
+    /// Every byte.
     Full,
 }
 
@@ -267,6 +229,146 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
+/// Bulk transfer over loopback shaped like net-queue's published tests:
+/// ringwire's two-phase bulk against a plain single-stream TCP copy loop.
+///
+/// Without a role, runs the tests (each run is a fresh `server` and
+/// `client` process of this binary) and prints a table and RESULT lines.
+#[derive(Parser, Debug)]
+#[command(
+    name = "bulk-bench",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Sizes accept K and M suffixes (binary), durations 5, 2.5s or 500ms. \
+                  Exit status: 0 ok, 1 runtime error (wrong bytes, failed connection, \
+                  time limit), 2 usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<RoleCmd>,
+    #[command(flatten)]
+    driver: DriverFlags,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleCmd {
+    /// One server side of one run (started by the driver): prints
+    /// `LISTENING ADDR`, then a SIDE line when done.
+    Server(RoleFlags),
+    /// One client side of one run (started by the driver): prints a SIDE
+    /// line when done.
+    Client(RoleFlags),
+}
+
+/// What both sides of a run must agree on.
+#[derive(clap::Args, Debug, Clone)]
+struct PlanFlags {
+    /// Messages per direction [default: 256 sync/async, 124 mix].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    count: Option<u64>,
+    /// sync/async message size.
+    #[arg(long, value_name = "B", default_value = "2M", value_parser = parse_bytes)]
+    size: usize,
+    /// Smallest mix size.
+    #[arg(long, value_name = "B", default_value = "256", value_parser = parse_bytes)]
+    mix_min: usize,
+    /// Largest mix size.
+    #[arg(long, value_name = "B", default_value = "8M", value_parser = parse_bytes)]
+    mix_max: usize,
+    /// How much of each message is compared with what was sent.
+    #[arg(long, value_enum, default_value_t = Verify::Sample)]
+    verify: Verify,
+    /// Limit per run (driver) or per process (roles).
+    #[arg(long, value_name = "T", default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct DriverFlags {
+    /// Implementations to run, interleaved.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tcp,ringwire"
+    )]
+    impls: Vec<Impl>,
+    /// Tests to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sync,async,mix"
+    )]
+    tests: Vec<Test>,
+    /// Interleaved rounds; the table and RESULT lines give medians.
+    #[arg(long, value_name = "R", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
+    /// CPU of the server process.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    server_core: usize,
+    /// CPU of the client process.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    client_core: usize,
+    #[command(flatten)]
+    plan: PlanFlags,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RoleFlags {
+    /// Implementation.
+    #[arg(long = "impl", value_enum)]
+    imp: Impl,
+    /// Test.
+    #[arg(long, value_enum)]
+    test: Test,
+    /// Pin this process to CPU N.
+    #[arg(long, value_name = "N")]
+    core: Option<usize>,
+    /// Server: where to listen, loopback only (port 0: any).
+    #[arg(long, value_name = "ADDR", value_parser = parse_loopback)]
+    listen: Option<SocketAddr>,
+    /// Client: the server's address, loopback only.
+    #[arg(long, value_name = "ADDR", value_parser = parse_loopback)]
+    connect: Option<SocketAddr>,
+    #[command(flatten)]
+    plan: PlanFlags,
+}
+
+/// Parses a byte count with an optional K or M suffix (binary units).
+fn parse_bytes(value: &str) -> Result<usize, String> {
+    let (num, scale) = match value.as_bytes().last() {
+        Some(b'K' | b'k') => (&value[..value.len() - 1], 1usize << 10),
+        Some(b'M' | b'm') => (&value[..value.len() - 1], 1 << 20),
+        _ => (value, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("expected a byte count like 256, 64K or 2M, not `{value}`"))?;
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{value}` is too large"))?;
+    if bytes == 0 || bytes > MAX_MESSAGE {
+        return Err(format!("sizes must be 1..={MAX_MESSAGE} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// Parses an address and refuses anything but loopback.
+fn parse_loopback(value: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = value
+        .parse()
+        .map_err(|e| format!("`{value}` is not an IP:PORT address: {e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{} is not a loopback address; bulk-bench only runs on this machine",
+            addr.ip()
+        ));
+    }
+    Ok(addr)
+}
+
+/// Which process this is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
     Driver,
@@ -274,6 +376,7 @@ enum Role {
     Client,
 }
 
+/// The command line, checked.
 #[derive(Debug, Clone)]
 struct Args {
     role: Role,
@@ -295,136 +398,52 @@ struct Args {
     connect: Option<SocketAddr>,
 }
 
-/// Parses a byte count with an optional K or M suffix (binary units).
-fn parse_bytes(name: &str, value: &str) -> Result<usize, CliError> {
-    let (num, scale) = match value.as_bytes().last() {
-        Some(b'K' | b'k') => (&value[..value.len() - 1], 1usize << 10),
-        Some(b'M' | b'm') => (&value[..value.len() - 1], 1 << 20),
-        _ => (value, 1),
+/// Checks what clap parsed and flattens it into [`Args`].
+fn args_from(cli: Cli) -> Result<Args, String> {
+    let (role, plan, role_flags) = match cli.role {
+        None => (Role::Driver, cli.driver.plan.clone(), None),
+        Some(RoleCmd::Server(f)) => (Role::Server, f.plan.clone(), Some(f)),
+        Some(RoleCmd::Client(f)) => (Role::Client, f.plan.clone(), Some(f)),
     };
-    let n: usize = parse_value(name, num)?;
-    n.checked_mul(scale)
-        .ok_or_else(|| CliError(format!("`--{name} {value}` is too large")))
-}
-
-/// Resolves `value` and refuses anything but a loopback address.
-fn parse_loopback(name: &str, value: &str) -> Result<SocketAddr, CliError> {
-    let addr: SocketAddr = parse_value(name, value)?;
-    if !addr.ip().is_loopback() {
-        return Err(CliError(format!(
-            "`--{name} {value}`: {} is not a loopback address; bulk-bench only runs on this machine",
-            addr.ip()
-        )));
+    if plan.mix_min > plan.mix_max {
+        return Err("--mix-min must not exceed --mix-max".into());
     }
-    Ok(addr)
-}
-
-fn parse_list<T>(value: &str, f: fn(&str) -> Result<T, CliError>) -> Result<Vec<T>, CliError> {
-    let items = value
-        .split([',', ' '])
-        .filter(|s| !s.is_empty())
-        .map(f)
-        .collect::<Result<Vec<T>, CliError>>()?;
-    if items.is_empty() {
-        return Err(CliError(format!("empty list `{value}`")));
+    if plan.timeout.is_zero() {
+        return Err("--timeout must be positive".into());
     }
-    Ok(items)
-}
-
-fn parse_cli(argv: Vec<String>) -> Result<Option<Args>, CliError> {
-    let (role, rest) = match argv.first().map(String::as_str) {
-        Some("server") => (Role::Server, &argv[1..]),
-        Some("client") => (Role::Client, &argv[1..]),
-        _ => (Role::Driver, &argv[..]),
-    };
+    let d = cli.driver;
     let mut a = Args {
-        role,
-        impls: vec![Impl::Tcp, Impl::Ringwire],
-        tests: vec![Test::Sync, Test::Async, Test::Mix],
-        rounds: 1,
-        count: None,
-        size: 2 << 20,
-        mix_min: 256,
-        mix_max: 8 << 20,
-        verify: Verify::Sample,
-        server_core: 0,
-        client_core: 1,
-        timeout: Duration::from_secs(60),
+        role: role.clone(),
+        impls: d.impls,
+        tests: d.tests,
+        rounds: d.rounds as usize,
+        count: plan.count.map(|c| c as usize),
+        size: plan.size,
+        mix_min: plan.mix_min,
+        mix_max: plan.mix_max,
+        verify: plan.verify,
+        server_core: d.server_core,
+        client_core: d.client_core,
+        timeout: plan.timeout,
         imp: None,
         test: None,
         core: None,
         listen: None,
         connect: None,
     };
-    for arg in parse_args(rest.iter().cloned())? {
-        let (name, value) = match arg {
-            Arg::Help => return Ok(None),
-            Arg::Opt { name, value } => (name, value),
-        };
-        match name.as_str() {
-            "impls" => a.impls = parse_list(&value, Impl::parse)?,
-            "tests" => a.tests = parse_list(&value, Test::parse)?,
-            "rounds" => a.rounds = parse_value(&name, &value)?,
-            "count" => a.count = Some(parse_value(&name, &value)?),
-            "size" => a.size = parse_bytes(&name, &value)?,
-            "mix-min" => a.mix_min = parse_bytes(&name, &value)?,
-            "mix-max" => a.mix_max = parse_bytes(&name, &value)?,
-            "verify" => {
-                a.verify = match value.as_str() {
-                    "sample" => Verify::Sample,
-                    "full" => Verify::Full,
-                    _ => {
-                        return Err(CliError(format!(
-                            "invalid `--verify {value}` (sample, full)"
-                        )))
-                    }
-                }
-            }
-            "server-core" => a.server_core = parse_value(&name, &value)?,
-            "client-core" => a.client_core = parse_value(&name, &value)?,
-            "timeout" => a.timeout = parse_duration(&name, &value)?,
-            "impl" => a.imp = Some(Impl::parse(&value)?),
-            "test" => a.test = Some(Test::parse(&value)?),
-            "core" => a.core = Some(parse_value(&name, &value)?),
-            "listen" => a.listen = Some(parse_loopback(&name, &value)?),
-            "connect" => a.connect = Some(parse_loopback(&name, &value)?),
-            _ => return Err(CliError(format!("unknown option `--{name}`"))),
+    if let Some(f) = role_flags {
+        match role {
+            Role::Server if f.listen.is_none() => return Err("`server` needs --listen".into()),
+            Role::Client if f.connect.is_none() => return Err("`client` needs --connect".into()),
+            _ => {}
         }
+        a.imp = Some(f.imp);
+        a.test = Some(f.test);
+        a.core = f.core;
+        a.listen = f.listen;
+        a.connect = f.connect;
     }
-    if a.size == 0 || a.size > MAX_MESSAGE {
-        return Err(CliError(format!(
-            "`--size` must be 1..={MAX_MESSAGE} bytes"
-        )));
-    }
-    if a.mix_min == 0 || a.mix_min > a.mix_max || a.mix_max > MAX_MESSAGE {
-        return Err(CliError(format!(
-            "need 1 <= `--mix-min` <= `--mix-max` <= {MAX_MESSAGE}"
-        )));
-    }
-    if a.count == Some(0) {
-        return Err(CliError("`--count` must be positive".into()));
-    }
-    if a.rounds == 0 {
-        return Err(CliError("`--rounds` must be positive".into()));
-    }
-    if a.timeout.is_zero() {
-        return Err(CliError("`--timeout` must be positive".into()));
-    }
-    match a.role {
-        Role::Driver => {}
-        Role::Server | Role::Client => {
-            if a.imp.is_none() || a.test.is_none() {
-                return Err(CliError("a role needs `--impl` and `--test`".into()));
-            }
-            if a.role == Role::Server && a.listen.is_none() {
-                return Err(CliError("`server` needs `--listen`".into()));
-            }
-            if a.role == Role::Client && a.connect.is_none() {
-                return Err(CliError("`client` needs `--connect`".into()));
-            }
-        }
-    }
-    Ok(Some(a))
+    Ok(a)
 }
 
 impl Args {
@@ -1381,16 +1400,12 @@ fn print_results(args: &Args, results: &[(Test, Impl, Summary)], skipped: &[Stri
 }
 
 fn main() -> ExitCode {
-    let args = match parse_cli(std::env::args().skip(1).collect()) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    // Bad arguments, and --help / --version: clap prints and exits (2, 0).
+    let args = match args_from(Cli::parse()) {
+        Ok(a) => a,
+        Err(e) => Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit(),
     };
     let result = match args.role {
         Role::Driver => driver(&args),
@@ -1472,25 +1487,40 @@ mod tests {
         assert!(peak_rss_kib().unwrap() > 0);
     }
 
+    fn parse_cli(line: &str) -> Result<Args, String> {
+        let argv = std::iter::once("bulk-bench").chain(line.split_whitespace());
+        args_from(Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
     #[test]
     fn cli_roles_and_limits() {
-        let v = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let a = parse_cli(v("--tests sync,mix --size 1M")).unwrap().unwrap();
+        let a = parse_cli("--tests sync,mix --size 1M").unwrap();
         assert_eq!(a.role, Role::Driver);
         assert_eq!(a.tests, [Test::Sync, Test::Mix]);
+        assert_eq!(a.impls, [Impl::Tcp, Impl::Ringwire]);
         assert_eq!(a.size, 1 << 20);
         assert!(
-            parse_cli(v("server --impl tcp --test sync")).is_err(),
+            parse_cli("server --impl tcp --test sync").is_err(),
             "no --listen"
         );
-        assert!(parse_cli(v("client --impl tcp --test sync --connect 10.0.0.1:5")).is_err());
-        assert!(parse_cli(v("--mix-min 9M")).is_err());
-        let c = parse_cli(v(
-            "client --impl ringwire --test async --connect 127.0.0.1:5",
-        ))
-        .unwrap()
-        .unwrap();
+        assert!(parse_cli("client --impl tcp --test sync --connect 10.0.0.1:5").is_err());
+        assert!(parse_cli("--mix-min 9M").is_err());
+        assert!(parse_cli("--size 0").is_err());
+        assert!(parse_cli("--count 0").is_err());
+        assert!(parse_cli("--tests sync server --impl tcp --test sync").is_err());
+        let c =
+            parse_cli("client --impl ringwire --test async --connect 127.0.0.1:5 --timeout 1500ms")
+                .unwrap();
         assert_eq!((c.imp, c.test), (Some(Impl::Ringwire), Some(Test::Async)));
+        assert_eq!(c.timeout, Duration::from_millis(1500));
+        // What the driver passes to a role parses back to the same plan.
+        let p = a.plan(Test::Mix);
+        let mut line = format!(
+            "server --impl tcp --listen 127.0.0.1:0 {}",
+            p.args().join(" ")
+        );
+        line.push_str(" --core 0");
+        assert_eq!(parse_cli(&line).unwrap().plan(Test::Mix), p);
     }
 
     /// Both sides of the TCP loop in threads of this process, every byte

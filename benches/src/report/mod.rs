@@ -358,7 +358,11 @@ pub fn write_report(dir: &Path) -> Result<Written, String> {
             }
         }
         if step.status != Status::Skipped {
-            let _ = writeln!(md, "Raw output: [{raw_name}]({raw_name})\n");
+            let mut also = String::new();
+            for other in step.option_list("with") {
+                let _ = write!(also, ", with [raw/{other}.txt](raw/{other}.txt)");
+            }
+            let _ = writeln!(md, "Raw output: [{raw_name}]({raw_name}){also}\n");
         }
     }
     std::fs::write(&out.report, md).map_err(|e| format!("{}: {e}", out.report.display()))?;
