@@ -179,7 +179,9 @@ for _ in $(seq 40); do
 done
 stop_pid "$LOAD_PID" "flamegraph.sh: load"
 LOAD_PID=""
-grep -E 'RESULT|requests per second|^[A-Z]+: ' "$WORK/load.log" | sed 's/^/    /' | tail -n 5 || true
+# The load's summary, or its last progress line (redis-benchmark rewrites one
+# line with carriage returns).
+tr '\r' '\n' <"$WORK/load.log" | grep -E 'RESULT|requests per second|rps=' | tail -n 2 | sed 's/^/    /' || true
 
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf >"$WORK/collapsed.txt"
 [ -s "$WORK/collapsed.txt" ] || die "perf recorded no samples of $NODE"
