@@ -11,6 +11,8 @@
 #   echo-sizes  compare.sh throughput at other message sizes (Gbit/s by size)
 #   typed       benches/typed.sh, typed request/reply against tokio+codec and
 #               ZeroMQ (when the script is in the tree)
+#   tls         benches/tls.sh, typed request/reply over tls:// against
+#               tokio-rustls (needs openssl for its certificates)
 #   kv          benches/kv.sh, kv-node against redis-server with
 #               redis-benchmark (when the script and the tools are there)
 #   mailbox     criterion: the cross-core ring against crossbeam and glommio
@@ -29,7 +31,7 @@
 #
 # Environment:
 #   OUT           report directory [target/bench-report]
-#   STEPS         steps to run [echo echo-sizes typed kv mailbox codec bulk bulk-sizes]
+#   STEPS         steps to run [echo echo-sizes typed tls kv mailbox codec bulk bulk-sizes]
 #   SERVER_CORE   CPU of servers / senders [0]   CLIENT_CORE  CPU of load [1]
 #   NO_BUILD=1    skip building (the release binaries and benches must exist)
 #
@@ -59,7 +61,7 @@ for arg in "$@"; do
 done
 
 OUT=${OUT:-target/bench-report}
-STEPS=${STEPS:-echo echo-sizes typed kv mailbox codec bulk bulk-sizes}
+STEPS=${STEPS:-echo echo-sizes typed tls kv mailbox codec bulk bulk-sizes}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 if [ "$(nproc)" -lt 2 ] && [ "$CLIENT_CORE" = 1 ]; then
@@ -225,6 +227,22 @@ if want typed; then
             envs="DURATION=3 PP_DURATION=3 WARMUP=1 REPEAT=1"
         fi
         run typed "ref=tokio,zmq" "$title" 300 "$COMMON CLIENT_CORE=$CLIENT_CORE $envs ./benches/typed.sh"
+    fi
+fi
+
+if want tls; then
+    title="Typed request/reply over TLS"
+    if [ ! -x benches/tls.sh ]; then
+        skip tls "" "$title" "./benches/tls.sh" "benches/tls.sh is not in this tree"
+    elif ! command -v openssl >/dev/null; then
+        skip tls "" "$title" "./benches/tls.sh" "openssl is not installed (Debian package openssl)"
+    else
+        if [ "$QUICK" = 1 ]; then
+            envs="DURATION=1 WARMUP=0.3 REPEAT=1"
+        else
+            envs="DURATION=3 WARMUP=1 REPEAT=1"
+        fi
+        run tls "ref=tokio" "$title" 200 "$COMMON CLIENT_CORE=$CLIENT_CORE $envs ./benches/tls.sh"
     fi
 fi
 
