@@ -232,10 +232,18 @@ impl Framer {
             }
             let aligned = bytes[*pos..].as_ptr() as usize % PAYLOAD_ALIGN == 0;
             if rest >= len && (len == 0 || aligned) {
-                // In place.
+                // In place. An empty payload has no bytes to read in place,
+                // but its address is still checked (an archive is read
+                // through an aligned pointer, even an empty one): it gets
+                // an aligned empty slice, wherever its frame fell.
+                let payload = if len == 0 {
+                    empty_payload()
+                } else {
+                    &bytes[*pos..*pos + len]
+                };
                 wait_ready(conn).await?;
                 self.live(conn)?;
-                conn.on_frame(&header, &bytes[*pos..*pos + len], backing, false)?;
+                conn.on_frame(&header, payload, backing, false)?;
                 *pos += len;
                 self.skip = pad(&header);
                 continue;
@@ -319,6 +327,17 @@ impl Framer {
             false,
         )
     }
+}
+
+/// An empty payload at a [`PAYLOAD_ALIGN`]-aligned address, for empty
+/// messages whose frame starts at any address in a receive buffer. Static,
+/// so it outlives every message guard that borrows it.
+fn empty_payload() -> &'static [u8] {
+    #[repr(C, align(16))]
+    struct Aligned([u8; PAYLOAD_ALIGN]);
+    const _: () = assert!(PAYLOAD_ALIGN == 16, "the alignment above must match");
+    static EMPTY: Aligned = Aligned([0; PAYLOAD_ALIGN]);
+    &EMPTY.0[..0]
 }
 
 fn pad(header: &FrameHeader) -> usize {

@@ -752,7 +752,8 @@ impl Conn {
     // Inbound
 
     /// Hands one complete, non-bulk frame to the session and routes what
-    /// comes out. `payload` lies in memory `backing` keeps alive; `trusted`
+    /// comes out. `payload` lies in memory `backing` keeps alive (or is
+    /// `'static`); `trusted`
     /// skips validation (frames this process encoded: `mem://`).
     pub(crate) fn on_frame(
         self: &Rc<Self>,
@@ -782,7 +783,8 @@ impl Conn {
                     st.bulk_undecided = Some(received.seq());
                 }
                 // SAFETY: `received` borrows `payload`, which lies in memory
-                // `backing` owns (the caller's contract); the clone keeps it.
+                // `backing` owns (the caller's contract), or is the framer's
+                // static empty payload; the clone keeps `backing` alive.
                 let msg = unsafe { Incoming::new(received, backing.clone(), self.clone()) };
                 st.tally.msg_in(len);
                 let waker = match (kind, call) {
