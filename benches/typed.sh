@@ -5,7 +5,9 @@
 # ringwire's mem:// against a crossbeam channel, and ringwire's two-phase bulk
 # against a plain TCP copy loop. Reported as ratios measured in one run.
 #
-# Request/reply (WORKLOADS rr), for each transport and stack: start the
+# Request/reply (WORKLOADS rr), for each transport and stack (transport tls:
+# ringwire's tls:// against tokio with tokio-rustls, one cipher suite forced on
+# both, certificates made here with openssl; see benches/tls.sh): start the
 # server pinned to core $SERVER_CORE (`taskset -c $SERVER_CORE ... --cores 1`),
 # wait for its READY line, run the client pinned to core $CLIENT_CORE in
 # throughput mode ($CONNS conns x $DEPTH in flight, $SIZE B each way) and in
@@ -34,7 +36,8 @@
 # Environment (defaults in brackets):
 #   STACKS        request/reply stacks [ringwire tokio zmq echo-node]; also
 #                 tokio-bincode (tokio with bincode instead of rkyv)
-#   TRANSPORTS    tcp and/or unix [tcp unix] (echo-node runs over tcp only)
+#   TRANSPORTS    tcp, unix and/or tls [tcp unix] (echo-node runs over tcp
+#                 only; zmq has no tls)
 #   WORKLOADS     rr, mem, bulk [rr mem bulk]
 #   DURATION      measured seconds per run [5]
 #   PP_DURATION   measured seconds per ping-pong run [$DURATION]
@@ -90,7 +93,7 @@ has() { # has WORD LIST...: whether WORD is in the list
         has "$s" ringwire tokio tokio-bincode zmq echo-node ||
             die "unknown stack '$s' (known: ringwire tokio tokio-bincode zmq echo-node)"
     done
-    for t in $TRANSPORTS; do has "$t" tcp unix || die "unknown transport '$t' (known: tcp unix)"; done
+    for t in $TRANSPORTS; do has "$t" tcp unix tls || die "unknown transport '$t' (known: tcp unix tls)"; done
     for w in $WORKLOADS; do has "$w" rr mem bulk || die "unknown workload '$w' (known: rr mem bulk)"; done
     read -r -a STACK_LIST <<<"$STACKS"
     read -r -a TRANSPORT_LIST <<<"$TRANSPORTS"
@@ -119,6 +122,29 @@ SKIPPED="$WORK/skipped"
 : >"$RESULTS"
 : >"$SKIPPED"
 SERVER_PID=""
+
+# make_tls_certs DIR: a CA and a server certificate for localhost (P-256).
+make_tls_certs() {
+    local d=$1
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=ringwire bench CA" -keyout "$d/ca.key" -out "$d/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" \
+        >/dev/null 2>&1 || die "openssl could not make the CA"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+        -keyout "$d/server.key" -out "$d/server.csr" >/dev/null 2>&1 ||
+        die "openssl could not make the server key"
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        >"$d/server.ext"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/server.ext" -out "$d/server.pem" >/dev/null 2>&1 ||
+        die "openssl could not sign the server certificate"
+}
+TLS_DIR="$WORK/tls"
+if has tls "${TRANSPORT_LIST[@]}" && has rr "${WORKLOAD_LIST[@]}"; then
+    command -v openssl >/dev/null || die "transport tls needs openssl (apt-get install openssl)"
+    make_tls_certs "$TLS_DIR"
+fi
 
 stop_server() {
     stop_pid "$SERVER_PID" "typed.sh: server"
@@ -192,6 +218,9 @@ check_server_log() {
 rr_stack() {
     local id=$1 round=$2 stack=$3 transport=$4 port=$5
     local bin codec=rkyv endpoint log="$WORK/$id.server.log"
+    if [ "$transport" = tls ] && [ "$stack" = zmq ]; then
+        return 0
+    fi
     if [ "$stack" = echo-node ]; then
         [ "$transport" = tcp ] || return 0
         echo "== [$round/$REPEAT] echo-node (raw lenprefix echo) over tcp, 127.0.0.1:$port"
@@ -225,9 +254,11 @@ rr_stack() {
     case "$transport" in
         tcp) endpoint="tcp://127.0.0.1:$port" ;;
         unix) endpoint="unix://$WORK/$id.sock" ;;
+        tls) endpoint="tls://127.0.0.1:$port" ;;
     esac
     local codec_flag=()
     [ "$codec" = rkyv ] || codec_flag=(--codec "$codec")
+    [ "$transport" = tls ] && codec_flag+=(--tls-dir "$TLS_DIR")
     echo "== [$round/$REPEAT] $stack over $transport, $endpoint"
     local rc=0
     start_server "$log" "$BIN/$bin" server --endpoint "$endpoint" --cores 1 "${codec_flag[@]}" || rc=$?
@@ -371,7 +402,10 @@ awk -v stacks="$STACKS" -v transports="$TRANSPORTS" -v workloads="$WORKLOADS" \
                         ratio(p50, tp), ratio(p50, zp)
                 }
                 re = m("ringwire", t, "throughput", "msgs_per_server_cpu_s"); rp = m("ringwire", t, "pingpong", "p50_us")
-                if (re != "") {
+                if (re != "" && t == "tls") {
+                    printf "target (tls, one suite on both, rustls under both): ringwire per server CPU-second %s tokio-rustls (>= 1.10x); ping-pong p50 %s tokio-rustls\n", \
+                        ratio(re, te), ratio(rp, tp)
+                } else if (re != "") {
                     printf "targets (%s): ringwire per server CPU-second %s tokio (>= 1.30x), %s zmq (>= 2.00x); ping-pong p50 %s tokio, %s zmq (<= 1.00x)\n", \
                         t, ratio(re, te), ratio(re, ze), ratio(rp, tp), ratio(rp, zp)
                     ee = m("echo-node", t, "throughput", "msgs_per_server_cpu_s")

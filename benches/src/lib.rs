@@ -5,12 +5,14 @@
 //! framing, core lists and `/proc` CPU accounting through these modules. The
 //! typed request/reply benchmark (`benches/typed.sh`: `typed-ringwire`,
 //! `typed-tokio`, `typed-zmq`, `typed-mem`, `typed-bulk`) adds its message
-//! types in [`typed`] and its clients' measurement in [`measure`].
+//! types in [`typed`], its clients' measurement in [`measure`], and the TLS
+//! settings of its `tls://` runs in [`tls`].
 
 pub mod cli;
 pub mod cores;
 pub mod cpu;
 pub mod measure;
 pub mod server;
+pub mod tls;
 pub mod typed;
 pub mod wire;

@@ -14,6 +14,7 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -87,6 +88,8 @@ pub struct ClientArgs {
     pub label: String,
     /// Keep retrying the first connect this long while the server starts.
     pub wait: Duration,
+    /// `tls://`: the directory with `ca.pem` (see [`crate::tls`]).
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The client's flags as given, before the mode-dependent defaults and the
@@ -98,7 +101,8 @@ pub struct ClientArgs {
                   2 usage error."
 )]
 pub struct ClientFlags {
-    /// Where the server listens: tcp://127.0.0.1:PORT or unix:///path.
+    /// Where the server listens: tcp://127.0.0.1:PORT, tls://127.0.0.1:PORT
+    /// or unix:///path.
     #[arg(long, value_name = "E")]
     pub endpoint: String,
     /// Workload.
@@ -140,6 +144,9 @@ pub struct ClientFlags {
     /// Fail if no reply arrives for T.
     #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
+    /// tls:// endpoints: DIR/ca.pem verifies the server.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -196,6 +203,7 @@ impl ClientArgs {
             core: f.core,
             label,
             wait: f.wait,
+            tls_dir: f.tls_dir,
         })
     }
 
@@ -238,12 +246,16 @@ pub struct ServerArgs {
     pub cores: CoreSpec,
     /// Serialization (tokio only).
     pub codec: Codec,
+    /// `tls://`: the directory with `server.pem` and `server.key` (see
+    /// [`crate::tls`]).
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// The server's flags as given.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerFlags {
-    /// Where to listen: tcp://127.0.0.1:PORT or unix:///path.
+    /// Where to listen: tcp://127.0.0.1:PORT, tls://127.0.0.1:PORT or
+    /// unix:///path.
     #[arg(long, value_name = "E")]
     pub endpoint: String,
     /// Cores to serve on: `--cpus LIST` or `--cores N`.
@@ -252,6 +264,9 @@ pub struct ServerFlags {
     /// rkyv | bincode (tokio only).
     #[arg(long, value_name = "C", default_value = "rkyv")]
     pub codec: Codec,
+    /// tls:// endpoints: DIR/server.pem and DIR/server.key.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -262,6 +277,7 @@ impl ServerArgs {
             endpoint: f.endpoint,
             cores: CoreSpec::from_args(&f.cores, 1),
             codec: f.codec,
+            tls_dir: f.tls_dir,
         }
     }
 }

@@ -505,19 +505,27 @@ impl Asker {
     }
 }
 
-/// Where a typed server listens or a client connects: `tcp://HOST:PORT`
-/// (loopback only) or `unix:///absolute/path`.
+/// Where a typed server listens or a client connects: `tcp://HOST:PORT` or
+/// `tls://HOST:PORT` (loopback only), or `unix:///absolute/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A TCP address on this machine.
     Tcp(SocketAddr),
     /// A Unix stream socket path.
     Unix(PathBuf),
+    /// TLS over TCP on this machine.
+    Tls(SocketAddr),
 }
 
 impl Target {
     /// Parses an endpoint, refusing TCP addresses that are not loopback.
     pub fn parse(s: &str) -> Result<Target, String> {
+        if let Some(addr) = s.strip_prefix("tls://") {
+            return match Target::parse(&format!("tcp://{addr}"))? {
+                Target::Tcp(a) => Ok(Target::Tls(a)),
+                other => Ok(other),
+            };
+        }
         if let Some(addr) = s.strip_prefix("tcp://") {
             let addrs: Vec<SocketAddr> = addr
                 .to_socket_addrs()
@@ -542,24 +550,27 @@ impl Target {
             Ok(Target::Unix(PathBuf::from(path)))
         } else {
             Err(format!(
-                "`{s}`: expected tcp://127.0.0.1:PORT or unix:///absolute/path"
+                "`{s}`: expected tcp://127.0.0.1:PORT, tls://127.0.0.1:PORT or unix:///absolute/path"
             ))
         }
     }
 
-    /// `tcp` or `unix`.
+    /// `tcp`, `unix` or `tls`.
     pub fn transport(&self) -> &'static str {
         match self {
             Target::Tcp(_) => "tcp",
             Target::Unix(_) => "unix",
+            Target::Tls(_) => "tls",
         }
     }
 
-    /// The same place in ZeroMQ's syntax (`tcp://...`, `ipc://...`).
-    pub fn zmq_endpoint(&self) -> String {
+    /// The same place in ZeroMQ's syntax (`tcp://...`, `ipc://...`); ZeroMQ
+    /// has no TLS.
+    pub fn zmq_endpoint(&self) -> Result<String, String> {
         match self {
-            Target::Tcp(addr) => format!("tcp://{addr}"),
-            Target::Unix(path) => format!("ipc://{}", path.display()),
+            Target::Tcp(addr) => Ok(format!("tcp://{addr}")),
+            Target::Unix(path) => Ok(format!("ipc://{}", path.display())),
+            Target::Tls(_) => Err("the ZeroMQ peer has no TLS".into()),
         }
     }
 }
@@ -569,6 +580,7 @@ impl fmt::Display for Target {
         match self {
             Target::Tcp(addr) => write!(f, "tcp://{addr}"),
             Target::Unix(path) => write!(f, "unix://{}", path.display()),
+            Target::Tls(addr) => write!(f, "tls://{addr}"),
         }
     }
 }
@@ -662,10 +674,18 @@ mod tests {
             Target::Tcp("127.0.0.1:7000".parse().unwrap())
         );
         let unix = Target::parse("unix:///tmp/x.sock").unwrap();
-        assert_eq!(unix.zmq_endpoint(), "ipc:///tmp/x.sock");
+        assert_eq!(unix.zmq_endpoint().unwrap(), "ipc:///tmp/x.sock");
         assert_eq!(unix.to_string(), "unix:///tmp/x.sock");
         assert!(Target::parse("tcp://192.0.2.1:7000").is_err());
         assert!(Target::parse("unix://relative").is_err());
         assert!(Target::parse("udp://127.0.0.1:1").is_err());
+        assert_eq!(
+            Target::parse("tls://127.0.0.1:7000").unwrap(),
+            Target::Tls("127.0.0.1:7000".parse().unwrap())
+        );
+        assert!(Target::parse("tls://192.0.2.1:7000").is_err());
+        let tls = Target::parse("tls://127.0.0.1:7000").unwrap();
+        assert!(tls.zmq_endpoint().is_err());
+        assert_eq!(tls.to_string(), "tls://127.0.0.1:7000");
     }
 }

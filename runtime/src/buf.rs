@@ -73,6 +73,19 @@ impl RecvBuf {
         self.len == 0
     }
 
+    /// The received bytes, writable: to transform them in place (decrypt
+    /// them, for instance) before handing them on.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr..ptr+len` lies inside the buffer memory kept alive by
+        // `self.mem` (allocated writable; `ptr` comes from its `*mut` base),
+        // and the kernel finished writing it before the completion that
+        // produced this guard. The guard owns the buffer exclusively until it
+        // drops: its id goes back to the ring (where the kernel could refill
+        // it) only in `Drop`, no other guard points into it, and `&mut self`
+        // makes this the only borrow of the bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast_mut(), self.len) }
+    }
+
     /// Keeps only the bytes in `range` (which must lie inside the buffer),
     /// e.g. to send part of what was received without copying.
     ///

@@ -40,6 +40,7 @@ pub struct Config {
     pub(crate) recv_queue_bytes: usize,
     pub(crate) direct_threshold: usize,
     pub(crate) peers: Option<crate::peers::Peers>,
+    pub(crate) tls: TlsConfig,
     pub(crate) reconnect: Option<Reconnect>,
     pub(crate) resume_window: Option<Duration>,
 }
@@ -116,6 +117,7 @@ impl Config {
             recv_queue_bytes: 4 << 20,
             direct_threshold: 16 * 1024,
             peers: None,
+            tls: TlsConfig::default(),
             reconnect: None,
             resume_window: None,
         }
@@ -234,6 +236,16 @@ impl Config {
         self
     }
 
+    /// TLS settings for `tls://` endpoints (certificates, trust roots, server
+    /// name, cipher suites). The endpoint's own options (`cert`, `key`, `ca`,
+    /// `servername`) win over the same setting here. Default: no
+    /// certificate, the system's trust store, the endpoint's host name, every
+    /// TLS 1.3 suite.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Client connections made with this configuration come back after a
     /// cut: they reconnect (with `policy`'s backoff, through the endpoint
     /// list of [`connect_any`](crate::connect_any) in order) and resume the
@@ -263,6 +275,106 @@ impl Config {
         self.direct_threshold = bytes;
         self
     }
+}
+
+/// TLS settings for `tls://` connections, given to [`Config::tls`].
+///
+/// Cheap to clone (the PEM bytes are shared). What the endpoint's options
+/// name (`cert=`, `key=`, `ca=` files, `servername=`) wins over the same
+/// setting here.
+///
+/// - A **listener** needs a certificate chain and its private key
+///   ([`identity_pem`](TlsConfig::identity_pem) or `cert=` and `key=`).
+///   Given trust roots ([`ca_pem`](TlsConfig::ca_pem) or `ca=`), it
+///   requires every client to present a certificate signed by one of them
+///   (mutual TLS).
+/// - A **client** verifies the server's certificate against the given trust
+///   roots, or the system's trust store when none are given, and checks that
+///   it names the server name ([`server_name`](TlsConfig::server_name),
+///   `servername=`, or the endpoint's host). Given a certificate and key, it
+///   presents them when the server asks (mutual TLS).
+///
+/// Only TLS 1.3 is spoken.
+#[derive(Clone, Default)]
+pub struct TlsConfig {
+    pub(crate) cert_chain_pem: Option<Arc<[u8]>>,
+    pub(crate) key_pem: Option<Arc<[u8]>>,
+    pub(crate) ca_pem: Option<Arc<[u8]>>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) suites: Vec<TlsCipherSuite>,
+    pub(crate) key_update_after: Option<u64>,
+}
+
+impl TlsConfig {
+    /// Defaults: no certificate, the system's trust store, every TLS 1.3
+    /// cipher suite.
+    pub fn new() -> TlsConfig {
+        TlsConfig::default()
+    }
+
+    /// This side's certificate chain (leaf first) and its private key
+    /// (PKCS#8, PKCS#1 or SEC1), both PEM.
+    pub fn identity_pem(mut self, cert_chain: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Self {
+        self.cert_chain_pem = Some(Arc::from(cert_chain.as_ref()));
+        self.key_pem = Some(Arc::from(key.as_ref()));
+        self
+    }
+
+    /// Trusted certificate authorities, PEM (one or more certificates). On a
+    /// client they replace the system's trust store; on a listener they turn
+    /// on mutual TLS (clients must present a certificate they signed).
+    pub fn ca_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.ca_pem = Some(Arc::from(pem.as_ref()));
+        self
+    }
+
+    /// The name a client sends (SNI) and expects in the server's certificate,
+    /// when it differs from the endpoint's host.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Offers (client) or accepts (listener) only these cipher suites, in
+    /// this order of preference. Empty (the default): every suite.
+    pub fn cipher_suites(mut self, suites: &[TlsCipherSuite]) -> Self {
+        self.suites = suites.to_vec();
+        self
+    }
+
+    /// Sends a TLS 1.3 key update (fresh traffic keys) after this many
+    /// records sent under one key. The keys are always updated before the
+    /// cipher suite's confidentiality limit (2^24 records for AES-GCM) is
+    /// reached, whatever is set here. Default: only then.
+    pub fn key_update_after(mut self, records: u64) -> Self {
+        self.key_update_after = Some(records.max(1));
+        self
+    }
+}
+
+impl std::fmt::Debug for TlsConfig {
+    /// Says which settings are present; never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("identity", &self.cert_chain_pem.is_some())
+            .field("ca", &self.ca_pem.is_some())
+            .field("server_name", &self.server_name)
+            .field("suites", &self.suites)
+            .field("key_update_after", &self.key_update_after)
+            .finish()
+    }
+}
+
+/// A TLS 1.3 cipher suite, for [`TlsConfig::cipher_suites`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsCipherSuite {
+    /// `TLS13_AES_128_GCM_SHA256`.
+    Aes128GcmSha256,
+    /// `TLS13_AES_256_GCM_SHA384`.
+    Aes256GcmSha384,
+    /// `TLS13_CHACHA20_POLY1305_SHA256`.
+    Chacha20Poly1305Sha256,
 }
 
 /// A list of message types, for [`Config::with_types`]: a single type or a

@@ -98,6 +98,58 @@ pub enum Error {
         /// The socket's largest datagram.
         limit: usize,
     },
+    /// `tls://`: the TLS handshake or record layer failed on this connection,
+    /// or this side's TLS settings are unusable; `kind` says which.
+    #[error("TLS {kind}: {detail}")]
+    Tls {
+        /// What failed.
+        kind: TlsFailure,
+        /// The details (the name checked, the alert received, the file...).
+        detail: Arc<str>,
+    },
+}
+
+/// What went wrong in a [`Error::Tls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The peer's certificate does not chain to a trusted authority (unknown
+    /// issuer, bad signature, expired, not yet valid, revoked, wrong usage).
+    UntrustedCertificate,
+    /// The server's certificate is valid but not for the name this side
+    /// asked for (`servername=`, or the endpoint's host).
+    WrongName,
+    /// Mutual TLS: the client presented no certificate although the server
+    /// requires one.
+    NoClientCertificate,
+    /// The peer ended the connection with a fatal TLS alert (it refused this
+    /// side's certificate, or found nothing in common); the detail names the
+    /// alert.
+    PeerAlert,
+    /// The handshake failed otherwise: the peer does not speak TLS 1.3, sent
+    /// malformed messages, has no cipher suite in common, or did not finish
+    /// in time.
+    Handshake,
+    /// After the handshake: a record failed authentication, or the peer broke
+    /// the TLS record protocol.
+    Record,
+    /// This side's TLS settings are unusable: a certificate, key or CA file
+    /// missing or invalid, no trust roots, no certificate for a listener.
+    Settings,
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsFailure::UntrustedCertificate => "untrusted certificate",
+            TlsFailure::WrongName => "certificate for the wrong name",
+            TlsFailure::NoClientCertificate => "client certificate required",
+            TlsFailure::PeerAlert => "refused by the peer",
+            TlsFailure::Handshake => "handshake failed",
+            TlsFailure::Record => "record protocol error",
+            TlsFailure::Settings => "settings unusable",
+        })
+    }
 }
 
 impl Error {
@@ -105,6 +157,13 @@ impl Error {
         Error::Io {
             context: context.into(),
             source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn tls(kind: TlsFailure, detail: impl Into<Arc<str>>) -> Error {
+        Error::Tls {
+            kind,
+            detail: detail.into(),
         }
     }
 
@@ -130,7 +189,11 @@ impl Error {
     pub fn is_connection_fatal(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::Protocol(_) | Error::Refused(_) | Error::Closed { .. }
+            Error::Io { .. }
+                | Error::Protocol(_)
+                | Error::Refused(_)
+                | Error::Closed { .. }
+                | Error::Tls { .. }
         )
     }
 }

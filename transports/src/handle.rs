@@ -43,7 +43,13 @@ fn lookup(id: u64) -> Option<Rc<Conn>> {
         .flatten()
 }
 
-/// A [`Connection`] reachable from any thread; see the [module docs](self).
+/// A [`Connection`] reachable from any thread (a service's own threads, a
+/// tokio task). `Send + Sync + Clone`: every operation travels to the
+/// connection's core through the runtime's cross-thread queue, runs there,
+/// and its outcome comes back through a one-shot slot that the caller blocks
+/// on (`*_blocking`) or awaits (the `async` forms work in any executor).
+/// Received messages are copied out of the receive buffer for the caller's
+/// thread ([`Owned`], [`OwnedAny`]).
 #[derive(Clone)]
 pub struct ConnHandle {
     runtime: RuntimeHandle,

@@ -32,15 +32,16 @@ pub mod pool;
 pub mod rdma;
 pub mod stats;
 mod stream;
+mod tls;
 pub mod udp;
 
 #[doc = include_str!("../../docs/TRANSPORTS.md")]
 pub mod guide {}
 
-pub use config::{BackPressure, Config, Reconnect, Types};
+pub use config::{BackPressure, Config, Reconnect, TlsCipherSuite, TlsConfig, Types};
 pub use conn::{ConnEvent, Connection, Incoming, Msg, Receipt, StreamRef, Unacked};
 pub use endpoint::{Address, Endpoint, EndpointError, Host, Interface, Options, Scheme};
-pub use error::Error;
+pub use error::{Error, TlsFailure};
 pub use handle::{ConnHandle, Owned, OwnedAny, Reply};
 pub use listener::Listener;
 pub use peers::Peers;
@@ -68,6 +69,14 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
                 endpoint,
             })
         }
+        (Scheme::Tls, _) => {
+            let l = tls::bind(endpoint, config)?;
+            let endpoint = l.local.clone();
+            Ok(Listener {
+                kind: listener::Kind::Stream(Box::new(l)),
+                endpoint,
+            })
+        }
         (scheme, _) => Err(not_enabled(scheme)),
     }
 }
@@ -84,6 +93,7 @@ pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection,
         (Scheme::Tcp | Scheme::Unix, _) => {
             stream::connect(std::slice::from_ref(endpoint), config).await
         }
+        (Scheme::Tls, _) => tls::connect(endpoint, config).await,
         (Scheme::Udp, _) => Err(udp_has_no_connections()),
         (scheme, _) => Err(not_enabled(scheme)),
     }

@@ -314,7 +314,7 @@ pub(crate) fn bind(endpoint: &Endpoint, config: &Config) -> Result<StreamListene
 }
 
 /// `endpoint` with the address actually bound (port 0 resolved).
-fn with_addr(endpoint: &Endpoint, addr: SocketAddr) -> Endpoint {
+pub(crate) fn with_addr(endpoint: &Endpoint, addr: SocketAddr) -> Endpoint {
     Endpoint::socket(endpoint.scheme(), addr)
         .and_then(|e| e.with_options(endpoint.options().clone()))
         .unwrap_or_else(|_| endpoint.clone())
@@ -375,7 +375,7 @@ async fn accept_unix(
 }
 
 /// Out of descriptors or similar: back off instead of spinning.
-async fn accept_failed(e: io::Error) {
+pub(crate) async fn accept_failed(e: io::Error) {
     tracing::warn!(error = %e, "accept failed");
     ringwire_runtime::time::sleep(std::time::Duration::from_millis(10)).await;
 }
@@ -545,7 +545,7 @@ fn hand_over(socket: Socket, scheme: Scheme, core: usize, session: u64, first: A
     }
 }
 
-fn apply_tcp_options(stream: &TcpStream, opts: &Options) -> io::Result<()> {
+pub(crate) fn apply_tcp_options(stream: &TcpStream, opts: &Options) -> io::Result<()> {
     if let Some(on) = opts.nodelay() {
         stream.set_nodelay(on)?;
     }

@@ -279,7 +279,7 @@ fn check_segment(gen: &PayloadGen, seq: u64, got: &[u8]) -> Result<(), String> {
 fn tcp_addr(endpoint: &str) -> Result<std::net::SocketAddr, String> {
     match Target::parse(endpoint)? {
         Target::Tcp(addr) => Ok(addr),
-        Target::Unix(_) => Err("the TCP copy loop needs a tcp:// endpoint".into()),
+        Target::Unix(_) | Target::Tls(_) => Err("the TCP copy loop needs a tcp:// endpoint".into()),
     }
 }
 

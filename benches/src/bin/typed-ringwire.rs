@@ -3,7 +3,7 @@
 //!
 //! * `typed-ringwire server --endpoint E [--cores N]`: a ringwire
 //!   [`Runtime`] on the CPUs of `--cores`, each core listening on `E`
-//!   (`tcp://` or `unix://`) and serving every accepted connection with one
+//!   (`tcp://`, `unix://`, or `tls://` with `--tls-dir`) and serving every accepted connection with one
 //!   task: `conn.recv::<Req>()`, then `msg.reply(&resp)` with the reply built
 //!   in a reused [`Resp`]. Runs until SIGINT/SIGTERM, then shuts the runtime
 //!   down.
@@ -54,22 +54,42 @@ fn config() -> Result<Config, String> {
         .call_timeout(Some(Duration::from_secs(10))))
 }
 
+/// `cfg` with the TLS settings of `tls_dir` (server or client side) when
+/// the endpoint is `tls://`.
+fn with_tls(
+    cfg: Config,
+    ep: &Endpoint,
+    tls_dir: Option<&std::path::Path>,
+    server: bool,
+) -> Result<Config, String> {
+    if ep.scheme() != Scheme::Tls {
+        return Ok(cfg);
+    }
+    let dir = tls_dir.ok_or("a tls:// endpoint needs --tls-dir")?;
+    let tls = if server {
+        ringwire_benches::tls::ringwire_server(dir)?
+    } else {
+        ringwire_benches::tls::ringwire_client(dir)?
+    };
+    Ok(cfg.tls(tls))
+}
+
 /// Parses `s` as a ringwire endpoint, checking that a socket endpoint stays
 /// on this machine (loopback TCP, or a Unix path).
 fn endpoint(s: &str) -> Result<Endpoint, String> {
     let ep: Endpoint = s.parse().map_err(|e| format!("endpoint `{s}`: {e}"))?;
     match ep.scheme() {
         Scheme::Mem => {}
-        Scheme::Tcp | Scheme::Unix => {
+        Scheme::Tcp | Scheme::Unix | Scheme::Tls => {
             // The benchmark's own check: loopback only, absolute paths.
             let plain = s.split('?').next().unwrap_or(s);
             Target::parse(plain)?;
         }
         other => {
             return Err(format!(
-                "endpoint `{s}`: the benchmark runs over tcp://, unix:// or mem://, not {}://",
-                other.name()
-            ))
+            "endpoint `{s}`: the benchmark runs over tcp://, unix://, tls:// or mem://, not {}://",
+            other.name()
+        ))
         }
     }
     Ok(ep)
@@ -97,7 +117,7 @@ fn server(args: &ServerArgs) -> Result<(), String> {
         .thread_name(NAME)
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let cfg = config()?;
+    let cfg = with_tls(config()?, &ep, args.tls_dir.as_deref(), true)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     rt.spawn_on_all(move |core| serve_core(ep.clone(), cfg.clone(), core, ready_tx.clone()));
     for _ in &cores {
@@ -213,7 +233,7 @@ fn client(args: &ClientArgs) -> Result<(), String> {
         .thread_name(NAME)
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let cfg = config()?;
+    let cfg = with_tls(config()?, &ep, args.tls_dir.as_deref(), false)?;
     if in_process {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (sep, scfg) = (ep.clone(), cfg.clone());

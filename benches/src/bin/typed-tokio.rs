@@ -3,7 +3,8 @@
 //! transports.
 //!
 //! Both halves use tokio-util's `LengthDelimitedCodec` over `Framed` TCP or
-//! Unix streams, and the benchmark's own message types
+//! Unix streams (or TLS streams of tokio-rustls over TCP for `tls://`, with
+//! `--tls-dir`; see `ringwire_benches::tls`), and the benchmark's own message types
 //! ([`Req`]/[`Resp`]) serialized with rkyv (`to_bytes_in` a `Vec` handed to
 //! the codec; `access` with validation on the way in, after copying a frame
 //! that is not aligned for the archive) or, with `--codec bincode`, bincode
@@ -70,6 +71,7 @@ fn codec() -> LengthDelimitedCodec {
 enum Bound {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
+    Tls(std::net::TcpListener, tokio_rustls::TlsAcceptor),
 }
 
 /// A listening TCP socket with `SO_REUSEPORT`, so every core can bind `addr`.
@@ -88,11 +90,27 @@ fn server(args: &ServerArgs) -> Result<(), String> {
     let shutdown =
         Shutdown::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let cores = args.cores.resolve().map_err(|e| format!("--cores: {e}"))?;
+    let acceptor = match &target {
+        Target::Tls(_) => {
+            let dir = args
+                .tls_dir
+                .as_deref()
+                .ok_or("a tls:// endpoint needs --tls-dir")?;
+            Some(tokio_rustls::TlsAcceptor::from(
+                ringwire_benches::tls::rustls_server(dir)?,
+            ))
+        }
+        _ => None,
+    };
     let mut bound = HashMap::new();
     for &core in &cores {
         let listener = match &target {
             Target::Tcp(addr) => Bound::Tcp(
                 bind_reuseport(*addr).map_err(|e| format!("cannot listen on {target}: {e}"))?,
+            ),
+            Target::Tls(addr) => Bound::Tls(
+                bind_reuseport(*addr).map_err(|e| format!("cannot listen on {target}: {e}"))?,
+                acceptor.clone().ok_or("no TLS acceptor")?,
             ),
             Target::Unix(path) => {
                 if cores.len() > 1 {
@@ -146,6 +164,28 @@ fn serve_core(listener: Bound, codec_kind: Codec, shutdown: &Shutdown) -> Result
                             Ok((stream, _)) => {
                                 let _ = stream.set_nodelay(true);
                                 spawn_connection(stream, codec_kind, gen.clone());
+                            }
+                            Err(e) => accept_failed(&e).await,
+                        }
+                    }
+                });
+            }
+            Bound::Tls(l, acceptor) => {
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| format!("cannot register the listener: {e}"))?;
+                tokio::task::spawn_local(async move {
+                    loop {
+                        match l.accept().await {
+                            Ok((stream, _)) => {
+                                let _ = stream.set_nodelay(true);
+                                let (acceptor, gen) = (acceptor.clone(), gen.clone());
+                                // The handshake in the connection's own task.
+                                tokio::task::spawn_local(async move {
+                                    match acceptor.accept(stream).await {
+                                        Ok(tls) => spawn_connection(tls, codec_kind, gen),
+                                        Err(e) => eprintln!("{NAME}: TLS handshake failed: {e}"),
+                                    }
+                                });
                             }
                             Err(e) => accept_failed(&e).await,
                         }
@@ -261,6 +301,18 @@ async fn run_client(
     let gen = Rc::new(PayloadGen::new(MAX_LEN));
     let meter = Rc::new(RefCell::new(Meter::new(args.meter.clone())?));
     let deadline = Instant::now() + args.wait;
+    let connector = match target {
+        Target::Tls(_) => {
+            let dir = args
+                .tls_dir
+                .as_deref()
+                .ok_or("a tls:// endpoint needs --tls-dir")?;
+            Some(tokio_rustls::TlsConnector::from(
+                ringwire_benches::tls::rustls_client(dir)?,
+            ))
+        }
+        _ => None,
+    };
     for i in 0..args.conns {
         let conn = i as u32;
         let ctx = || Ctx {
@@ -278,6 +330,14 @@ async fn run_client(
                 Target::Unix(path) => tokio::net::UnixStream::connect(path)
                     .await
                     .map(|s| ctx().spawn(s)),
+                Target::Tls(addr) => match (connect_tcp(*addr).await, &connector) {
+                    (Ok(s), Some(c)) => c
+                        .connect(ringwire_benches::tls::server_name(), s)
+                        .await
+                        .map(|s| ctx().spawn(s)),
+                    (Ok(_), None) => Err(io::Error::other("no TLS connector")),
+                    (Err(e), _) => Err(e),
+                },
             };
             match connected {
                 Ok(()) => break,

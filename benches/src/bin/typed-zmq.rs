@@ -64,7 +64,7 @@ fn server(args: &ServerArgs) -> Result<(), String> {
     if let Target::Unix(path) = &target {
         let _ = std::fs::remove_file(path);
     }
-    let endpoint = target.zmq_endpoint();
+    let endpoint = target.zmq_endpoint()?;
     sock.bind(&endpoint)
         .map_err(|e| format!("cannot bind {endpoint}: {e}"))?;
     eprintln!("{NAME}: ROUTER bound to {endpoint}, CPU {core}");
@@ -148,7 +148,7 @@ fn client(args: &ClientArgs) -> Result<(), String> {
         pin_current_thread(core)?;
     }
     let ctx = zmq::Context::new();
-    let endpoint = target.zmq_endpoint();
+    let endpoint = target.zmq_endpoint()?;
     let mut asker = Asker::new(
         Rc::new(PayloadGen::new(MAX_LEN)),
         Codec::Rkyv,
