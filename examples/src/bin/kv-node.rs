@@ -12,18 +12,23 @@
 //! touched and by a sweep on each core, a bounded number ten times a
 //! second. Ctrl-C or SIGTERM shuts the node down gracefully.
 //!
+//! Beside the Redis listener, the first core serves kv-node's typed
+//! protocol (`--listen-typed`, any endpoint with connections:
+//! `tcp://`, `unix://`, `tls://`): get, put, compare-and-set, increment and
+//! delete as rkyv calls (`kv::messages`, `kv::client::KvClient`, the
+//! `kv-client` binary). A typed request becomes the same `ShardOp` as a
+//! Redis command (`kv::typed`); one for a key another core owns travels to
+//! it through the mailboxes in a `kv::pipeline::Batch`, as the Redis path's
+//! do, and its reply goes back on the connection from the accepting core.
+//!
 //! ```text
 //! kv-node [--cpus LIST | --cores N] [--listen tcp://127.0.0.1:6380]
+//!         [--listen-typed tcp://127.0.0.1:7380]
 //!         [--idle park|spin[:MICROS]|poll] [--wait-batch N:MICROS|off]
 //!         [--recv-buffers N] [--recv-buffer-size BYTES]
 //! redis-cli -p 6380 SET greeting hello
+//! kv-client --node tcp://127.0.0.1:7380 get greeting
 //! ```
-//!
-//! Not yet served: kv-node's ringwire-native typed protocol (get, put,
-//! compare-and-set, increment, delete over `ringwire::transports`) and
-//! replication to peers (`--replica-of`). Both come with the transports'
-//! TCP connections; they will run the same `ShardOp`s on the same per-core
-//! stores through the same forwarding path as the Redis listener.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -39,13 +44,16 @@ use ringwire::runtime::mailbox::{self, MailboxError};
 use ringwire::runtime::net::{TcpListenOptions, TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{current_core, is_shutting_down, spawn_local, time, yield_now, Runtime};
+use ringwire::transports::{self, listen, Connection, Endpoint, Listener};
 use ringwire_examples::cli::{
     parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
 };
-use ringwire_examples::kv::dispatch::Dispatcher;
+use ringwire_examples::kv::dispatch::{execute, Dispatcher};
+use ringwire_examples::kv::messages::{typed_config, ErrorKind, KvRequest};
 use ringwire_examples::kv::pipeline::{run_batch, Batch, BatchReply, Turn};
 use ringwire_examples::kv::resp::{Limits, RequestParser};
 use ringwire_examples::kv::store::Store;
+use ringwire_examples::kv::typed::{self, View};
 
 /// A key-value store sharded across cores that speaks the Redis protocol.
 ///
@@ -71,6 +79,11 @@ struct Args {
         value_parser = parse_tcp_listen
     )]
     listen: TcpListen,
+    /// Where the typed listener binds (kv-client, KvClient): any endpoint
+    /// with connections, e.g. tcp://HOST:PORT, unix:///PATH. The first core
+    /// accepts; requests for keys other cores own are forwarded to them.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://127.0.0.1:7380")]
+    listen_typed: Endpoint,
     #[command(flatten)]
     idle: IdleArgs,
     /// How long a parked core waits for more completions before it runs
@@ -153,9 +166,13 @@ fn run(args: Args) -> io::Result<()> {
         rt.block_on(core, move || async move { start_core(listen, dispatcher) })
             .map_err(io::Error::other)??;
     }
-    // The ringwire-native listener (typed get/put/update/delete) and
-    // replication streams will be started here, beside the Redis listener,
-    // once the transports carry TCP connections.
+    let typed_endpoint = args.listen_typed.clone();
+    let typed_bound = rt
+        .block_on(0, move || async move {
+            start_typed(&typed_endpoint, shards, dispatcher.is_read_only()).await
+        })
+        .map_err(io::Error::other)?
+        .map_err(|e| io::Error::other(format!("typed listener on {}: {e}", args.listen_typed)))?;
     let cpus: Vec<String> = rt
         .cpus()
         .into_iter()
@@ -166,6 +183,7 @@ fn run(args: Args) -> io::Result<()> {
         cpus.join(", "),
         args.idle.idle
     );
+    println!("kv-node: serving typed operations on {typed_bound}");
     tracing::info!(features = ?rt.ring_features(), "ring features");
     let signal = signals.wait()?;
     tracing::info!(?signal, "shutting down");
@@ -331,6 +349,102 @@ async fn forward(turn: &mut Turn, batches: Vec<(usize, Batch)>) {
         }
     })
     .await;
+}
+
+/// Binds the typed listener on this core and starts accepting; returns
+/// the endpoint bound (with the port the kernel chose for port 0).
+async fn start_typed(
+    endpoint: &Endpoint,
+    shards: usize,
+    read_only: bool,
+) -> Result<Endpoint, transports::Error> {
+    let listener = listen(endpoint, &typed_config()).await?;
+    let bound = listener.endpoint().clone();
+    spawn_local(typed_accept_loop(listener, shards, read_only));
+    Ok(bound)
+}
+
+async fn typed_accept_loop(mut listener: Listener, shards: usize, read_only: bool) {
+    while let Some(conn) = listener.accept().await {
+        match conn {
+            Ok(conn) => {
+                spawn_local(serve_typed(conn, shards, read_only));
+            }
+            // A handshake that failed (another schema, a stray client):
+            // that connection only.
+            Err(e) => tracing::debug!(error = %e, "typed connection refused"),
+        }
+    }
+}
+
+/// Serves one typed connection: each request is answered by the core
+/// owning its key, at once when that is this core, else in a task that
+/// forwards it, so that requests behind it are not held up (the client
+/// matches replies by call id).
+async fn serve_typed(conn: Connection, shards: usize, read_only: bool) {
+    let here = current_core();
+    loop {
+        let msg = match conn.recv::<KvRequest>().await {
+            Ok(msg) => msg,
+            Err(e) if e.is_connection_fatal() => {
+                tracing::debug!(error = %e, "typed connection ended");
+                return;
+            }
+            // A message of another type or that failed validation: it
+            // alone is dropped (the transport said why).
+            Err(e) => {
+                tracing::debug!(error = %e, "typed message dropped");
+                continue;
+            }
+        };
+        let Some(to) = msg.incoming().reply_to() else {
+            // Sent one-way rather than called: there is no one to answer,
+            // and an operation nobody awaits is not run.
+            tracing::debug!("typed request sent without a call");
+            continue;
+        };
+        let now = now_ms();
+        let (shard, kind, batch) = match typed::plan(View::archived(&msg), shards, read_only, now) {
+            typed::Plan::Done(reply) => {
+                answer(msg.reply(&reply).await);
+                continue;
+            }
+            typed::Plan::Run { shard, op, kind } if shard == here => {
+                let answer_ = SHARD.with(|store| execute(&mut store.borrow_mut(), op, now));
+                answer(msg.reply(&typed::reply(kind, answer_)).await);
+                continue;
+            }
+            typed::Plan::Run { shard, op, kind } => {
+                let mut batch = Batch::default();
+                batch.push_op(op, 0);
+                (shard, kind, batch)
+            }
+        };
+        drop(msg);
+        let conn = conn.clone();
+        spawn_local(async move {
+            let reply = match mailbox::submit_to(shard, move || async move {
+                SHARD.with(|store| run_batch(&mut store.borrow_mut(), batch, now_ms()))
+            })
+            .await
+            {
+                Ok(mut batch_reply) => match batch_reply.answers().next() {
+                    Some((_, a)) => typed::reply(kind, a),
+                    None => typed::error(ErrorKind::Unavailable, "ERR the shard did not answer"),
+                },
+                Err(e) => typed::error(ErrorKind::Unavailable, &format!("ERR {e}")),
+            };
+            answer(conn.reply_to(to, &reply).await);
+        });
+    }
+}
+
+/// Logs a reply that could not be sent (the connection is going away; its
+/// receive loop sees why).
+fn answer(sent: Result<(), transports::Error>) {
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "typed reply not sent");
+    }
 }
 
 /// After a protocol error has been sent: stop sending, then read and drop
