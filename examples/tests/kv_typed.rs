@@ -7,13 +7,13 @@
 //! cleanly.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringwire::runtime::{spawn_local, Placement, Runtime};
+use ringwire::runtime::{spawn_local, time, Placement, Runtime};
 use ringwire::transports::{connect, Endpoint};
 use ringwire_examples::kv::client::{CasOutcome, KvClient, KvError};
 use ringwire_examples::kv::messages::{typed_config, ErrorKind, KvReply, KvRequest};
@@ -70,9 +70,11 @@ impl Node {
             let line = rx
                 .recv_timeout(PATIENCE)
                 .expect("kv-node prints where it listens");
-            let rest = line
-                .strip_prefix("kv-node: serving ")
-                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            let Some(rest) = line.strip_prefix("kv-node: serving ") else {
+                // "kv-node: replicating ENDPOINT"
+                assert!(line.starts_with("kv-node: replicating "), "{line}");
+                continue;
+            };
             let (what, rest) = rest
                 .split_once(" on ")
                 .unwrap_or_else(|| panic!("no endpoint in {line:?}"));
@@ -100,8 +102,9 @@ impl Node {
         self.endpoint("typed operations")
     }
 
-    /// Stops the node with SIGTERM and checks that it shut down cleanly.
-    fn stop(mut self) {
+    /// Stops the node with SIGTERM and checks that it shut down cleanly;
+    /// returns what it logged.
+    fn stop(mut self) -> String {
         let pid = i32::try_from(self.child.id()).expect("pid fits an i32");
         // SAFETY: kill(2) with a PID this test started and has not reaped.
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -120,6 +123,7 @@ impl Node {
         for clean in ["tasks_aborted: 0", "ops_leaked: 0", "cores_panicked: 0"] {
             assert!(report.contains(clean), "not a clean shutdown: {report}");
         }
+        stderr
     }
 }
 
@@ -448,4 +452,224 @@ fn the_kv_client_binary() {
     assert!(out.contains("ops: 2000  errors: 0"), "{out}");
     assert!(out.contains("latency us: p50"), "{out}");
     node.stop();
+}
+
+// Replication.
+
+/// Waits until `key` reads `expected` through `kv` (bounded by PATIENCE).
+async fn until(kv: &KvClient, key: &str, expected: Option<&str>) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = kv.get(key.as_bytes()).await.expect("get on the replica");
+        if now.as_deref() == expected.map(str::as_bytes) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} is {now:?} on the replica, not {expected:?}"
+        );
+        time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every key of `keys` as it reads through `endpoint`.
+fn read_all(endpoint: &Endpoint, keys: Vec<String>) -> Vec<(String, Option<Vec<u8>>)> {
+    with_client(endpoint, move |kv| async move {
+        let mut out = Vec::new();
+        for k in keys {
+            let v = kv.get(k.as_bytes()).await.expect("get");
+            out.push((k, v));
+        }
+        out
+    })
+}
+
+/// Writes of every kind on keys of both shards; returns the keys touched.
+fn write_mix(endpoint: &Endpoint, round: u32) -> Vec<String> {
+    let keys: Vec<String> = keys_on(0, &format!("r{round}a"), 6)
+        .into_iter()
+        .chain(keys_on(1, &format!("r{round}b"), 6))
+        .collect();
+    let touched = keys.clone();
+    with_client(endpoint, move |kv| async move {
+        for (i, k) in keys.iter().enumerate() {
+            let k = k.as_bytes();
+            match i % 6 {
+                0 => kv.put(k, b"plain", None).await.unwrap(),
+                1 => kv
+                    .put(k, b"expiring", Some(Duration::from_secs(3600)))
+                    .await
+                    .map(drop)
+                    .unwrap(),
+                2 => {
+                    kv.put(k, b"old", None).await.unwrap();
+                    assert_eq!(
+                        kv.cas(k, Some(b"old"), b"new").await.unwrap(),
+                        CasOutcome::Swapped
+                    );
+                    // A failed compare-and-set writes nothing.
+                    assert!(matches!(
+                        kv.cas(k, Some(b"old"), b"never").await.unwrap(),
+                        CasOutcome::Mismatch(_)
+                    ));
+                }
+                3 => {
+                    kv.incr(k, 40).await.unwrap();
+                    kv.incr(k, 2).await.unwrap();
+                }
+                4 => {
+                    kv.put(k, b"doomed", None).await.unwrap();
+                    assert!(kv.delete(k).await.unwrap());
+                }
+                _ => {
+                    kv.put(k, b"first", None).await.unwrap();
+                    kv.put(k, b"second", None).await.unwrap();
+                }
+            }
+        }
+    });
+    touched
+}
+
+/// Writes a marker key on each shard of the primary, last, and waits for
+/// both on the replica: each shard's stream is in order, so everything
+/// written before them has been applied too.
+fn sync_markers(primary: &Endpoint, replica: &Endpoint, tag: &str) {
+    let markers = [
+        keys_on(0, "marker", 1).remove(0),
+        keys_on(1, "marker", 1).remove(0),
+    ];
+    let m = markers.clone();
+    let tag2 = tag.to_string();
+    with_client(primary, move |kv| async move {
+        for k in &m {
+            kv.put(k.as_bytes(), tag2.as_bytes(), None).await.unwrap();
+        }
+    });
+    let tag = tag.to_string();
+    with_client(replica, move |kv| async move {
+        for k in &markers {
+            until(&kv, k, Some(&tag)).await;
+        }
+    });
+}
+
+fn start_primary(replication: &str) -> Node {
+    Node::start(&["--listen-replication", replication], 3)
+}
+
+fn start_replica(primary: &Node) -> Node {
+    let ep = primary.endpoint("replication").to_string();
+    Node::start(&["--replica-of", &ep], 3)
+}
+
+#[test]
+fn writes_on_the_primary_reach_the_replica_which_refuses_writes() {
+    let primary = start_primary("tcp://127.0.0.1:0");
+    // Keys written before the replica exists come with its full resync.
+    let mut keys = write_mix(&primary.typed(), 0);
+    let replica = start_replica(&primary);
+    keys.extend(write_mix(&primary.typed(), 1));
+    sync_markers(&primary.typed(), &replica.typed(), "one");
+    let on_primary = read_all(&primary.typed(), keys.clone());
+    assert_eq!(read_all(&replica.typed(), keys), on_primary);
+    // What was written reads as written (not only "the same").
+    assert!(on_primary.iter().any(|(_, v)| v.as_deref() == Some(b"42")));
+    assert!(on_primary.iter().any(|(_, v)| v.as_deref() == Some(b"new")));
+    assert!(on_primary.iter().any(|(_, v)| v.is_none()));
+    // The replica is read-only, over both protocols.
+    with_client(&replica.typed(), |kv| async move {
+        assert_eq!(
+            node_error(kv.put(b"x", b"y", None).await),
+            ErrorKind::ReadOnly
+        );
+        assert_eq!(node_error(kv.incr(b"x", 1).await), ErrorKind::ReadOnly);
+        assert_eq!(kv.get(b"x").await.unwrap(), None);
+    });
+    let redis = replica.endpoint("Redis").to_string();
+    let addr = redis.trim_start_matches("tcp://");
+    let mut s = std::net::TcpStream::connect(addr).expect("redis port of the replica");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\ny\r\n")
+        .unwrap();
+    let mut buf = [0u8; 128];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"-READONLY"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(s);
+    replica.stop();
+    primary.stop();
+}
+
+#[test]
+fn a_restarted_replica_catches_up() {
+    let primary = start_primary("tcp://127.0.0.1:0");
+    let replica = start_replica(&primary);
+    let mut keys = write_mix(&primary.typed(), 0);
+    sync_markers(&primary.typed(), &replica.typed(), "one");
+    replica.stop();
+    // Written while the replica is down: new keys, and changes to keys it
+    // held (deleted, overwritten).
+    keys.extend(write_mix(&primary.typed(), 1));
+    let old = keys.clone();
+    with_client(&primary.typed(), move |kv| async move {
+        for k in old.iter().take(3) {
+            kv.delete(k.as_bytes()).await.unwrap();
+        }
+        kv.put(old[6].as_bytes(), b"rewritten", None).await.unwrap();
+    });
+    let replica = start_replica(&primary);
+    sync_markers(&primary.typed(), &replica.typed(), "two");
+    let on_primary = read_all(&primary.typed(), keys.clone());
+    assert_eq!(read_all(&replica.typed(), keys), on_primary);
+    assert!(on_primary
+        .iter()
+        .any(|(_, v)| v.as_deref() == Some(b"rewritten")));
+    // And it goes on following.
+    keys = write_mix(&primary.typed(), 2);
+    sync_markers(&primary.typed(), &replica.typed(), "three");
+    let on_primary = read_all(&primary.typed(), keys.clone());
+    assert_eq!(read_all(&replica.typed(), keys), on_primary);
+    replica.stop();
+    primary.stop();
+}
+
+#[test]
+fn a_restarted_primary_makes_the_replica_resync() {
+    // The replication listener must come back on the same port: take one
+    // the kernel hands out, then free it for the primary.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut primary = start_primary(&endpoint);
+    let replica = start_replica(&primary);
+    let before = write_mix(&primary.typed(), 0);
+    sync_markers(&primary.typed(), &replica.typed(), "one");
+    assert!(read_all(&replica.typed(), before.clone())
+        .iter()
+        .any(|(_, v)| v.is_some()));
+    // Killed, not stopped: the replica's session is lost without a close,
+    // and the restarted primary holds no session for it.
+    let _ = primary.child.kill();
+    let _ = primary.child.wait();
+    primary = start_primary(&endpoint);
+    let after = write_mix(&primary.typed(), 1);
+    sync_markers(&primary.typed(), &replica.typed(), "two");
+    // The replica holds what the new primary holds: nothing of before.
+    let replica_before = read_all(&replica.typed(), before);
+    assert!(
+        replica_before.iter().all(|(_, v)| v.is_none()),
+        "{replica_before:?}"
+    );
+    let on_primary = read_all(&primary.typed(), after.clone());
+    assert_eq!(read_all(&replica.typed(), after), on_primary);
+    let log = replica.stop();
+    assert_eq!(log.matches("full resync epoch=").count(), 2, "{log}");
+    assert!(log.contains("the primary lost the session"), "{log}");
+    primary.stop();
 }

@@ -32,10 +32,12 @@
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
+use std::hash::BuildHasher;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::pin::{pin, Pin};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,14 +46,22 @@ use ringwire::runtime::mailbox::{self, MailboxError};
 use ringwire::runtime::net::{TcpListenOptions, TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{current_core, is_shutting_down, spawn_local, time, yield_now, Runtime};
-use ringwire::transports::{self, listen, Connection, Endpoint, Listener};
+use ringwire::transports::{
+    self, connect, listen, ConnEvent, Connection, Endpoint, Incoming, Listener, Message, Reconnect,
+};
 use ringwire_examples::cli::{
     parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
 };
 use ringwire_examples::kv::dispatch::{execute, Dispatcher};
-use ringwire_examples::kv::messages::{typed_config, ErrorKind, KvRequest};
+use ringwire_examples::kv::journal::{self, Change};
+use ringwire_examples::kv::messages::{
+    replication_config, typed_config, ArchivedChanges, Changes, ErrorKind, KvRequest, ReplBegin,
+    ReplHello, ReplOps, ReplSnapshot, ReplSnapshotDone,
+};
 use ringwire_examples::kv::pipeline::{run_batch, Batch, BatchReply, Turn};
+use ringwire_examples::kv::replica::ReplicaState;
 use ringwire_examples::kv::resp::{Limits, RequestParser};
+use ringwire_examples::kv::shard::shard_of;
 use ringwire_examples::kv::store::Store;
 use ringwire_examples::kv::typed::{self, View};
 
@@ -84,6 +94,17 @@ struct Args {
     /// accepts; requests for keys other cores own are forwarded to them.
     #[arg(long, value_name = "ENDPOINT", default_value = "tcp://127.0.0.1:7380")]
     listen_typed: Endpoint,
+    /// Serve replicas: where the replication listener binds (any endpoint
+    /// with connections). The node then records every write and streams
+    /// it to each replica connected, in order.
+    #[arg(long, value_name = "ENDPOINT", conflicts_with = "replica_of")]
+    listen_replication: Option<Endpoint>,
+    /// Be a read-only replica of the node whose replication listener is at
+    /// ENDPOINT: take a full copy of its keys, then apply its writes as
+    /// they come, reconnecting (and resuming or resyncing) when cut. Writes
+    /// from clients are refused (READONLY).
+    #[arg(long, value_name = "ENDPOINT")]
+    replica_of: Option<Endpoint>,
     #[command(flatten)]
     idle: IdleArgs,
     /// How long a parked core waits for more completions before it runs
@@ -148,7 +169,17 @@ fn run(args: Args) -> io::Result<()> {
         .thread_name("kv-core")
         .build()?;
     let shards = rt.core_count();
-    let dispatcher = Dispatcher::new(shards);
+    let dispatcher = Dispatcher::new(shards).read_only(args.replica_of.is_some());
+    if args.listen_replication.is_some() {
+        // A primary: every core's store records what it writes, from the
+        // start, for the replication pump to take.
+        for core in 0..shards {
+            rt.block_on(core, || async {
+                SHARD.with(|store| store.borrow_mut().record_changes(true));
+            })
+            .map_err(io::Error::other)?;
+        }
+    }
     let TcpListen { addr, options, .. } = args.listen;
     // The first core binds first: given port 0, the kernel picks the port,
     // and the other cores bind that same one.
@@ -184,6 +215,20 @@ fn run(args: Args) -> io::Result<()> {
         args.idle.idle
     );
     println!("kv-node: serving typed operations on {typed_bound}");
+    if let Some(endpoint) = args.listen_replication.clone() {
+        let bound = rt
+            .block_on(
+                0,
+                move || async move { start_primary(&endpoint, shards).await },
+            )
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("replication listener: {e}")))?;
+        println!("kv-node: serving replication on {bound}");
+    }
+    if let Some(primary) = args.replica_of.clone() {
+        println!("kv-node: replicating {primary}");
+        rt.spawn_on(0, move || follow(primary, shards));
+    }
     tracing::info!(features = ?rt.ring_features(), "ring features");
     let signal = signals.wait()?;
     tracing::info!(?signal, "shutting down");
@@ -491,4 +536,406 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+// Replication. The design (see also `kv::replica`):
+//
+// - Primary (`--listen-replication`): every store records the state each
+//   write leaves its key in (`Store::record_changes`). One task on the first
+//   core, the pump, takes each shard's changes every `PUMP_EVERY` (through
+//   the mailboxes, on the owning core), numbers them per shard (1, 2, ...
+//   since the process started) and sends them as `ReplOps` to every replica
+//   in sync. A replica's connection sends one `ReplHello` per session; the
+//   pump answers it at its next round with `ReplBegin`, then per shard a
+//   snapshot taken on the owning core in the same step as that round's
+//   changes (so the snapshot holds exactly the writes up to the last number
+//   given out) as `ReplSnapshot` chunks and `ReplSnapshotDone { seq }`; from
+//   the next round on, the replica gets that shard's `ReplOps` from seq + 1.
+//   The listener keeps a cut session for `RESUME_WINDOW`.
+// - Replica (`--replica-of`): read-only; one task on the first core connects
+//   with a reconnect policy and sends `ReplHello`. It checks every message
+//   against where it stands (`ReplicaState`: a gap or a replay ends the
+//   connection, and the next one starts with a full resync) and applies it in
+//   order on the owning cores, awaiting each before the next.
+// - A link cut while both processes live: the transport reconnects and
+//   resumes the session, resending exactly what the replica lacks, so the
+//   stream goes on where the replica stood, exactly once, with no resync.
+// - The primary restarted (or the session outlived its resume window): the
+//   transport reports `ConnEvent::SessionReset`; the replica sends a new
+//   `ReplHello` on the new session, and the primary, which numbers anew
+//   under a new epoch, starts a full resync: `ReplBegin` drops every key.
+// - The replica restarted: its session died with it; it connects afresh and
+//   takes a full resync.
+
+/// How often the primary's pump takes the shards' changes.
+const PUMP_EVERY: Duration = Duration::from_millis(2);
+/// How long the primary keeps a replica's cut session for it to resume.
+const RESUME_WINDOW: Duration = Duration::from_secs(60);
+/// A replica's pause before connecting again after a connection ended.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// The primary's replicas, on the first core.
+#[derive(Default)]
+struct Feed {
+    next_id: u64,
+    /// Replicas receiving the stream.
+    live: Vec<(u64, Connection)>,
+    /// Replicas that asked for a full resync, for the next round.
+    waiting: Vec<(u64, Connection)>,
+}
+
+impl Feed {
+    fn remove(&mut self, id: u64) {
+        self.live.retain(|(i, _)| *i != id);
+        self.waiting.retain(|(i, _)| *i != id);
+    }
+}
+
+/// Binds the replication listener on this core and starts the pump.
+async fn start_primary(endpoint: &Endpoint, shards: usize) -> Result<Endpoint, transports::Error> {
+    let config = replication_config().resume(RESUME_WINDOW);
+    let mut listener = listen(endpoint, &config).await?;
+    let bound = listener.endpoint().clone();
+    let feed = Rc::new(RefCell::new(Feed::default()));
+    let epoch = std::hash::RandomState::new().hash_one(now_ms());
+    tracing::info!(epoch, "replication epoch");
+    spawn_local(pump(feed.clone(), epoch, shards));
+    spawn_local(async move {
+        while let Some(conn) = listener.accept().await {
+            match conn {
+                Ok(conn) => {
+                    let id = {
+                        let mut f = feed.borrow_mut();
+                        f.next_id += 1;
+                        f.next_id
+                    };
+                    spawn_local(serve_replica(conn, id, feed.clone()));
+                }
+                Err(e) => tracing::debug!(error = %e, "replication connection refused"),
+            }
+        }
+    });
+    Ok(bound)
+}
+
+/// Takes a replica's requests for a full resync until its connection ends.
+async fn serve_replica(conn: Connection, id: u64, feed: Rc<RefCell<Feed>>) {
+    loop {
+        match conn.recv::<ReplHello>().await {
+            Ok(hello) => {
+                tracing::info!(
+                    replica = id,
+                    shards = hello.shards.to_native(),
+                    "replica asks for a full resync"
+                );
+                let mut f = feed.borrow_mut();
+                f.remove(id);
+                f.waiting.push((id, conn.clone()));
+            }
+            Err(e) if e.is_connection_fatal() => {
+                tracing::info!(replica = id, error = %e, "replica gone");
+                feed.borrow_mut().remove(id);
+                return;
+            }
+            Err(e) => tracing::debug!(replica = id, error = %e, "replication message dropped"),
+        }
+    }
+}
+
+/// Sends `msg` to each of `to`; returns the ids whose connection failed.
+async fn send_each<T: Message>(to: &[(u64, Connection)], msg: &T, dead: &mut Vec<u64>) {
+    for (id, conn) in to {
+        if dead.contains(id) {
+            continue;
+        }
+        if let Err(e) = conn.send(msg).await {
+            tracing::info!(replica = id, error = %e, "replica dropped");
+            dead.push(*id);
+        }
+    }
+}
+
+/// The primary's pump: see the design above.
+async fn pump(feed: Rc<RefCell<Feed>>, epoch: u64, shards: usize) {
+    let mut every = time::interval(PUMP_EVERY);
+    let mut seq = vec![0u64; shards];
+    let shard_count = u32::try_from(shards).unwrap_or(u32::MAX);
+    loop {
+        let mut tick = pin!(every.tick());
+        let go = poll_fn(|cx| {
+            if is_shutting_down() {
+                return Poll::Ready(false);
+            }
+            tick.as_mut().poll(cx).map(|_| true)
+        })
+        .await;
+        if !go {
+            return;
+        }
+        let (live, starting) = {
+            let mut f = feed.borrow_mut();
+            let starting = std::mem::take(&mut f.waiting);
+            (f.live.clone(), starting)
+        };
+        let mut dead = Vec::new();
+        let want_snapshot = !starting.is_empty();
+        if want_snapshot {
+            let begin = ReplBegin {
+                epoch,
+                shards: shard_count,
+            };
+            send_each(&starting, &begin, &mut dead).await;
+        }
+        for shard in 0..shards {
+            let take = move || {
+                let now = now_ms();
+                SHARD.with(|store| {
+                    let mut store = store.borrow_mut();
+                    let changes = store.take_changes();
+                    let snapshot = want_snapshot.then(|| journal::snapshot(&store, now));
+                    (changes, snapshot)
+                })
+            };
+            let (changes, snapshot) = if shard == current_core() {
+                take()
+            } else {
+                match mailbox::submit_to(shard, move || async move { take() }).await {
+                    Ok(taken) => taken,
+                    // The node is shutting down.
+                    Err(_) => return,
+                }
+            };
+            let shard_id = u32::try_from(shard).unwrap_or(u32::MAX);
+            for changes in changes {
+                let first_seq = seq[shard] + 1;
+                seq[shard] += changes.len() as u64;
+                let ops = ReplOps {
+                    shard: shard_id,
+                    first_seq,
+                    changes,
+                };
+                send_each(&live, &ops, &mut dead).await;
+            }
+            if let Some(snapshot) = snapshot {
+                for changes in snapshot {
+                    let part = ReplSnapshot {
+                        shard: shard_id,
+                        changes,
+                    };
+                    send_each(&starting, &part, &mut dead).await;
+                }
+                let done = ReplSnapshotDone {
+                    shard: shard_id,
+                    seq: seq[shard],
+                };
+                send_each(&starting, &done, &mut dead).await;
+            }
+        }
+        let mut f = feed.borrow_mut();
+        // A replica that asked again meanwhile is in `waiting` once more.
+        for (id, conn) in starting {
+            if !f.waiting.iter().any(|(i, _)| *i == id) {
+                f.live.push((id, conn));
+            }
+        }
+        for id in dead {
+            f.remove(id);
+        }
+    }
+}
+
+/// A replica's task: follows the primary at `primary` until the node
+/// shuts down, one connection after another.
+async fn follow(primary: Endpoint, shards: usize) {
+    let config = replication_config().reconnect(
+        Reconnect::default()
+            .backoff(Duration::from_millis(10), Duration::from_secs(1))
+            .give_up_after(Some(Duration::from_secs(60))),
+    );
+    let mut state = ReplicaState::default();
+    let mut warned = false;
+    while !is_shutting_down() {
+        match connect(&primary, &config).await {
+            Ok(conn) => {
+                warned = false;
+                tracing::info!(%primary, "connected to the primary");
+                if let Err(e) = follow_connection(&conn, &mut state, shards).await {
+                    tracing::warn!(error = %e, "replication stream ended");
+                }
+                let _ = conn.close().await;
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(%primary, error = %e, "cannot reach the primary; retrying");
+            }
+            Err(_) => {}
+        }
+        let _ = time::timeout(
+            RETRY_EVERY,
+            poll_fn(|_| {
+                if is_shutting_down() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }),
+        )
+        .await;
+    }
+}
+
+enum Step {
+    Message(Result<Incoming, transports::Error>),
+    Event(Option<ConnEvent>),
+}
+
+/// Follows the stream on one connection until it ends or breaks.
+async fn follow_connection(
+    conn: &Connection,
+    state: &mut ReplicaState,
+    shards: usize,
+) -> Result<(), String> {
+    let hello = ReplHello {
+        shards: u32::try_from(shards).unwrap_or(u32::MAX),
+    };
+    conn.send(&hello).await.map_err(|e| e.to_string())?;
+    loop {
+        let step = {
+            let mut message = pin!(conn.recv_any());
+            let mut event = pin!(conn.next_event());
+            poll_fn(|cx| {
+                if let Poll::Ready(e) = event.as_mut().poll(cx) {
+                    return Poll::Ready(Step::Event(e));
+                }
+                message.as_mut().poll(cx).map(Step::Message)
+            })
+            .await
+        };
+        match step {
+            Step::Event(Some(ConnEvent::SessionReset { .. })) => {
+                // The primary no longer holds the session (it restarted):
+                // ask the new one for a full resync.
+                tracing::info!("the primary lost the session; asking for a full resync");
+                conn.send(&hello).await.map_err(|e| e.to_string())?;
+            }
+            Step::Event(Some(ConnEvent::Failed { error, .. })) => return Err(error.to_string()),
+            Step::Event(Some(ConnEvent::Disconnected { reason })) => {
+                tracing::info!(%reason, "cut from the primary; reconnecting");
+            }
+            Step::Event(Some(ConnEvent::Resumed)) => {
+                tracing::info!("resumed the stream where it stood");
+            }
+            Step::Event(Some(other)) => tracing::debug!(event = ?other, "replication link"),
+            Step::Event(None) => return Err("the connection is over".to_string()),
+            Step::Message(Err(e)) => return Err(e.to_string()),
+            Step::Message(Ok(m)) => take_message(&m, state, shards).await?,
+        }
+    }
+}
+
+/// Checks one replication message against where the replica stands and
+/// applies it.
+async fn take_message(m: &Incoming, state: &mut ReplicaState, shards: usize) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    match m.type_id() {
+        ReplBegin::TYPE_ID => {
+            let begin = m.get::<ReplBegin>().map_err(|x| e(&x))?;
+            let (epoch, primary_shards) = (begin.epoch.to_native(), begin.shards.to_native());
+            state.begin(epoch, primary_shards).map_err(|x| e(&x))?;
+            tracing::info!(epoch, primary_shards, "full resync");
+            for shard in 0..shards {
+                on_shard(shard, |store| store.clear()).await?;
+            }
+        }
+        ReplSnapshot::TYPE_ID => {
+            let part = m.get::<ReplSnapshot>().map_err(|x| e(&x))?;
+            let shard = part.shard.to_native();
+            journal::check(journal::read_archived(&part.changes)).map_err(|x| e(&x))?;
+            state.snapshot(shard).map_err(|x| e(&x))?;
+            apply_changes(state, shard, &part.changes, shards).await?;
+        }
+        ReplSnapshotDone::TYPE_ID => {
+            let done = m.get::<ReplSnapshotDone>().map_err(|x| e(&x))?;
+            state
+                .snapshot_done(done.shard.to_native(), done.seq.to_native())
+                .map_err(|x| e(&x))?;
+            if state.is_synced() {
+                tracing::info!("in sync with the primary");
+            }
+        }
+        ReplOps::TYPE_ID => {
+            let ops = m.get::<ReplOps>().map_err(|x| e(&x))?;
+            let shard = ops.shard.to_native();
+            let n = journal::check(journal::read_archived(&ops.changes)).map_err(|x| e(&x))?;
+            state
+                .ops(shard, ops.first_seq.to_native(), n as u64)
+                .map_err(|x| e(&x))?;
+            apply_changes(state, shard, &ops.changes, shards).await?;
+        }
+        other => return Err(format!("unexpected replication message type {other:#x}")),
+    }
+    Ok(())
+}
+
+/// Runs `f` on `shard`'s store, on its core.
+async fn on_shard<F>(shard: usize, f: F) -> Result<(), String>
+where
+    F: FnOnce(&mut Store) + Send + 'static,
+{
+    if shard == current_core() {
+        SHARD.with(|store| f(&mut store.borrow_mut()));
+        return Ok(());
+    }
+    mailbox::submit_to(shard, move || async move {
+        SHARD.with(|store| f(&mut store.borrow_mut()));
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Applies primary shard `from`'s checked changes: each key's to the
+/// replica shard owning it, in order; a clear of `from` drops, on every
+/// replica shard, the keys that `from` owns on the primary.
+async fn apply_changes(
+    state: &ReplicaState,
+    from: u32,
+    changes: &ArchivedChanges,
+    shards: usize,
+) -> Result<(), String> {
+    let primary_shards = state.applied().len();
+    let mut per_shard: Vec<Changes> = vec![Changes::default(); shards];
+    for change in journal::read_archived(changes) {
+        let change = change.map_err(|e| e.to_string())?;
+        match change {
+            Change::Put { key, .. } | Change::Delete { key } => {
+                per_shard[shard_of(key, shards)].push(change);
+            }
+            Change::Clear => per_shard.iter_mut().for_each(|c| c.push(Change::Clear)),
+        }
+    }
+    for (shard, batch) in per_shard.into_iter().enumerate() {
+        if batch.is_empty() {
+            continue;
+        }
+        on_shard(shard, move |store| {
+            let now = now_ms();
+            for change in journal::read(batch.ops.iter().copied(), &batch.arena).flatten() {
+                match change {
+                    Change::Clear => {
+                        let gone: Vec<Vec<u8>> = store
+                            .iter_live(now)
+                            .filter(|(k, _, _)| shard_of(k, primary_shards) == from as usize)
+                            .map(|(k, _, _)| k.to_vec())
+                            .collect();
+                        for key in gone {
+                            store.delete(&key, now);
+                        }
+                    }
+                    change => journal::apply(store, change, now),
+                }
+            }
+        })
+        .await?;
+    }
+    Ok(())
 }
