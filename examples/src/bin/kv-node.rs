@@ -686,7 +686,7 @@ async fn pump(feed: Rc<RefCell<Feed>>, epoch: u64, shards: usize) {
             };
             send_each(&starting, &begin, &mut dead).await;
         }
-        for shard in 0..shards {
+        for (shard, last) in seq.iter_mut().enumerate() {
             let take = move || {
                 let now = now_ms();
                 SHARD.with(|store| {
@@ -707,8 +707,8 @@ async fn pump(feed: Rc<RefCell<Feed>>, epoch: u64, shards: usize) {
             };
             let shard_id = u32::try_from(shard).unwrap_or(u32::MAX);
             for changes in changes {
-                let first_seq = seq[shard] + 1;
-                seq[shard] += changes.len() as u64;
+                let first_seq = *last + 1;
+                *last += changes.len() as u64;
                 let ops = ReplOps {
                     shard: shard_id,
                     first_seq,
@@ -726,7 +726,7 @@ async fn pump(feed: Rc<RefCell<Feed>>, epoch: u64, shards: usize) {
                 }
                 let done = ReplSnapshotDone {
                     shard: shard_id,
-                    seq: seq[shard],
+                    seq: *last,
                 };
                 send_each(&starting, &done, &mut dead).await;
             }
