@@ -121,7 +121,10 @@ impl Node {
             .find_map(|l| l.strip_prefix("kv-node stopped: "))
             .unwrap_or_else(|| panic!("no shutdown report:\n{stderr}"));
         for clean in ["tasks_aborted: 0", "ops_leaked: 0", "cores_panicked: 0"] {
-            assert!(report.contains(clean), "not a clean shutdown: {report}");
+            assert!(
+                report.contains(clean),
+                "not a clean shutdown: {report}\n{stderr}"
+            );
         }
         stderr
     }
@@ -671,5 +674,84 @@ fn a_restarted_primary_makes_the_replica_resync() {
     let log = replica.stop();
     assert_eq!(log.matches("full resync epoch=").count(), 2, "{log}");
     assert!(log.contains("the primary lost the session"), "{log}");
+    primary.stop();
+}
+
+/// A TCP relay on loopback whose connections the test can cut (both ends
+/// at once), as a network failure would, while both nodes live on.
+struct Relay {
+    port: u16,
+    links: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(to: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("relay port");
+        let port = listener.local_addr().expect("relay address").port();
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = links.clone();
+        // Detached: it ends with the test process.
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                let pairs = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                for pair in pairs {
+                    if let (Ok(mut from), Ok(mut into)) = pair {
+                        thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut into);
+                            let _ = into.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+                let mut l = held.lock().unwrap_or_else(|p| p.into_inner());
+                l.push(client);
+                l.push(server);
+            }
+        });
+        Relay { port, links }
+    }
+
+    /// Cuts every connection relayed so far; returns how many there were.
+    fn cut(&self) -> usize {
+        let mut l = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for s in l.iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        let n = l.len() / 2;
+        l.clear();
+        n
+    }
+}
+
+#[test]
+fn a_cut_link_resumes_the_stream_without_a_resync() {
+    let primary = start_primary("tcp://127.0.0.1:0");
+    let to: std::net::SocketAddr = primary
+        .endpoint("replication")
+        .to_string()
+        .trim_start_matches("tcp://")
+        .parse()
+        .expect("a TCP address");
+    let relay = Relay::start(to);
+    let through = format!("tcp://127.0.0.1:{}", relay.port);
+    let replica = Node::start(&["--replica-of", &through], 3);
+    let mut keys = write_mix(&primary.typed(), 0);
+    sync_markers(&primary.typed(), &replica.typed(), "one");
+    assert_eq!(relay.cut(), 1);
+    // Written while the link is down or coming back.
+    keys.extend(write_mix(&primary.typed(), 1));
+    sync_markers(&primary.typed(), &replica.typed(), "two");
+    let on_primary = read_all(&primary.typed(), keys.clone());
+    assert_eq!(read_all(&replica.typed(), keys), on_primary);
+    let log = replica.stop();
+    // One full resync (the first), then the stream resumed where it stood.
+    assert_eq!(log.matches("full resync epoch=").count(), 1, "{log}");
+    assert!(log.contains("resumed the stream where it stood"), "{log}");
     primary.stop();
 }

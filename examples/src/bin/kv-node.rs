@@ -569,8 +569,11 @@ fn now_ms() -> u64 {
 
 /// How often the primary's pump takes the shards' changes.
 const PUMP_EVERY: Duration = Duration::from_millis(2);
-/// How long the primary keeps a replica's cut session for it to resume.
-const RESUME_WINDOW: Duration = Duration::from_secs(60);
+/// How long the primary keeps a replica's cut session for it to resume; a
+/// replica that comes back later takes a full resync. Shorter than
+/// `SHUTDOWN_GRACE`: the transport's timer for a cut session runs for the
+/// whole window, even once the session resumed, and a shutdown waits for it.
+const RESUME_WINDOW: Duration = Duration::from_secs(3);
 /// A replica's pause before connecting again after a connection ended.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
