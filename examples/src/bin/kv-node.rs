@@ -21,13 +21,24 @@
 //! it through the mailboxes in a `kv::pipeline::Batch`, as the Redis path's
 //! do, and its reply goes back on the connection from the accepting core.
 //!
+//! A node given `--listen-replication ENDPOINT` streams every write it
+//! applies to the replicas connected there; a node given `--replica-of
+//! ENDPOINT` is a read-only copy of that primary, kept up to date, that
+//! resumes its stream across link cuts and resyncs in full when the
+//! primary lost its session (restarted). The design is described above
+//! the replication code at the end of this file and in `kv::replica`.
+//!
 //! ```text
 //! kv-node [--cpus LIST | --cores N] [--listen tcp://127.0.0.1:6380]
 //!         [--listen-typed tcp://127.0.0.1:7380]
+//!         [--listen-replication ENDPOINT | --replica-of ENDPOINT]
 //!         [--idle park|spin[:MICROS]|poll] [--wait-batch N:MICROS|off]
 //!         [--recv-buffers N] [--recv-buffer-size BYTES]
 //! redis-cli -p 6380 SET greeting hello
 //! kv-client --node tcp://127.0.0.1:7380 get greeting
+//! kv-node --cores 2 --listen-replication tcp://127.0.0.1:7390 &
+//! kv-node --cores 2 --listen 127.0.0.1:6381 --listen-typed tcp://127.0.0.1:7381 \
+//!         --replica-of tcp://127.0.0.1:7390
 //! ```
 
 use std::cell::RefCell;

@@ -13,7 +13,7 @@
 //!   [`ReplHello`]; the primary answers with a full resync ([`ReplBegin`],
 //!   then per shard [`ReplSnapshot`] chunks and a [`ReplSnapshotDone`]) and
 //!   then streams every applied write as [`ReplOps`], in order per shard
-//!   (see `kv::node` for the whole design).
+//!   (see [`super::replica`] for the whole design).
 //!
 //! A batch of changes ([`Changes`]) is a list of fixed-size [`OpRec`]s and
 //! one arena holding their keys and values back to back, in op order: one

@@ -14,6 +14,33 @@
 //!   ReplOps { s, first_seq: seq + 1 } ...      then every write, numbered on
 //! ```
 //!
+//! How the stream survives failures (kv-node's replication):
+//!
+//! - **Numbering.** A primary numbers each shard's writes 1, 2, ... from
+//!   the start of its process, under an epoch drawn at start. A change is
+//!   the state a write left its key in (`kv::journal`), so applying one is
+//!   exact whatever command made it.
+//! - **Link cut, both processes alive.** The replica's connection has a
+//!   reconnect policy and the primary's listener a resume window: the
+//!   transport resumes the session and resends exactly what the replica
+//!   lacks, so the stream goes on at the next number, exactly once, and no
+//!   resync happens.
+//! - **Primary restarted** (or the cut outlived the resume window). The
+//!   transport reports `ConnEvent::SessionReset`; the replica sends a new
+//!   `ReplHello`, and the primary answers with a full resync: `ReplBegin`
+//!   (the replica drops every key), each shard's snapshot, taken on the
+//!   owning core in the same step as the changes numbered up to the
+//!   `ReplSnapshotDone`'s sequence number, then the stream from the next
+//!   number. The replica then holds what the new primary holds, nothing
+//!   older.
+//! - **Replica restarted.** Its session died with it: it connects afresh
+//!   and takes a full resync. (Catching up from its last applied number
+//!   would need the primary to keep a backlog of writes; it keeps none.)
+//! - **A message that does not fit** (a gap, a replay, a batch that does
+//!   not hold together): the replica ends the connection, and the next one
+//!   starts with a full resync. Each message is checked whole before any of
+//!   it is applied.
+//!
 //! ```
 //! use ringwire_examples::kv::replica::{ReplicaState, StreamError};
 //!
