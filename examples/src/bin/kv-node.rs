@@ -17,9 +17,10 @@
 //! `tcp://`, `unix://`, `tls://`): get, put, compare-and-set, increment and
 //! delete as rkyv calls (`kv::messages`, `kv::client::KvClient`, the
 //! `kv-client` binary). A typed request becomes the same `ShardOp` as a
-//! Redis command (`kv::typed`); one for a key another core owns travels to
-//! it through the mailboxes in a `kv::pipeline::Batch`, as the Redis path's
-//! do, and its reply goes back on the connection from the accepting core.
+//! Redis command (`kv::typed`); those for keys another core owns travel to
+//! it through the mailboxes in a `kv::pipeline::Batch`, one per core and
+//! turn of the connection as the Redis path's do, and their replies go
+//! back on the connection from the accepting core.
 //!
 //! A node given `--listen-replication ENDPOINT` streams every write it
 //! applies to the replicas connected there; a node given `--replica-of
@@ -59,6 +60,7 @@ use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{current_core, is_shutting_down, spawn_local, time, yield_now, Runtime};
 use ringwire::transports::{
     self, connect, listen, ConnEvent, Connection, Endpoint, Incoming, Listener, Message, Reconnect,
+    ReplyTo,
 };
 use ringwire_examples::cli::{
     parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
@@ -433,65 +435,132 @@ async fn typed_accept_loop(mut listener: Listener, shards: usize, read_only: boo
     }
 }
 
-/// Serves one typed connection: each request is answered by the core
-/// owning its key, at once when that is this core, else in a task that
-/// forwards it, so that requests behind it are not held up (the client
-/// matches replies by call id).
+/// Serves one typed connection, a turn at a time: a turn takes every
+/// request that has arrived (up to `TURN_REQUESTS`), answers at once those
+/// whose key this core owns, and gathers the others into one batch per
+/// owning core, which a task of its own forwards through the mailboxes and
+/// answers from (the client matches replies by call id), so that the
+/// connection reads on meanwhile.
 async fn serve_typed(conn: Connection, shards: usize, read_only: bool) {
     let here = current_core();
+    let mut forwards: Vec<Forward> = (0..shards).map(|_| Forward::default()).collect();
     loop {
-        let msg = match conn.recv::<KvRequest>().await {
-            Ok(msg) => msg,
+        let first = match conn.recv_any().await {
+            Ok(first) => first,
             Err(e) if e.is_connection_fatal() => {
                 tracing::debug!(error = %e, "typed connection ended");
                 return;
             }
-            // A message of another type or that failed validation: it
-            // alone is dropped (the transport said why).
+            // A message that failed validation: it alone is dropped.
             Err(e) => {
                 tracing::debug!(error = %e, "typed message dropped");
                 continue;
             }
         };
-        let Some(to) = msg.incoming().reply_to() else {
-            // Sent one-way rather than called: there is no one to answer,
-            // and an operation nobody awaits is not run.
-            tracing::debug!("typed request sent without a call");
-            continue;
-        };
         let now = now_ms();
-        let (shard, kind, batch) = match typed::plan(View::archived(&msg), shards, read_only, now) {
-            typed::Plan::Done(reply) => {
-                answer(msg.reply(&reply).await);
+        typed_request(first, &mut forwards, here, shards, read_only, now).await;
+        for _ in 1..TURN_REQUESTS {
+            match conn.try_recv_any() {
+                None => break,
+                Some(Ok(next)) => {
+                    typed_request(next, &mut forwards, here, shards, read_only, now).await;
+                }
+                Some(Err(e)) if e.is_connection_fatal() => break,
+                Some(Err(e)) => tracing::debug!(error = %e, "typed message dropped"),
+            }
+        }
+        for (shard, forward) in forwards.iter_mut().enumerate() {
+            if forward.waiting.is_empty() {
                 continue;
             }
-            typed::Plan::Run { shard, op, kind } if shard == here => {
-                let answer_ = SHARD.with(|store| execute(&mut store.borrow_mut(), op, now));
-                answer(msg.reply(&typed::reply(kind, answer_)).await);
-                continue;
+            let batch = std::mem::take(&mut forward.batch);
+            let waiting = std::mem::take(&mut forward.waiting);
+            spawn_local(forward_typed(conn.clone(), shard, batch, waiting));
+        }
+    }
+}
+
+/// A turn's requests for one other core: their ops, and where each
+/// answer goes.
+#[derive(Default)]
+struct Forward {
+    batch: Batch,
+    /// Indexed by the op's tag in `batch`.
+    waiting: Vec<(ReplyTo, typed::OpKind)>,
+}
+
+/// Takes one typed message of a turn: answered at once, or pushed into
+/// `forwards`.
+async fn typed_request(
+    incoming: Incoming,
+    forwards: &mut [Forward],
+    here: usize,
+    shards: usize,
+    read_only: bool,
+    now: u64,
+) {
+    let msg = match incoming.downcast::<KvRequest>() {
+        Ok(msg) => msg,
+        Err(other) => {
+            tracing::debug!(
+                type_id = other.type_id(),
+                "typed message of another type dropped"
+            );
+            return;
+        }
+    };
+    let Some(to) = msg.incoming().reply_to() else {
+        // Sent one-way rather than called: there is no one to answer, and
+        // an operation nobody awaits is not run.
+        tracing::debug!("typed request sent without a call");
+        return;
+    };
+    match typed::plan(View::archived(&msg), shards, read_only, now) {
+        typed::Plan::Done(reply) => answer(msg.reply(&reply).await),
+        typed::Plan::Run { shard, op, kind } if shard == here => {
+            let done = SHARD.with(|store| execute(&mut store.borrow_mut(), op, now));
+            answer(msg.reply(&typed::reply(kind, done)).await);
+        }
+        typed::Plan::Run { shard, op, kind } => {
+            // `plan` names a shard below `shards`, the length of `forwards`.
+            if let Some(forward) = forwards.get_mut(shard) {
+                forward.batch.push_op(op, forward.waiting.len());
+                forward.waiting.push((to, kind));
             }
-            typed::Plan::Run { shard, op, kind } => {
-                let mut batch = Batch::default();
-                batch.push_op(op, 0);
-                (shard, kind, batch)
+        }
+    }
+}
+
+/// Runs a turn's batch on the core owning `shard` and sends each answer.
+async fn forward_typed(
+    conn: Connection,
+    shard: usize,
+    batch: Batch,
+    waiting: Vec<(ReplyTo, typed::OpKind)>,
+) {
+    let done = mailbox::submit_to(shard, move || async move {
+        SHARD.with(|store| run_batch(&mut store.borrow_mut(), batch, now_ms()))
+    })
+    .await;
+    let mut answered = vec![false; waiting.len()];
+    match done {
+        Ok(mut reply) => {
+            for (tag, shard_reply) in reply.answers() {
+                let Some((to, kind)) = waiting.get(tag) else {
+                    continue;
+                };
+                answered[tag] = true;
+                answer(conn.reply_to(*to, &typed::reply(*kind, shard_reply)).await);
             }
-        };
-        drop(msg);
-        let conn = conn.clone();
-        spawn_local(async move {
-            let reply = match mailbox::submit_to(shard, move || async move {
-                SHARD.with(|store| run_batch(&mut store.borrow_mut(), batch, now_ms()))
-            })
-            .await
-            {
-                Ok(mut batch_reply) => match batch_reply.answers().next() {
-                    Some((_, a)) => typed::reply(kind, a),
-                    None => typed::error(ErrorKind::Unavailable, "ERR the shard did not answer"),
-                },
-                Err(e) => typed::error(ErrorKind::Unavailable, &format!("ERR {e}")),
-            };
-            answer(conn.reply_to(to, &reply).await);
-        });
+        }
+        Err(e) => tracing::debug!(error = %e, "typed batch not run"),
+    }
+    // Whatever the owning core did not answer (it is shutting down).
+    for ((to, _), done) in waiting.iter().zip(answered) {
+        if !done {
+            let reply = typed::error(ErrorKind::Unavailable, "ERR the owning core did not answer");
+            answer(conn.reply_to(*to, &reply).await);
+        }
     }
 }
 
