@@ -454,6 +454,16 @@ fn the_kv_client_binary() {
     assert!(success, "{err}");
     assert!(out.contains("ops: 2000  errors: 0"), "{out}");
     assert!(out.contains("latency us: p50"), "{out}");
+    // The key space was filled first (values of 64 bytes: `v`s, or `w`s
+    // where the bench put).
+    for k in ["key:0", "key:63", "key:64", "key:99"] {
+        let (success, out, err) = kv_client(&ep, &["get", k]);
+        assert!(success, "{err}");
+        assert!(
+            out.len() == 64 && out.bytes().all(|b| b == b'v' || b == b'w'),
+            "{k}: {out}"
+        );
+    }
     node.stop();
 }
 

@@ -183,6 +183,9 @@ async fn run_one(kv: &KvClient, command: Command) -> Result<String, KvError> {
     })
 }
 
+/// Puts in flight while `bench` fills the key space.
+const FILL_DEPTH: u64 = 64;
+
 /// What one connection measured.
 #[derive(Debug, Default)]
 struct Measured {
@@ -206,18 +209,35 @@ fn bench(node: &Endpoint, args: BenchArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let cores = rt.core_count();
-    // Fill the key space from one connection, so that gets find values.
+    // Fill the key space from one connection, FILL_DEPTH puts in flight,
+    // so that gets find values.
     {
         let node = node.clone();
         let (keys, size) = (args.keys, args.value_size);
         rt.block_on(0, move || async move {
-            let kv = KvClient::connect(&node).await?;
-            let value = vec![b'v'; size];
-            for k in 0..keys {
-                kv.put(format!("key:{k}").as_bytes(), &value, None).await?;
+            let kv = KvClient::connect(&node).await.map_err(|e| e.to_string())?;
+            let fillers: Vec<_> = (0..FILL_DEPTH)
+                .map(|i| {
+                    let kv = kv.clone();
+                    spawn_local(async move {
+                        let value = vec![b'v'; size];
+                        for k in (i..keys).step_by(FILL_DEPTH as usize) {
+                            kv.put(format!("key:{k}").as_bytes(), &value, None).await?;
+                        }
+                        Ok::<(), KvError>(())
+                    })
+                })
+                .collect();
+            let mut result = Ok(());
+            for f in fillers {
+                match f.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => result = result.and(Err(e.to_string())),
+                    Err(e) => result = result.and(Err(e.to_string())),
+                }
             }
             kv.close().await;
-            Ok::<(), KvError>(())
+            result
         })
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("filling the key space: {e}"))?;
