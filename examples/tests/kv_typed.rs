@@ -232,7 +232,8 @@ fn node_error(r: Result<impl std::fmt::Debug, KvError>) -> ErrorKind {
 #[test]
 fn typed_operations_on_keys_of_both_cores() {
     let node = Node::start(&[], 2);
-    // The typed listener runs on core 0: keys on core 1 are forwarded.
+    // Whichever core accepts the connection, one of the two keys lives on
+    // the other core and its requests are forwarded.
     let mut keys = keys_on(0, "here", 1);
     keys.extend(keys_on(1, "there", 1));
     with_client(&node.typed(), move |kv| async move {

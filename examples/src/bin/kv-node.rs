@@ -12,9 +12,9 @@
 //! touched and by a sweep on each core, a bounded number ten times a
 //! second. Ctrl-C or SIGTERM shuts the node down gracefully.
 //!
-//! Beside the Redis listener, the first core serves kv-node's typed
-//! protocol (`--listen-typed`, any endpoint with connections:
-//! `tcp://`, `unix://`, `tls://`): get, put, compare-and-set, increment and
+//! Beside the Redis listener, kv-node serves its typed protocol
+//! (`--listen-typed`, any endpoint with connections: `tcp://`, `unix://`,
+//! `tls://`; every core listens over `tcp://`, the first core otherwise): get, put, compare-and-set, increment and
 //! delete as rkyv calls (`kv::messages`, `kv::client::KvClient`, the
 //! `kv-client` binary). A typed request becomes the same `ShardOp` as a
 //! Redis command (`kv::typed`); those for keys another core owns travel to
@@ -60,7 +60,7 @@ use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{current_core, is_shutting_down, spawn_local, time, yield_now, Runtime};
 use ringwire::transports::{
     self, connect, listen, ConnEvent, Connection, Endpoint, Incoming, Listener, Message, Reconnect,
-    ReplyTo,
+    ReplyTo, Scheme,
 };
 use ringwire_examples::cli::{
     parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
@@ -103,8 +103,10 @@ struct Args {
     )]
     listen: TcpListen,
     /// Where the typed listener binds (kv-client, KvClient): any endpoint
-    /// with connections, e.g. tcp://HOST:PORT, unix:///PATH. The first core
-    /// accepts; requests for keys other cores own are forwarded to them.
+    /// with connections, e.g. tcp://HOST:PORT, unix:///PATH. Over tcp://
+    /// every core listens (SO_REUSEPORT; ?reuseport=0: the first core
+    /// only); over the others, the first core. Requests for keys other
+    /// cores own are forwarded to them.
     #[arg(long, value_name = "ENDPOINT", default_value = "tcp://127.0.0.1:7380")]
     listen_typed: Endpoint,
     /// Serve replicas: where the replication listener binds (any endpoint
@@ -217,6 +219,18 @@ fn run(args: Args) -> io::Result<()> {
         })
         .map_err(io::Error::other)?
         .map_err(|e| io::Error::other(format!("typed listener on {}: {e}", args.listen_typed)))?;
+    // Over TCP the other cores bind the same port (the one the kernel
+    // picked for port 0), as the Redis listener's do.
+    if typed_bound.scheme() == Scheme::Tcp && typed_bound.options().reuseport() != Some(false) {
+        for core in 1..shards {
+            let endpoint = typed_bound.clone();
+            rt.block_on(core, move || async move {
+                start_typed(&endpoint, shards, dispatcher.is_read_only()).await
+            })
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("typed listener on core {core}: {e}")))?;
+        }
+    }
     let cpus: Vec<String> = rt
         .cpus()
         .into_iter()
