@@ -11,10 +11,19 @@
 # 64-byte values, keys drawn from 100000, pipeline 16 then pipeline 1, and
 # prints requests per second and the ratio to redis-server, with the CPU
 # model and the load average (figures taken on a busy machine are noise).
+# On each kv-node, `kv-client bench` then drives the same node over its
+# typed listener (ringwire transports, rkyv calls), pinned to the same core
+# as redis-benchmark: 50 connections with 16 then 1 calls in flight on
+# each (the typed counterparts of pipeline 16 and 1), all puts then all
+# gets, same values and key space; a second table sets the typed figures
+# beside the Redis path's on the same node. The two clients differ
+# (redis-benchmark is C over epoll, kv-client a ringwire core), so the
+# ratio is client and protocol together.
 # Servers are stopped by their PIDs.
 #
 # Usage: ./benches/kv.sh
-# Environment: REDIS_PORT (6390), KV_PORT (6391), SERVER_CORE (0),
+# Environment: REDIS_PORT (6390), KV_PORT (6391), TYPED_PORT (7391),
+#   SERVER_CORE (0),
 #   CLIENT_CORE (1), N_P16 (2000000 requests per test at pipeline 16),
 #   N_P1 (300000 at pipeline 1), KEYSPACE (100000), ROUNDS (1; with more,
 #   the servers take turns and each figure is the best of its rounds),
@@ -26,6 +35,7 @@ cd "$(dirname "$0")/.."
 . benches/lib.sh
 REDIS_PORT=${REDIS_PORT:-6390}
 KV_PORT=${KV_PORT:-6391}
+TYPED_PORT=${TYPED_PORT:-7391}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 N_P16=${N_P16:-2000000}
@@ -44,8 +54,8 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     .ci/setup.sh
 fi
 
-echo "== building kv-node (release)"
-cargo build --release -p ringwire-examples --bin kv-node
+echo "== building kv-node and kv-client (release)"
+cargo build --release -p ringwire-examples --bin kv-node --bin kv-client
 BIN=$(release_bin_dir)
 
 WORK=$(mktemp -d)
@@ -94,12 +104,14 @@ start_server() {
         ;;
     kv1)
         taskset -c "$SERVER_CORE" "$BIN/kv-node" --cores 1 --listen "tcp://127.0.0.1:$KV_PORT" \
+            --listen-typed "tcp://127.0.0.1:$TYPED_PORT" \
             "${IDLE_ARGS[@]}" >"$WORK/server.log" 2>&1 &
         SERVER_PID=$!
         wait_ready "$KV_PORT"
         ;;
     kv2)
         "$BIN/kv-node" --cpus "$SERVER_CORE,$CLIENT_CORE" --listen "tcp://127.0.0.1:$KV_PORT" \
+            --listen-typed "tcp://127.0.0.1:$TYPED_PORT" \
             "${IDLE_ARGS[@]}" >"$WORK/server.log" 2>&1 &
         SERVER_PID=$!
         wait_ready "$KV_PORT"
@@ -114,6 +126,21 @@ bench() {
         -t set,get -c "$CLIENTS" -d "$VALUE_BYTES" -r "$KEYSPACE" -P "$pipeline" \
         -n "$requests" --csv 2>/dev/null |
         awk -F'","' 'NR > 1 { gsub(/"/, "", $1); print $1, $2 }'
+}
+
+# bench_typed DEPTH REQUESTS: prints "SET ops/s" and "GET ops/s" from
+# kv-client over the typed listener.
+bench_typed() {
+    local depth=$1 requests=$2 test ratio ops
+    for test in SET GET; do
+        ratio=0
+        [ "$test" = GET ] && ratio=1
+        ops=$(timeout 600 "$BIN/kv-client" --node "tcp://127.0.0.1:$TYPED_PORT" bench \
+            --cpus "$CLIENT_CORE" --connections "$CLIENTS" --depth "$depth" \
+            --requests "$requests" --get-ratio "$ratio" --keys "$KEYSPACE" \
+            --value-size "$VALUE_BYTES" | grep -o 'ops/s: [0-9]*' | cut -d' ' -f2)
+        echo "$test ${ops:-0}"
+    done
 }
 
 # Rounds interleave the servers, so that drift in the machine's load touches
@@ -135,6 +162,14 @@ for round in $(seq "$ROUNDS"); do
                 fi
                 printf '   %-4s P%-2s %12.0f requests/s\n' "$test" "$pipeline" "$rps"
             done < <(bench "$port" "$pipeline" "$requests")
+            [ "$server" = redis ] && continue
+            while read -r test rps; do
+                best=${RPS[$server-typed,$test,$pipeline]:-0}
+                if awk -v a="$rps" -v b="$best" 'BEGIN { exit !(a > b) }'; then
+                    RPS[$server-typed,$test,$pipeline]=$rps
+                fi
+                printf '   %-4s D%-2s %12.0f ops/s (typed)\n' "$test" "$pipeline" "$rps"
+            done < <(bench_typed "$pipeline" "$requests")
         done
         # Still answering after the load, and holding the keys it was given.
         echo "   DBSIZE after the runs: $(redis-cli -p "$port" DBSIZE)"
@@ -161,5 +196,21 @@ for pipeline in 16 1; do
         k2=${RPS[kv2,$test,$pipeline]:-0}
         printf '| %s | %s | %.0f | %.0f | %s | %.0f | %s |\n' "$test" "$pipeline" "$r" "$k1" \
             "$(ratio "$k1" "$r")" "$k2" "$(ratio "$k2" "$r")"
+    done
+done
+
+echo
+echo "kv-client bench --connections $CLIENTS --depth {16,1} --value-size $VALUE_BYTES --keys $KEYSPACE on core $CLIENT_CORE, same nodes"
+echo
+echo "| test | in flight per connection | kv-node x1 Redis | x1 typed | typed / Redis | kv-node x2 Redis | x2 typed | typed / Redis |"
+echo "|------|-------------------------:|-----------------:|---------:|--------------:|-----------------:|---------:|--------------:|"
+for pipeline in 16 1; do
+    for test in SET GET; do
+        k1=${RPS[kv1,$test,$pipeline]:-0}
+        t1=${RPS[kv1-typed,$test,$pipeline]:-0}
+        k2=${RPS[kv2,$test,$pipeline]:-0}
+        t2=${RPS[kv2-typed,$test,$pipeline]:-0}
+        printf '| %s | %s | %.0f | %.0f | %s | %.0f | %.0f | %s |\n' "$test" "$pipeline" "$k1" "$t1" \
+            "$(ratio "$t1" "$k1")" "$k2" "$t2" "$(ratio "$t2" "$k2")"
     done
 done

@@ -34,6 +34,9 @@ impl Node {
     fn start() -> Node {
         let mut child = Command::new(BIN)
             .args(["--cores", "2", "--listen", "tcp://127.0.0.1:0"])
+            // The typed listener too on a port the kernel picks, so that
+            // tests run side by side.
+            .args(["--listen-typed", "tcp://127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

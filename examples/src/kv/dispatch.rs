@@ -46,7 +46,7 @@ use std::borrow::Cow;
 
 use super::resp::{self, parse_i64, Request};
 use super::shard::{shard_of, Split};
-use super::store::{Condition, Expiry, SetOptions, Store, StoreError};
+use super::store::{Cas, Condition, Expiry, SetOptions, Store, StoreError};
 
 /// A key or value in a [`ShardOp`]: borrowed (from the request, or from a
 /// batch that came from another core), or owned.
@@ -102,6 +102,16 @@ pub enum ShardOp<'a> {
     DbSize,
     /// `FLUSHALL`.
     FlushAll,
+    /// Compare-and-set (the typed protocol's; no Redis command plans it):
+    /// [`ShardReply::Swapped`] or [`ShardReply::Mismatch`].
+    Cas {
+        /// The key.
+        key: Bytes<'a>,
+        /// The value it must have, `None` for absent.
+        expected: Option<Bytes<'a>>,
+        /// The new value.
+        new: Bytes<'a>,
+    },
 }
 
 /// One shard's answer to a [`ShardOp`].
@@ -119,6 +129,10 @@ pub enum ShardReply {
     Values(Vec<Option<Vec<u8>>>),
     /// A failed command.
     Error(StoreError),
+    /// A compare-and-set that matched and wrote.
+    Swapped,
+    /// A compare-and-set that did not match: the current value.
+    Mismatch(Option<Vec<u8>>),
 }
 
 /// Runs `op` on the shard's store at time `now` (milliseconds); the answer
@@ -168,6 +182,12 @@ pub fn execute(store: &mut Store, op: ShardOp<'_>, now: u64) -> ShardReply {
             store.clear();
             ShardReply::Ok
         }
+        ShardOp::Cas { key, expected, new } => {
+            match store.compare_and_set(&key, expected.as_deref(), new, now) {
+                Cas::Swapped => ShardReply::Swapped,
+                Cas::Mismatch { current } => ShardReply::Mismatch(current),
+            }
+        }
     }
 }
 
@@ -201,6 +221,10 @@ pub fn write_reply(reply: ShardReply, out: &mut Vec<u8>) {
             }
         }
         ShardReply::Error(e) => resp::write_error(out, e.to_string().as_bytes()),
+        // No Redis command compares and sets; should one, it reads as
+        // SETNX's answer: 1 written, 0 not.
+        ShardReply::Swapped => resp::write_integer(out, 1),
+        ShardReply::Mismatch(_) => resp::write_integer(out, 0),
     }
 }
 
@@ -295,6 +319,7 @@ pub enum Plan<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dispatcher {
     shards: usize,
+    read_only: bool,
 }
 
 impl Dispatcher {
@@ -302,7 +327,22 @@ impl Dispatcher {
     pub fn new(shards: usize) -> Dispatcher {
         Dispatcher {
             shards: shards.max(1),
+            read_only: false,
         }
+    }
+
+    /// The same, refusing every command that writes with Redis's
+    /// `-READONLY` error when `on` (a replica's).
+    pub fn read_only(self, on: bool) -> Dispatcher {
+        Dispatcher {
+            read_only: on,
+            ..self
+        }
+    }
+
+    /// Whether commands that write are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Number of shards.
@@ -322,6 +362,10 @@ impl Dispatcher {
         let info = command.info();
         if !arity_ok(info.arity, argc) {
             arity_error(info.name, out);
+            return Plan::Done;
+        }
+        if self.read_only && info.flags.contains(&"write") {
+            resp::write_error(out, READONLY);
             return Plan::Done;
         }
         let arg = |i: usize| request.arg(i).unwrap_or_default();
@@ -538,6 +582,8 @@ impl Dispatcher {
 }
 
 const NOT_INTEGER: &[u8] = b"ERR value is not an integer or out of range";
+/// Redis's answer to a write sent to a read-only replica.
+pub const READONLY: &[u8] = b"READONLY You can't write against a read only replica.";
 const SYNTAX: &[u8] = b"ERR syntax error";
 const INVALID_EXPIRE: &[u8] = b"ERR invalid expire time in 'set' command";
 

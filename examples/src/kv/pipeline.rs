@@ -78,6 +78,8 @@ enum Packed {
     MSet(Range<usize>),
     DbSize,
     FlushAll,
+    /// Key, expected value (`None`: absent), new value.
+    Cas(Range<usize>, Option<Range<usize>>, Range<usize>),
 }
 
 /// One op sent to another shard.
@@ -151,8 +153,20 @@ impl Batch {
             }
             ShardOp::DbSize => Packed::DbSize,
             ShardOp::FlushAll => Packed::FlushAll,
+            ShardOp::Cas { key, expected, new } => Packed::Cas(
+                self.bytes(&key),
+                expected.map(|e| self.bytes(&e)),
+                self.bytes(&new),
+            ),
         };
         self.ops.push(Forwarded { op, part });
+    }
+
+    /// Appends `op`, whose answer comes back as a [`ShardReply`] tagged
+    /// `tag` ([`BatchReply::answers`]) rather than as reply bytes: for
+    /// callers that build their own replies (kv-node's typed protocol).
+    pub fn push_op(&mut self, op: ShardOp<'_>, tag: usize) {
+        self.push(op, Some(tag));
     }
 
     /// The op `packed` as a [`ShardOp`] borrowing from the arena. Spans
@@ -194,6 +208,11 @@ impl Batch {
             }
             Packed::DbSize => ShardOp::DbSize,
             Packed::FlushAll => ShardOp::FlushAll,
+            Packed::Cas(key, expected, new) => ShardOp::Cas {
+                key: bytes(key),
+                expected: expected.as_ref().map(bytes),
+                new: bytes(new),
+            },
         }
     }
 
@@ -222,6 +241,21 @@ pub struct BatchReply {
     batch: Batch,
     /// Answers of the ops that are part of a merge: (part index, answer).
     parts: Vec<(usize, ShardReply)>,
+}
+
+impl BatchReply {
+    /// The answers of the ops pushed with [`Batch::push_op`], with their
+    /// tags, in batch order.
+    pub fn answers(&mut self) -> std::vec::Drain<'_, (usize, ShardReply)> {
+        self.parts.drain(..)
+    }
+
+    /// The batch, emptied, for the next one (its memory is kept).
+    pub fn into_batch(self) -> Batch {
+        let mut batch = self.batch;
+        batch.recycle();
+        batch
+    }
 }
 
 /// Runs `batch` on the shard's store at time `now` (milliseconds), in

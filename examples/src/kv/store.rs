@@ -22,6 +22,12 @@
 //! - Redis's `SET` with its options ([`Store::set`]); the other Redis
 //!   commands map onto the typed operations.
 //!
+//! For replication, a store can record every change it makes
+//! ([`Store::record_changes`], then [`Store::take_changes`]): the state
+//! each write left its key in (see [`super::journal`]). Expiry is not
+//! recorded: a deadline travels with the key's value, and every copy
+//! expires the key by it.
+//!
 //! ```
 //! use ringwire_examples::kv::store::{Cas, Store};
 //!
@@ -43,6 +49,8 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::hash_table::{self, HashTable};
 
+use super::journal::{Change, Journal};
+use super::messages::Changes;
 use super::resp::parse_i64;
 
 /// A command that failed on a value; `Display` is Redis's reply text.
@@ -183,6 +191,8 @@ pub struct Store {
     /// [`Store::sweep`] walks. Holds exactly the table's `(deadline, key)`
     /// pairs.
     deadlines: BTreeSet<(u64, Vec<u8>)>,
+    /// Changes recorded since they were last taken, while recording.
+    journal: Option<Journal>,
 }
 
 /// Drops `entry`'s deadline from the index.
@@ -379,6 +389,9 @@ impl Store {
             }
             _ => {}
         }
+        if allowed {
+            self.note(key, now);
+        }
         SetOutcome {
             written: allowed,
             old,
@@ -388,7 +401,12 @@ impl Store {
     /// Deletes `key`; whether it existed (and had not expired).
     pub fn delete(&mut self, key: &[u8], now: u64) -> bool {
         match self.remove(key) {
-            Some(entry) => !entry.expired(now),
+            Some(entry) => {
+                if let Some(journal) = &mut self.journal {
+                    journal.record(Change::Delete { key });
+                }
+                !entry.expired(now)
+            }
             None => false,
         }
     }
@@ -397,6 +415,12 @@ impl Store {
     /// 0) and returns the sum; the key keeps its deadline, as with Redis's
     /// `INCRBY`. The value must be a decimal integer as Redis writes them.
     pub fn increment(&mut self, key: &[u8], delta: i64, now: u64) -> Result<i64, StoreError> {
+        let sum = self.add(key, delta, now)?;
+        self.note(key, now);
+        Ok(sum)
+    }
+
+    fn add(&mut self, key: &[u8], delta: i64, now: u64) -> Result<i64, StoreError> {
         let hash = self.hasher.hash_one(key);
         let hasher = &self.hasher;
         let slot = self.table.entry(
@@ -447,7 +471,7 @@ impl Store {
         new: impl Into<Cow<'v, [u8]>>,
         now: u64,
     ) -> Cas {
-        match (self.live(key, now), expected) {
+        let outcome = match (self.live(key, now), expected) {
             (Some(entry), Some(expected)) if entry.value == expected => {
                 assign(&mut entry.value, new.into());
                 Cas::Swapped
@@ -465,13 +489,73 @@ impl Store {
             (current, _) => Cas::Mismatch {
                 current: current.map(|e| e.value.clone()),
             },
+        };
+        if outcome == Cas::Swapped {
+            self.note(key, now);
         }
+        outcome
     }
 
     /// Removes every key (`FLUSHALL`).
     pub fn clear(&mut self) {
         self.table.clear();
         self.deadlines.clear();
+        if let Some(journal) = &mut self.journal {
+            journal.record(Change::Clear);
+        }
+    }
+
+    /// Starts or stops recording changes. Stopping drops what was recorded
+    /// and not taken. Memory while recording: a copy of every key and
+    /// value written, until taken.
+    pub fn record_changes(&mut self, on: bool) {
+        match (on, self.journal.is_some()) {
+            (true, false) => self.journal = Some(Journal::default()),
+            (false, true) => self.journal = None,
+            _ => {}
+        }
+    }
+
+    /// Whether changes are being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Number of changes recorded and not yet taken.
+    pub fn recorded(&self) -> usize {
+        self.journal.as_ref().map_or(0, Journal::len)
+    }
+
+    /// Every change recorded since the last call, in the order they were
+    /// made, in batches (empty when not recording).
+    pub fn take_changes(&mut self) -> Vec<Changes> {
+        self.journal.as_mut().map(Journal::take).unwrap_or_default()
+    }
+
+    /// Every key alive at `now`, with its value and deadline, in no
+    /// particular order.
+    pub fn iter_live(&self, now: u64) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
+        self.table
+            .iter()
+            .filter(move |e| !e.expired(now))
+            .map(|e| (e.key.as_slice(), &e.value[..], e.deadline))
+    }
+
+    /// Records the state `key` is in after a write, when recording: its
+    /// value and deadline, or its absence.
+    fn note(&mut self, key: &[u8], now: u64) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        let hash = self.hasher.hash_one(key);
+        match self.table.find(hash, |e| e.key.as_slice() == key) {
+            Some(e) if !e.expired(now) => journal.record(Change::Put {
+                key,
+                value: &e.value,
+                deadline: e.deadline,
+            }),
+            _ => journal.record(Change::Delete { key }),
+        }
     }
 
     /// Reclaims up to `budget` keys whose deadline is not after `now`, in
