@@ -74,6 +74,11 @@ impl Node {
         self.child.stdin.as_mut().unwrap()
     }
 
+    /// Closes the child's stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -104,6 +109,14 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Like [`Node::wait_line`], but a line already read counts too.
+    pub fn wait_line_seen(&mut self, needle: &str) -> String {
+        if let Some(line) = self.out.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        self.wait_line(needle)
     }
 
     /// Sends `sig` to the process.
