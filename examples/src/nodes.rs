@@ -131,7 +131,7 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("{v:?}: out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

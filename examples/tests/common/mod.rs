@@ -188,7 +188,7 @@ pub fn endpoint_in(line: &str, scheme: &str) -> String {
         .find(&format!("{scheme}://"))
         .unwrap_or_else(|| panic!("no {scheme}:// in {line:?}"));
     line[at..]
-        .split(|c: char| c == ' ' || c == ',')
+        .split([' ', ',', ';'])
         .next()
         .unwrap()
         .to_string()
