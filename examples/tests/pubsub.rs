@@ -246,3 +246,61 @@ fn usage_errors_exit_2() {
         assert_eq!(status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn a_stopped_subscriber_misses_quotes_the_other_does_not() {
+    let count = 5000u64;
+    let mut publisher = Node::start(
+        BIN,
+        &[
+            "publish",
+            "--listen",
+            "tcp://127.0.0.1:0?sndbuf=16K",
+            "--subscribers",
+            "2",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            "5000",
+            "--queue",
+            "256",
+        ],
+    );
+    let ep = endpoint_in(&publisher.wait_line("publishing on"), "tcp");
+    let ep = ep.split('?').next().unwrap().to_string();
+    let mut fast = Node::start(BIN, &["subscribe", "--connect", &ep, "--interval", "0"]);
+    fast.wait_line("subscribed");
+    let mut slow = Node::start(
+        BIN,
+        &[
+            "subscribe",
+            "--connect",
+            &format!("{ep}?rcvbuf=16K"),
+            "--interval",
+            "0",
+        ],
+    );
+    slow.wait_line("subscribed");
+    // It reads nothing while stopped: its queue on the publisher fills.
+    slow.signal(libc::SIGSTOP);
+    let (status, fast_out) = fast.finish();
+    assert!(status.success(), "{fast_out}");
+    let sum = summary(&fast_out);
+    assert_eq!(field(sum, "received"), count, "{fast_out}");
+    assert_eq!(field(sum, "gaps"), 0, "{fast_out}");
+    slow.signal(libc::SIGCONT);
+    let (status, slow_out) = slow.finish();
+    assert!(status.success(), "{slow_out}");
+    let (status, pub_out) = publisher.finish();
+    assert!(status.success(), "{pub_out}");
+    let sum = summary(&slow_out);
+    let (received, gaps) = (field(sum, "received"), field(sum, "gaps"));
+    assert!(gaps > 0, "{slow_out}");
+    assert_eq!(received + gaps, count, "{slow_out}");
+    // Every quote it missed was dropped for it by the publisher, counted.
+    assert_eq!(
+        field(&pub_out, "dropped_for_slow_subscribers"),
+        gaps,
+        "{pub_out}"
+    );
+}

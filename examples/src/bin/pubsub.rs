@@ -7,9 +7,8 @@
 //! - to every subscriber connected to it (`--listen tcp://...`, also
 //!   `unix://` and `tls://`): each quote is serialized **once** and the same
 //!   buffer is sent on every subscriber's connection (`Peers::broadcast`); a
-//!   subscriber that cannot keep up has quotes dropped for it (counted)
-//!   rather than slowing the others (`--back-pressure wait` to slow the
-//!   publisher instead); or
+//!   subscriber that cannot keep up has quotes dropped for it (counted; it
+//!   sees them as gaps) rather than slowing the others or the publisher; or
 //! - as datagrams (`--connect udp://...`): unicast, or to a multicast group
 //!   (`udp://239.1.2.3:7400?iface=127.0.0.1&loop=1`) that any number of
 //!   subscribers on the host join.
@@ -33,7 +32,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use ringwire::proto::rkyv;
 use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{spawn_local, time, yield_now, Placement, Runtime};
@@ -107,15 +106,6 @@ enum Cmd {
     Subscribe(SubscribeArgs),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Policy {
-    /// A subscriber whose send queue is full misses quotes (counted in
-    /// transport_dropped_total; it sees them as gaps).
-    Drop,
-    /// The publisher waits for room (the slowest subscriber sets the pace).
-    Wait,
-}
-
 #[derive(clap::Args, Debug)]
 struct PublishArgs {
     /// Serve subscribers that connect here (tcp://, unix://, tls://...?
@@ -145,11 +135,12 @@ struct PublishArgs {
     /// before publishing.
     #[arg(long, value_name = "N", default_value_t = 0)]
     subscribers: usize,
-    /// Stream transports: what a subscriber that cannot keep up costs.
-    #[arg(long, value_enum, default_value_t = Policy::Drop)]
-    back_pressure: Policy,
-    /// Stream transports: quotes queued per subscriber before the
-    /// back-pressure policy applies.
+    /// Stream transports: quotes queued per subscriber; beyond that, quotes
+    /// for that subscriber are dropped (counted in
+    /// transport_dropped_total). Waiting for a slow subscriber instead is
+    /// not offered: `Peers::broadcast` under the `Wait` policy queues a
+    /// message that found the queue full from a task of its own, so later
+    /// quotes (and the end marker) can overtake it.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     queue: usize,
     #[command(flatten)]
@@ -249,6 +240,10 @@ fn runtime(cores: &CoreArgs, idle: &IdleArgs) -> io::Result<Runtime> {
 // ---------------------------------------------------------------------------
 // Publisher
 
+/// How long the publisher keeps trying to give a subscriber whose queue is
+/// full the end marker.
+const END_PATIENCE: Duration = Duration::from_secs(10);
+
 /// How quotes leave.
 enum Out {
     /// Every connected subscriber, serialized once.
@@ -268,27 +263,55 @@ impl Out {
         }
     }
 
-    /// Tells every subscriber the stream ended and closes.
-    async fn end(&self, last_seq: u64) -> Result<(), Error> {
+    /// Tells every subscriber the stream ended and closes; returns how many
+    /// end markers were dropped for a full queue (and sent again).
+    async fn end(&self, last_seq: u64) -> Result<u64, Error> {
         let end = End { last_seq };
         match self {
-            Out::FanOut { peers, conns } => {
-                peers.broadcast(&end).await?;
-                // `close` returns once everything queued was delivered.
+            Out::FanOut { conns, .. } => {
+                // To each subscriber on its own, and again while its queue
+                // is full: the end marker must not be dropped like a quote,
+                // or the subscriber could not count the quotes it missed
+                // last. A subscriber that does not read for END_PATIENCE
+                // goes without.
                 let conns = std::mem::take(&mut *conns.borrow_mut());
+                let mut retries = 0;
                 for c in conns {
+                    let deadline = Instant::now() + END_PATIENCE;
+                    loop {
+                        match c.send(&end).await {
+                            Ok(r) if !r.dropped() => break,
+                            Ok(_) if Instant::now() < deadline => {
+                                retries += 1;
+                                time::sleep(Duration::from_millis(10)).await
+                            }
+                            Ok(_) => {
+                                retries += 1;
+                                tracing::warn!(
+                                    remote = c.remote(),
+                                    "subscriber not reading; no end marker"
+                                );
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(remote = c.remote(), error = %e, "no end marker");
+                                break;
+                            }
+                        }
+                    }
+                    // `close` returns once everything queued was delivered.
                     if let Err(e) = c.close().await {
                         tracing::warn!(remote = c.remote(), error = %e, "close failed");
                     }
                 }
-                Ok(())
+                Ok(retries)
             }
             Out::Datagrams(sock) => {
                 // Three times: one may be lost like any datagram.
                 for _ in 0..3 {
                     sock.send(&end).await?;
                 }
-                sock.flush().await
+                sock.flush().await.map(|()| 0)
             }
         }
     }
@@ -316,13 +339,9 @@ fn publish(args: PublishArgs) -> io::Result<()> {
 async fn run_publisher(args: PublishArgs) -> io::Result<(u64, Duration, u64)> {
     let out = if let Some(ep) = &args.listen {
         let peers = Peers::new();
-        let policy = match args.back_pressure {
-            Policy::Drop => BackPressure::DropNewest,
-            Policy::Wait => BackPressure::Wait,
-        };
         let cfg = config()
             .peers(&peers)
-            .back_pressure(policy)
+            .back_pressure(BackPressure::DropNewest)
             .send_queue(args.queue, args.queue.saturating_mul(128));
         let mut listener = listen(ep, &cfg).await.map_err(io::Error::other)?;
         println!("pubsub publishing on {}", listener.endpoint());
@@ -390,9 +409,10 @@ async fn run_publisher(args: PublishArgs) -> io::Result<(u64, Duration, u64)> {
         }
     }
     let elapsed = start.elapsed();
-    out.end(seq).await.map_err(io::Error::other)?;
+    let end_retries = out.end(seq).await.map_err(io::Error::other)?;
     let snapshot = ringwire::transports::stats::snapshot();
-    let dropped = snapshot.schemes.iter().map(|s| s.dropped).sum();
+    let dropped = snapshot.schemes.iter().map(|s| s.dropped).sum::<u64>();
+    let dropped = dropped.saturating_sub(end_retries);
     Ok((seq, elapsed, dropped))
 }
 
