@@ -209,6 +209,8 @@ fn server(args: ServerArgs) -> io::Result<()> {
         "pingpong server listening on {bound}, idle {:?}",
         args.common.idle.idle
     );
+    // A place for the node's metrics endpoint (`--metrics ADDR`, to come):
+    // the runtime's and the transports' counters would be served there.
     let sig = signals.wait()?;
     tracing::info!(?sig, "shutting down");
     rt.shutdown(Duration::from_secs(2));

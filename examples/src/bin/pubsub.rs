@@ -376,6 +376,9 @@ async fn run_publisher(args: PublishArgs) -> io::Result<(u64, Duration, u64)> {
         unreachable!("clap requires --listen or --connect")
     };
 
+    // A place for the node's metrics endpoint (`--metrics ADDR`, to come):
+    // the transports' counters (sent, dropped per subscriber queue) would
+    // be served from here on.
     let start = Instant::now();
     let mut seq = 0u64;
     // Quotes due so far: at --rate, by the clock; flat out, a batch a turn.
