@@ -6,6 +6,7 @@ pub mod cli;
 pub mod held;
 pub mod kv;
 pub mod lenprefix;
+pub mod nodes;
 
 /// Installs a `tracing` subscriber filtered by `RUST_LOG` (default `info`),
 /// writing to stderr (in colour only when stderr is a terminal).
