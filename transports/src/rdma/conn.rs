@@ -862,10 +862,7 @@ fn parse_chunk(chunk: &[u8]) -> Result<(u8, u32, &[u8]), String> {
 /// the incomplete rest.
 async fn frames(conn: &Rc<Conn>, acc: &mut AlignedVec<16>) -> Result<(), Error> {
     let mut end = 0;
-    loop {
-        let Some(head) = acc.get(end..).and_then(|b| b.first_chunk::<HEADER_LEN>()) else {
-            break;
-        };
+    while let Some(head) = acc.get(end..).and_then(|b| b.first_chunk::<HEADER_LEN>()) {
         let header = FrameHeader::parse(head).map_err(Error::from_proto)?;
         conn.check_header(&header)?;
         let total = frame_len(header.payload_len as usize);
