@@ -295,12 +295,14 @@ fn credits_run_out_under_a_stalled_reader_and_come_back() {
 }
 
 #[test]
-fn bulk_segments_land_in_the_receivers_destinations() {
+fn bulk_segments_are_written_into_the_destinations_the_receiver_granted() {
+    use ringwire_transports::{stats, Scheme};
     let rt = runtime();
     let (_fabric, _ctx) = mem_context(&rt, RdmaConfig::default().buffer_size(4096));
     let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let expect = big.clone();
     let (ep, server) = serve(&rt, 1, config(), |conn| async move {
+        let before = stats::snapshot().scheme(Scheme::Rdma);
         let mut meta = conn.recv::<Order>().await.unwrap();
         assert_eq!(meta.id.to_native(), 5);
         let sizes = meta.incoming().bulk_sizes().unwrap();
@@ -311,8 +313,19 @@ fn bulk_segments_land_in_the_receivers_destinations() {
             .collect();
         let filled = meta.incoming_mut().accept_bulk(dests).await.unwrap();
         drop(meta);
+        let after = stats::snapshot().scheme(Scheme::Rdma);
+        // Declined: the sender writes nothing; the connection goes on.
+        let declined = conn.recv::<Order>().await.unwrap();
+        assert_eq!(declined.id.to_native(), 7);
+        assert_eq!(declined.incoming().bulk_sizes().unwrap(), [1000]);
+        drop(declined);
         let next = conn.recv::<Order>().await.unwrap();
-        (filled, next.id.to_native())
+        (
+            filled,
+            next.id.to_native(),
+            after.bulk_bytes_direct - before.bulk_bytes_direct,
+            after.bulk_bytes_copied - before.bulk_bytes_copied,
+        )
     });
     rt.block_on(0, move || async move {
         let conn = connect(&ep, &config()).await.unwrap();
@@ -321,14 +334,22 @@ fn bulk_segments_land_in_the_receivers_destinations() {
             .await
             .unwrap();
         assert_eq!(back[1], [9, 8, 7], "segments come back to the sender");
+        conn.send_bulk(&order(7), vec![vec![1u8; 1000]])
+            .await
+            .unwrap();
         conn.send_acked(&order(6)).await.unwrap();
         conn.close().await.unwrap();
     })
     .unwrap();
-    let (filled, next) = server.join().unwrap();
+    let (filled, next, direct, copied) = server.join().unwrap();
     assert_eq!(filled[0], expect);
     assert_eq!(filled[1], [9, 8, 7]);
     assert_eq!(next, 6);
+    // Every bulk byte was written by the peer's RDMA WRITE straight into
+    // its destination (other tests in this process may add to the
+    // counters, never take away).
+    assert!(direct >= 300_003, "{direct} bytes direct");
+    assert_eq!(copied, 0, "no bulk byte copied");
     shutdown(rt);
 }
 

@@ -65,10 +65,11 @@ use super::completion::{
     Pending, PollMode, RdmaError, Region, RegionMemory, RegionSpec,
 };
 use super::sidechannel::{self, Credits, Exchange};
-use super::verbs::{Access, QpCaps, QpId, SendOp, VerbsError, WorkCompletion};
+use super::verbs::{Access, MrId, QpCaps, QpId, SendOp, Sge, VerbsError, WcOpcode, WorkCompletion};
 use crate::config::Config;
-use crate::conn::core::Conn;
+use crate::conn::core::{Conn, DestBox};
 use crate::conn::incoming::Backing;
+use crate::conn::out::{OutBuf, Segment, Tagged};
 use crate::conn::Connection;
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::Error;
@@ -79,6 +80,8 @@ const CHUNK_HEADER: usize = 16;
 /// Chunk kinds.
 const KIND_DATA: u8 = 1;
 const KIND_CREDIT: u8 = 2;
+const KIND_BULK_OFFER: u8 = 3;
+const KIND_GRANT: u8 = 4;
 /// How long the side channel may take before the setup fails.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -480,6 +483,12 @@ struct Link {
     sends: RefCell<VecDeque<(u32, Pending<WorkCompletion>)>>,
     /// The send completer waits for a send.
     completer: RefCell<Option<Waker>>,
+    /// Grants to send (encoded), ahead of data.
+    control: RefCell<VecDeque<[u8; GRANT_LEN]>>,
+    /// Grants received for this side's offers, in order.
+    grants: RefCell<VecDeque<Grant>>,
+    /// Bulk offers made (the immediate of each write).
+    offers: Cell<u32>,
     /// Chunks sent and taken, for the side channel's goodbye.
     sent: Cell<u64>,
     received: Cell<u64>,
@@ -575,14 +584,52 @@ impl Link {
     }
 }
 
-/// Waits until `cond` holds for the link (woken through `link.flusher`).
-async fn flusher_wait(link: &Link, mut cond: impl FnMut(&Link) -> bool) -> Result<(), ()> {
+/// Sends what goes out whatever the data does: grants first, then a
+/// credit return when due (`stalled`: this side waits for credits itself).
+fn service(link: &Link, stalled: bool) -> Result<(), Error> {
+    loop {
+        if link.credits.get() < 1 || link.free_send.borrow().is_empty() {
+            return Ok(());
+        }
+        let grant = link.control.borrow_mut().pop_front();
+        if let Some(payload) = grant {
+            post_control(link, KIND_GRANT, &payload)?;
+            continue;
+        }
+        if link.credit_due(stalled) {
+            post_control(link, KIND_CREDIT, &[])?;
+            continue;
+        }
+        return Ok(());
+    }
+}
+
+/// Posts a chunk of `kind` carrying `payload` from a free send buffer.
+fn post_control(link: &Link, kind: u8, payload: &[u8]) -> Result<(), Error> {
+    let Some(slot) = link.free_send.borrow_mut().pop() else {
+        return Err(Error::Usage("internal: no free RDMA send buffer"));
+    };
+    let offset = link.block.send_offset(slot) + CHUNK_HEADER;
+    // SAFETY: send buffer `slot` was free: no request on it is outstanding.
+    unsafe { link.block.core.region.memory.write(offset, payload) };
+    link.post_chunk(slot, kind, payload.len())
+}
+
+/// Waits for a free send buffer and two credits (one stays in reserve for
+/// grants and credit returns), serving those meanwhile; takes the buffer.
+async fn acquire(link: &Link) -> Result<u32, ()> {
     poll_fn(|cx| {
         if link.done.get() {
             return Poll::Ready(Err(()));
         }
-        if cond(link) {
-            return Poll::Ready(Ok(()));
+        if let Err(e) = service(link, true) {
+            link.fail(e);
+            return Poll::Ready(Err(()));
+        }
+        if link.credits.get() >= 2 {
+            if let Some(s) = link.free_send.borrow_mut().pop() {
+                return Poll::Ready(Ok(s));
+            }
         }
         *link.flusher.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
@@ -591,112 +638,233 @@ async fn flusher_wait(link: &Link, mut cond: impl FnMut(&Link) -> bool) -> Resul
 }
 
 /// Packs each outbound batch into send buffers, one SEND per buffer, as
-/// credits allow; sends credit-only chunks when due.
+/// credits allow; writes bulk segments into the peer's granted
+/// destinations; sends grants and credit returns when due.
 async fn flusher(link: Rc<Link>, link_no: u64) {
-    flush(&link, link_no).await;
-    link.flushed.set(true);
-    link.wake_all();
-}
-
-async fn flush(link: &Rc<Link>, link_no: u64) {
-    let link = link.clone();
     let conn = link.conn.clone();
-    let room = link.room;
     loop {
-        // The next batch, or a credit return falling due meanwhile.
         let batch = {
             let mut next = pin!(conn.next_batch(link_no));
             poll_fn(|cx| {
-                if let Poll::Ready(b) = next.as_mut().poll(cx) {
-                    return Poll::Ready(Some(b));
-                }
-                if link.done.get() || link.credit_due(false) {
+                if link.done.get() {
                     return Poll::Ready(None);
+                }
+                if let Err(e) = service(&link, false) {
+                    link.fail(e);
+                    return Poll::Ready(None);
+                }
+                if let Poll::Ready(b) = next.as_mut().poll(cx) {
+                    return Poll::Ready(b);
                 }
                 *link.flusher.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             })
             .await
         };
-        let (bufs, messages, bytes) = match batch {
-            Some(Some(b)) => b,
-            // The connection is over.
-            Some(None) => return,
-            None if link.done.get() => return,
-            None => {
-                if flusher_wait(&link, |l| !l.free_send.borrow().is_empty())
-                    .await
-                    .is_err()
-                {
-                    return;
+        // None: the connection is over (everything queued went out).
+        let Some((bufs, messages, bytes)) = batch else {
+            break;
+        };
+        if let Err(e) = send_batch(&link, &bufs).await {
+            if let Some(e) = e {
+                link.fail(e);
+            }
+            break;
+        }
+        // The bytes are in registered memory or written: the batch's
+        // buffers go back.
+        drop(bufs);
+        conn.batch_done(Vec::new(), messages, bytes);
+    }
+    link.flushed.set(true);
+    link.wake_all();
+}
+
+/// Sends one batch. `Err(None)`: the link stopped.
+async fn send_batch(link: &Link, bufs: &[Tagged]) -> Result<(), Option<Error>> {
+    let room = link.room;
+    let mut slot: Option<(u32, usize)> = None;
+    let mut it = bufs.iter().peekable();
+    while let Some(t) = it.next() {
+        if let OutBuf::Header(h) = &t.buf {
+            if let Some(Tagged {
+                buf: OutBuf::Segment(seg),
+                ..
+            }) = it.peek()
+            {
+                // A bulk segment: what precedes it goes first, then the
+                // offer, the peer's grant and the write.
+                if let Some((s, used)) = slot.take() {
+                    link.post_chunk(s, KIND_DATA, used).map_err(Some)?;
                 }
-                let Some(slot) = link.free_send.borrow_mut().pop() else {
-                    continue;
-                };
-                if let Err(e) = link.post_chunk(slot, KIND_CREDIT, 0) {
-                    link.fail(e);
-                    return;
+                let header =
+                    h.0.get(..HEADER_LEN)
+                        .ok_or(Some(Error::Usage("internal: short bulk frame header")))?;
+                bulk_write(link, header, seg).await?;
+                it.next();
+                if it.peek().is_some_and(|t| matches!(t.buf, OutBuf::Pad(_))) {
+                    it.next();
                 }
                 continue;
             }
+        }
+        let mut bytes = t.buf.bytes();
+        while !bytes.is_empty() {
+            let (s, used) = match slot {
+                Some(s) => s,
+                None => (acquire(link).await.map_err(|()| None)?, 0),
+            };
+            let n = bytes.len().min(room - used);
+            let offset = link.block.send_offset(s) + CHUNK_HEADER + used;
+            // SAFETY: send buffer `s` is this link's and no request on it is
+            // outstanding (it was free, and is posted below).
+            unsafe { link.block.core.region.memory.write(offset, &bytes[..n]) };
+            bytes = &bytes[n..];
+            if used + n == room {
+                link.post_chunk(s, KIND_DATA, room).map_err(Some)?;
+                slot = None;
+            } else {
+                slot = Some((s, used + n));
+            }
+        }
+    }
+    if let Some((s, used)) = slot {
+        link.post_chunk(s, KIND_DATA, used).map_err(Some)?;
+    }
+    Ok(())
+}
+
+/// A grant: where the peer lets this side write a bulk segment.
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    addr: u64,
+    len: u64,
+    rkey: u32,
+    granted: bool,
+}
+
+const GRANT_LEN: usize = 24;
+
+impl Grant {
+    fn encode(&self) -> [u8; GRANT_LEN] {
+        let mut b = [0u8; GRANT_LEN];
+        b[..8].copy_from_slice(&self.addr.to_le_bytes());
+        b[8..16].copy_from_slice(&self.len.to_le_bytes());
+        b[16..20].copy_from_slice(&self.rkey.to_le_bytes());
+        b[20..24].copy_from_slice(&u32::from(self.granted).to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Grant, String> {
+        let b: &[u8; GRANT_LEN] = b
+            .try_into()
+            .map_err(|_| format!("an RDMA grant of {} bytes, expected {GRANT_LEN}", b.len()))?;
+        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let long = |at: usize| u64::from(word(at)) | (u64::from(word(at + 4)) << 32);
+        let granted = match word(20) {
+            0 => false,
+            1 => true,
+            other => return Err(format!("an RDMA grant with flag {other}")),
         };
-        // Packs the batch's bytes into send buffers.
-        let mut slot: Option<(u32, usize)> = None;
-        for t in &bufs {
-            let mut bytes = t.buf.bytes();
-            while !bytes.is_empty() {
-                let (s, used) = match slot {
-                    Some(s) => s,
-                    None => {
-                        // A data chunk keeps one credit in reserve for
-                        // credit returns.
-                        let ready = flusher_wait(&link, |l| {
-                            if l.credit_due(true) && !l.free_send.borrow().is_empty() {
-                                if let Some(s) = l.free_send.borrow_mut().pop() {
-                                    if let Err(e) = l.post_chunk(s, KIND_CREDIT, 0) {
-                                        l.fail(e);
-                                        return true;
-                                    }
-                                }
-                            }
-                            l.credits.get() >= 2 && !l.free_send.borrow().is_empty()
-                        })
-                        .await;
-                        if ready.is_err() || link.done.get() {
-                            return;
-                        }
-                        let Some(s) = link.free_send.borrow_mut().pop() else {
-                            continue;
-                        };
-                        (s, 0)
-                    }
-                };
-                let n = bytes.len().min(room - used);
-                let offset = link.block.send_offset(s) + CHUNK_HEADER + used;
-                // SAFETY: send buffer `s` is this link's and no request on it
-                // is outstanding (it was free, and is posted below).
-                unsafe { link.block.core.region.memory.write(offset, &bytes[..n]) };
-                bytes = &bytes[n..];
-                if used + n == room {
-                    if let Err(e) = link.post_chunk(s, KIND_DATA, room) {
-                        link.fail(e);
-                        return;
-                    }
-                    slot = None;
-                } else {
-                    slot = Some((s, used + n));
-                }
-            }
+        Ok(Grant {
+            addr: long(0),
+            len: long(8),
+            rkey: word(16),
+            granted,
+        })
+    }
+}
+
+/// Offers one bulk segment, waits for the peer's grant, and RDMA WRITEs
+/// the segment (with an immediate naming the offer) into the destination
+/// the peer registered for it.
+async fn bulk_write(link: &Link, header: &[u8], seg: &Segment) -> Result<(), Option<Error>> {
+    let id = link.offers.get();
+    link.offers.set(id.wrapping_add(1));
+    let s = acquire(link).await.map_err(|()| None)?;
+    let offset = link.block.send_offset(s) + CHUNK_HEADER;
+    // SAFETY: send buffer `s` was free: no request on it is outstanding.
+    unsafe { link.block.core.region.memory.write(offset, header) };
+    link.post_chunk(s, KIND_BULK_OFFER, header.len())
+        .map_err(Some)?;
+    let grant = poll_fn(|cx| {
+        if link.done.get() {
+            return Poll::Ready(Err(None));
         }
-        if let Some((s, used)) = slot {
-            if let Err(e) = link.post_chunk(s, KIND_DATA, used) {
-                link.fail(e);
-                return;
-            }
+        if let Err(e) = service(link, true) {
+            return Poll::Ready(Err(Some(e)));
         }
-        // The bytes are in registered memory: the batch's buffers go back.
-        drop(bufs);
-        conn.batch_done(Vec::new(), messages, bytes);
+        if let Some(g) = link.grants.borrow_mut().pop_front() {
+            return Poll::Ready(Ok(g));
+        }
+        *link.flusher.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await?;
+    if !grant.granted {
+        // The receiver declined the segment.
+        return Ok(());
+    }
+    let bad = |why: String| {
+        Some(Error::io(
+            format!("RDMA bulk write to {}", link.conn.remote),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+        ))
+    };
+    if grant.len != seg.len as u64 {
+        return Err(bad(format!(
+            "the peer granted {} bytes for a segment of {}",
+            grant.len, seg.len
+        )));
+    }
+    let Ok(len) = u32::try_from(seg.len) else {
+        return Err(bad(format!(
+            "a bulk segment of {} bytes exceeds one RDMA WRITE",
+            seg.len
+        )));
+    };
+    let client = &link.block.core.client;
+    // SAFETY: the segment's bytes belong to the batch the flusher holds
+    // until this returns, after the region is deregistered; the device only
+    // reads them (no write access), and nothing writes them meanwhile (the
+    // `IoBuf` contract).
+    let keys = unsafe { client.reg_mr(seg.ptr as *mut u8, seg.len, Access::empty()) }
+        .await
+        .map_err(|e| Some(link.qp_error(e)))?;
+    // A WRITE with immediate consumes one of the peer's receives.
+    let ready = poll_fn(|cx| {
+        if link.done.get() {
+            return Poll::Ready(false);
+        }
+        if link.credits.get() >= 2 {
+            return Poll::Ready(true);
+        }
+        *link.flusher.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+    let written = if ready {
+        link.credits.set(link.credits.get() - 1);
+        link.sent.set(link.sent.get() + 1);
+        let sge = Sge {
+            addr: seg.ptr as u64,
+            length: len,
+            lkey: keys.lkey,
+        };
+        let op = SendOp::RdmaWriteWithImm {
+            remote_addr: grant.addr,
+            rkey: grant.rkey,
+            imm: id,
+        };
+        Some(client.post_send(link.qp.id, op, &[sge], true).await)
+    } else {
+        None
+    };
+    let dereg = client.dereg_mr(keys.id).await;
+    match (written, dereg) {
+        (None, _) => Err(None),
+        (Some(Err(e)), _) | (Some(Ok(_)), Err(e)) => Err(Some(link.qp_error(e))),
+        (Some(Ok(_)), Ok(())) => Ok(()),
     }
 }
 
@@ -738,14 +906,82 @@ async fn send_completer(link: Rc<Link>) {
     }
 }
 
+/// A bulk segment granted to the peer, waiting for its write.
+struct BulkIn {
+    header: FrameHeader,
+    dest: Option<DestBox>,
+    mr: Option<MrId>,
+    id: u32,
+}
+
+/// The reader's bulk state; a destination still registered when the reader
+/// ends is deregistered before it goes back (or, off the core, leaked rather
+/// than freed under the device).
+#[derive(Default)]
+struct BulkSlot(Option<BulkIn>);
+
+impl BulkSlot {
+    async fn release(&mut self, link: &Link) {
+        if let Some(b) = self.0.as_mut() {
+            if let Some(mr) = b.mr.take() {
+                if let Err(e) = link.block.core.client.dereg_mr(mr).await {
+                    if !matches!(e, RdmaError::Closed | RdmaError::ShuttingDown) {
+                        // Still registered: never free it.
+                        tracing::warn!("deregistering a bulk destination: {e}");
+                        if let Some(d) = b.dest.take() {
+                            std::mem::forget(d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BulkSlot {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.as_mut() {
+            if b.mr.is_some() {
+                if let Some(d) = b.dest.take() {
+                    std::mem::forget(d);
+                }
+            }
+        }
+    }
+}
+
 /// Takes receive completions in order, hands complete frames to the
-/// engine, reposts each receive once its bytes are taken.
+/// engine, grants bulk offers, reposts each receive once its bytes are
+/// taken.
 async fn reader(link: Rc<Link>, mut posted: VecDeque<(u32, Pending<WorkCompletion>)>) {
+    let mut bulk = BulkSlot::default();
+    if let Err(Some(e)) = read(&link, &mut posted, &mut bulk).await {
+        link.fail(e);
+    }
+    bulk.release(&link).await;
+    if let Some(w) = link.lifeline.borrow_mut().take() {
+        w.wake();
+    }
+}
+
+/// The reader's loop. `Err(None)`: the link stopped.
+async fn read(
+    link: &Rc<Link>,
+    posted: &mut VecDeque<(u32, Pending<WorkCompletion>)>,
+    bulk: &mut BulkSlot,
+) -> Result<(), Option<Error>> {
     let conn = link.conn.clone();
     let mut acc = AlignedVec::<16>::new();
+    let mut next_offer: u32 = 0;
+    let bad = |why: String| {
+        Some(Error::io(
+            format!("RDMA connection to {}", conn.remote),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+        ))
+    };
     loop {
         let Some((slot, mut pending)) = posted.pop_front() else {
-            return;
+            return Err(None);
         };
         let res = poll_fn(|cx| match Pin::new(&mut pending).poll(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
@@ -754,58 +990,78 @@ async fn reader(link: Rc<Link>, mut posted: VecDeque<(u32, Pending<WorkCompletio
         })
         .await;
         let wc = match res {
-            None => return,
+            None => return Err(None),
             Some(Ok(wc)) => wc,
-            Some(Err(e)) => {
-                if !link.done.get() {
-                    let err = link.qp_error(e);
-                    link.fail(err);
-                }
-                return;
+            Some(Err(e)) if link.done.get() || link.ended.get() => {
+                let _ = e;
+                return Err(None);
             }
+            Some(Err(e)) => return Err(Some(link.qp_error(e))),
         };
         drop(pending);
-        let offset = link.block.recv_offset(slot);
-        let len = (wc.byte_len as usize).min(link.block.size);
-        // SAFETY: the receive on this buffer completed and is not posted
-        // again until the bytes are copied out below.
-        let chunk = unsafe { link.block.core.region.memory.bytes(offset, len) };
-        let parsed = parse_chunk(chunk);
-        let (kind, returned, payload) = match parsed {
-            Ok(p) => p,
-            Err(why) => {
-                link.fail(Error::io(
-                    format!("RDMA connection to {}", conn.remote),
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, why),
-                ));
-                return;
-            }
-        };
         link.received.set(link.received.get() + 1);
-        link.credits
-            .set(link.credits.get().saturating_add(returned));
-        if returned > 0 {
-            link.wake_flusher();
-        }
-        if kind == KIND_DATA {
-            acc.extend_from_slice(payload);
+        if wc.opcode == WcOpcode::RecvRdmaWithImm {
+            // A bulk segment was written into its destination.
+            let Some(mut b) = bulk.0.take() else {
+                return Err(bad("an RDMA WRITE nobody was granted".into()));
+            };
+            if wc.imm != Some(b.id) || u64::from(wc.byte_len) != u64::from(b.header.payload_len) {
+                bulk.0 = Some(b);
+                return Err(bad(format!(
+                    "an RDMA WRITE of {} bytes (immediate {:?}) does not match its grant",
+                    wc.byte_len, wc.imm
+                )));
+            }
+            if let Some(mr) = b.mr.take() {
+                if let Err(e) = link.block.core.client.dereg_mr(mr).await {
+                    b.mr = Some(mr);
+                    bulk.0 = Some(b);
+                    return Err(Some(link.qp_error(e)));
+                }
+            }
+            conn.bulk_end(&b.header, b.dest.take(), wc.byte_len as usize);
+            conn.after_session();
+        } else {
+            let offset = link.block.recv_offset(slot);
+            let len = (wc.byte_len as usize).min(link.block.size);
+            // SAFETY: the receive on this buffer completed and is not posted
+            // again until the bytes are copied out below.
+            let chunk = unsafe { link.block.core.region.memory.bytes(offset, len) };
+            let (kind, returned, payload) = parse_chunk(chunk).map_err(bad)?;
+            link.credits
+                .set(link.credits.get().saturating_add(returned));
+            if returned > 0 {
+                link.wake_flusher();
+            }
+            match kind {
+                KIND_DATA => acc.extend_from_slice(payload),
+                KIND_GRANT => {
+                    let g = Grant::decode(payload).map_err(bad)?;
+                    link.grants.borrow_mut().push_back(g);
+                    link.wake_flusher();
+                }
+                KIND_BULK_OFFER => {
+                    let mut head = [0u8; HEADER_LEN];
+                    head.copy_from_slice(payload);
+                    // The buffer goes back before the wait for the
+                    // application's decision.
+                    posted.push_back((slot, repost(link, slot).map_err(Some)?));
+                    link.to_return.set(link.to_return.get() + 1);
+                    offer(link, &head, next_offer, bulk).await?;
+                    next_offer = next_offer.wrapping_add(1);
+                    continue;
+                }
+                _ => {}
+            }
         }
         // The bytes are out: the buffer takes the next chunk.
-        match repost(&link, slot) {
-            Ok(p) => posted.push_back((slot, p)),
-            Err(e) => {
-                link.fail(e);
-                return;
-            }
-        }
-        if kind == KIND_DATA {
+        posted.push_back((slot, repost(link, slot).map_err(Some)?));
+        if !acc.is_empty() {
             let res = frames(&conn, &mut acc).await;
             conn.after_session();
-            if res.is_err() || conn.is_closed() {
-                if let Some(w) = link.lifeline.borrow_mut().take() {
-                    w.wake();
-                }
-                return;
+            res.map_err(|_| None)?;
+            if conn.is_closed() {
+                return Err(None);
             }
         }
         link.to_return.set(link.to_return.get() + 1);
@@ -816,6 +1072,93 @@ async fn reader(link: Rc<Link>, mut posted: VecDeque<(u32, Pending<WorkCompletio
             w.wake();
         }
     }
+}
+
+/// A bulk offer: once the application decided, registers the destination
+/// for the peer's write and grants it (or declines).
+async fn offer(
+    link: &Rc<Link>,
+    head: &[u8; HEADER_LEN],
+    id: u32,
+    bulk: &mut BulkSlot,
+) -> Result<(), Option<Error>> {
+    let conn = &link.conn;
+    if bulk.0.is_some() {
+        return Err(Some(Error::io(
+            format!("RDMA connection to {}", conn.remote),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a bulk offer while another is being written",
+            ),
+        )));
+    }
+    // The metadata message came first: its receiver decides now.
+    if !conn.reader_may_go() {
+        conn.reader_ready().await.map_err(|_| None)?;
+    }
+    let header = FrameHeader::parse(head).map_err(|e| Some(Error::from_proto(e)))?;
+    conn.check_header(&header).map_err(|_| None)?;
+    if header.kind != FrameKind::Bulk {
+        return Err(Some(Error::io(
+            format!("RDMA connection to {}", conn.remote),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a bulk offer for a frame that is not a bulk segment",
+            ),
+        )));
+    }
+    let dest = conn.bulk_start(&header).map_err(|_| None)?;
+    let grant = match dest {
+        Some(mut d) => {
+            let dst = d.as_mut_slice();
+            if dst.len() != header.payload_len as usize {
+                conn.bulk_end(&header, Some(d), 0);
+                return Err(Some(Error::Usage(
+                    "bulk segment size differs from its destination",
+                )));
+            }
+            let (ptr, len) = (dst.as_mut_ptr(), dst.len());
+            // SAFETY: the destination is held in `bulk` (not touched) until
+            // the write completed and the region is deregistered, or it is
+            // leaked (`BulkSlot`); the device and the peer are its only
+            // writers meanwhile.
+            let keys = unsafe {
+                link.block
+                    .core
+                    .client
+                    .reg_mr(ptr, len, Access::REMOTE_WRITE)
+            };
+            bulk.0 = Some(BulkIn {
+                header,
+                dest: Some(d),
+                mr: None,
+                id,
+            });
+            let keys = keys.await.map_err(|e| Some(link.qp_error(e)))?;
+            if let Some(b) = bulk.0.as_mut() {
+                b.mr = Some(keys.id);
+            }
+            Grant {
+                addr: ptr as u64,
+                len: len as u64,
+                rkey: keys.rkey,
+                granted: true,
+            }
+        }
+        None => {
+            conn.bulk_end(&header, None, 0);
+            conn.after_session();
+            Grant {
+                addr: 0,
+                len: 0,
+                rkey: 0,
+                granted: false,
+            }
+        }
+    };
+    link.control.borrow_mut().push_back(grant.encode());
+    link.wake_flusher();
+    Ok(())
 }
 
 fn repost(link: &Link, slot: u32) -> Result<Pending<WorkCompletion>, Error> {
@@ -854,6 +1197,11 @@ fn parse_chunk(chunk: &[u8]) -> Result<(u8, u32, &[u8]), String> {
         KIND_DATA => Ok((kind, returned, payload)),
         KIND_CREDIT if len == 0 => Ok((kind, returned, payload)),
         KIND_CREDIT => Err("an RDMA credit message carries payload".into()),
+        KIND_BULK_OFFER if len == HEADER_LEN => Ok((kind, returned, payload)),
+        KIND_GRANT if len == GRANT_LEN => Ok((kind, returned, payload)),
+        KIND_BULK_OFFER | KIND_GRANT => Err(format!(
+            "an RDMA control message of kind {kind} with {len} bytes"
+        )),
         other => Err(format!("an RDMA message of unknown kind {other}")),
     }
 }
@@ -893,28 +1241,20 @@ async fn frames(conn: &Rc<Conn>, acc: &mut AlignedVec<16>) -> Result<(), Error> 
             .get(at + HEADER_LEN..at + HEADER_LEN + len)
             .ok_or(Error::Usage("internal: frame vanished"))?;
         if header.kind == FrameKind::Bulk {
-            segment(conn, &header, payload)?;
-        } else {
-            conn.on_frame(&header, payload, &backing, false)?;
+            // Bulk bytes come by RDMA WRITE into granted destinations only.
+            let err = Error::io(
+                format!("RDMA connection to {}", conn.remote),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a bulk segment sent as a message, not written into a grant",
+                ),
+            );
+            conn.fail(err.clone());
+            return Err(err);
         }
+        conn.on_frame(&header, payload, &backing, false)?;
         at += frame_len(len);
     }
-    Ok(())
-}
-
-/// Copies one bulk segment into its destination.
-fn segment(conn: &Rc<Conn>, header: &FrameHeader, data: &[u8]) -> Result<(), Error> {
-    let mut dest = conn.bulk_start(header)?;
-    if let Some(d) = dest.as_mut() {
-        let dst = d.as_mut_slice();
-        if dst.len() != data.len() {
-            return Err(Error::Usage(
-                "bulk segment size differs from its destination",
-            ));
-        }
-        dst.copy_from_slice(data);
-    }
-    conn.bulk_end(header, dest, 0);
     Ok(())
 }
 
@@ -1247,6 +1587,9 @@ async fn establish(
         flusher: RefCell::new(None),
         sends: RefCell::new(VecDeque::new()),
         completer: RefCell::new(None),
+        control: RefCell::new(VecDeque::new()),
+        grants: RefCell::new(VecDeque::new()),
+        offers: Cell::new(0),
         sent: Cell::new(0),
         received: Cell::new(0),
         lifeline: RefCell::new(None),
@@ -1374,4 +1717,92 @@ async fn goodbye(link: &Link, side: &SideReader) -> Result<(), Error> {
         .shutdown(std::net::Shutdown::Write)
         .await
         .map_err(|e| Error::io("shut the RDMA side channel", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(kind: u8, returned: u32, payload: &[u8]) -> Vec<u8> {
+        let mut c = vec![0u8; CHUNK_HEADER];
+        c[0] = kind;
+        c[4..8].copy_from_slice(&returned.to_le_bytes());
+        c[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        c.extend_from_slice(payload);
+        c
+    }
+
+    #[test]
+    fn chunks_parse_and_bad_ones_are_refused() {
+        let c = chunk(KIND_DATA, 3, b"frames");
+        assert_eq!(parse_chunk(&c).unwrap(), (KIND_DATA, 3, &b"frames"[..]));
+        // Trailing bytes past the declared length are ignored.
+        let mut longer = c.clone();
+        longer.extend_from_slice(&[0; 8]);
+        assert_eq!(parse_chunk(&longer).unwrap().2, b"frames");
+        assert_eq!(parse_chunk(&chunk(KIND_CREDIT, 9, &[])).unwrap().1, 9);
+        let offer = [0u8; HEADER_LEN];
+        assert!(parse_chunk(&chunk(KIND_BULK_OFFER, 0, &offer)).is_ok());
+        assert!(parse_chunk(&chunk(KIND_GRANT, 0, &[0; GRANT_LEN])).is_ok());
+
+        let bad: Vec<(Vec<u8>, &str)> = vec![
+            (vec![1, 0, 0], "shorter than"),
+            (chunk(KIND_CREDIT, 1, b"x"), "credit message carries"),
+            (chunk(KIND_BULK_OFFER, 0, &[0; 3]), "control message"),
+            (chunk(KIND_GRANT, 0, &[0; 3]), "control message"),
+            (chunk(99, 0, &[]), "unknown kind"),
+            (
+                {
+                    let mut c = chunk(KIND_DATA, 0, b"ab");
+                    c[8] = 200;
+                    c
+                },
+                "declares 200",
+            ),
+            (
+                {
+                    let mut c = chunk(KIND_DATA, 0, b"ab");
+                    c[13] = 1;
+                    c
+                },
+                "reserved",
+            ),
+        ];
+        for (c, want) in bad {
+            let e = parse_chunk(&c).unwrap_err();
+            assert!(e.contains(want), "{e} (wanted {want:?})");
+        }
+    }
+
+    #[test]
+    fn grants_round_trip_and_bad_flags_are_refused() {
+        let g = Grant {
+            addr: 0x7f00_1234_5678,
+            len: 300_000,
+            rkey: 0xabcd,
+            granted: true,
+        };
+        let back = Grant::decode(&g.encode()).unwrap();
+        assert_eq!(
+            (back.addr, back.len, back.rkey, back.granted),
+            (g.addr, g.len, g.rkey, g.granted)
+        );
+        let mut b = g.encode();
+        b[20] = 2;
+        assert!(Grant::decode(&b).unwrap_err().contains("flag 2"));
+        assert!(Grant::decode(&b[..5]).is_err());
+    }
+
+    #[test]
+    fn config_limits_are_checked() {
+        assert!(RdmaConfig::default().check().is_ok());
+        assert!(RdmaConfig::default().recv_buffers(1).check().is_err());
+        assert!(RdmaConfig::default().buffer_size(64).check().is_err());
+        assert!(RdmaConfig::default().send_buffers(0).check().is_err());
+        assert!(RdmaConfig::default()
+            .connections_per_core(0)
+            .check()
+            .is_err());
+        assert_eq!(RdmaConfig::default().block_len(), (32 + 16) * 8192);
+    }
 }
