@@ -1453,6 +1453,11 @@ fn setup_timeout() -> Error {
 
 /// Connects to `endpoint`: fails at once without an RDMA device.
 pub(crate) async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection, Error> {
+    if config.reconnect.is_some() {
+        return Err(Error::Usage(
+            "rdma:// connections do not reconnect yet: drop Config::reconnect",
+        ));
+    }
     let core = core_state()?;
     let credits = credits_for(&core, endpoint)?;
     let addr = first_addr(endpoint)?;
