@@ -478,3 +478,43 @@ fn runtime_shutdown_with_work_in_flight_ends_everything() {
     // The context outlives the runtime and stops cleanly afterwards.
     ctx.shutdown(Duration::from_secs(2));
 }
+
+#[test]
+fn a_peer_that_sends_garbage_on_the_side_channel_is_refused_and_others_go_on() {
+    use std::io::{Read, Write};
+    let rt = runtime();
+    let (_fabric, _ctx) = mem_context(&rt, RdmaConfig::default());
+    let (eps_tx, eps_rx) = mpsc::channel();
+    let server = rt.spawn_on(1, move || async move {
+        let mut l = listen(&any_port(), &config()).await.unwrap();
+        eps_tx.send(l.endpoint().clone()).unwrap();
+        let bad = l.accept().await.unwrap().unwrap_err().to_string();
+        let good = l.accept().await.unwrap().unwrap();
+        let req = good.recv::<Ask>().await.unwrap();
+        let n = req.n.to_native();
+        req.reply(&Answer { n, square: n * n }).await.unwrap();
+        let _ = good.recv_any().await;
+        bad
+    });
+    let ep = eps_rx.recv().unwrap();
+    let port = ep.port().unwrap();
+    // A peer that speaks something else entirely.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+    let answer = rt
+        .block_on(0, move || async move {
+            let conn = connect(&ep, &config()).await.unwrap();
+            let r = conn.call::<Ask, Answer>(&Ask { n: 12 }).await.unwrap();
+            let sq = r.square.to_native();
+            drop(r);
+            conn.close().await.unwrap();
+            sq
+        })
+        .unwrap();
+    assert_eq!(answer, 144);
+    let bad = server.join().unwrap();
+    assert!(bad.contains("not a ringwire RDMA exchange"), "{bad}");
+    shutdown(rt);
+}

@@ -45,6 +45,24 @@
 //! returns never deadlock. A sender without credits stops taking batches:
 //! the engine's send queue fills and the connection's back-pressure policy
 //! (wait, fail, drop-newest) applies.
+//!
+//! # Bulk
+//!
+//! A bulk segment goes as an offer (its frame header). Once the receiving
+//! application has accepted the offer with destinations of its choice, the
+//! receiver registers each destination for remote write and grants it
+//! (address, length, rkey); the sender registers its segment and RDMA
+//! WRITEs it with an immediate naming the offer. The receive the write
+//! consumes ends the segment; the destination is deregistered before the
+//! application gets it back. A declined offer is granted nothing.
+//!
+//! # End
+//!
+//! The side channel stays open as the connection's lifeline. When the
+//! connection ends, each side sends the number of chunks it posted and
+//! waits for the peer's before its queue pair is destroyed, so the last
+//! frames of an orderly close are taken before either queue pair goes; a
+//! side channel that ends without that goodbye means the peer is gone.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
