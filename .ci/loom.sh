@@ -3,7 +3,8 @@
 # interleaving of the `#[cfg(loom)]` tests (modules named `loom_tests`) up to
 # LOOM_MAX_PREEMPTIONS preemptions per execution (5 finishes in about a
 # minute on a laptop core; unbounded takes far longer):
-#   - mailbox::ring: the SPSC ring and its park handshake;
+#   - ringwire-ring (runtime/ring/): the SPSC ring and its park handshake;
+#   - mailbox::*: the rest of the mailbox protocols;
 #   - mailbox::channel: the typed channel's waiter handshake with both
 #     doorbells (MSG_RING completion; eventfd with the pending flag);
 #   - remote: the control queue, its wake flag and the eventfd.
@@ -22,3 +23,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
 filter="${1:-loom_tests}"
 echo "loom: LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS, filter '$filter'"
 cargo test -p ringwire-runtime --release --lib "$filter"
+cargo test -p ringwire-ring --release --lib "${1:-}"

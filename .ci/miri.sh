@@ -22,3 +22,4 @@ else
     filters=(mailbox driver::lifecycle driver::tags scoped buf:: stats:: error::)
 fi
 cargo +nightly miri test -p ringwire-runtime --lib -- "${filters[@]}"
+cargo +nightly miri test -p ringwire-ring --lib -- "${@}"

@@ -208,7 +208,7 @@ run_client() {
 
 check_server_log() {
     local log=$1
-    if grep -Eiq 'error|warn|panic' "$log"; then
+    if grep -v ' stopped: ' "$log" | grep -Eiq 'error|warn|panic'; then
         echo "    server log (it reported problems):"
         sed 's/^/      /' "$log"
     fi

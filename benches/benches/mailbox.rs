@@ -2,15 +2,16 @@
 //! crossbeam's `ArrayQueue` and glommio's `shared_channel`.
 //!
 //! The producer runs pinned to core 0, the consumer to core 1; each sample
-//! sends `iters` messages of 8 B or 64 B and is timed from the producer's
+//! sends `iters` messages of 8 B, 16 B or 64 B and is timed from the producer's
 //! first push to the consumer's last pop (thread and executor start-up are
 //! outside the timed region). "Batch" is how many messages each side moves
 //! per turn: ringwire publishes its index once per batch (`push_slice`,
 //! `pop_batch`) and checks `needs_wakeup` once per batch, as the runtime
-//! will; crossbeam and glommio have no batch API and move the same number of
-//! messages one call at a time. All queues hold 1024 messages. Both sides
-//! spin (ringwire, crossbeam) or await (glommio, its normal use) when the
-//! queue is full or empty.
+//! does (the ring's park barrier, printed at the start, decides what that
+//! check costs); crossbeam and glommio have no batch API and move the same
+//! number of messages one call at a time. All queues hold 1024 messages.
+//! Both sides spin (ringwire, crossbeam) or await (glommio, its normal use)
+//! when the queue is full or empty.
 //!
 //! Run: `nice -n 10 cargo bench -p ringwire-benches --bench mailbox`
 
@@ -231,7 +232,11 @@ fn bench_size<const N: usize>(c: &mut Criterion) {
 }
 
 fn mailbox(c: &mut Criterion) {
+    // Asymmetric unless the kernel refuses membarrier (see ringwire-ring).
+    let (tx, _rx) = channel::<u8>(1);
+    eprintln!("ringwire ring park barrier: {:?}", tx.wake_barrier());
     bench_size::<8>(c);
+    bench_size::<16>(c);
     bench_size::<64>(c);
 }
 

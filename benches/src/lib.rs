@@ -6,12 +6,14 @@
 //! typed request/reply benchmark (`benches/typed.sh`: `typed-ringwire`,
 //! `typed-tokio`, `typed-zmq`, `typed-mem`, `typed-bulk`) adds its message
 //! types in [`typed`], its clients' measurement in [`measure`], and the TLS
-//! settings of its `tls://` runs in [`tls`].
+//! settings of its `tls://` runs in [`tls`]. The suite's report generator
+//! (`benches/suite.sh`, `bench-report`) lives in [`report`].
 
 pub mod cli;
 pub mod cores;
 pub mod cpu;
 pub mod measure;
+pub mod report;
 pub mod server;
 pub mod tls;
 pub mod typed;

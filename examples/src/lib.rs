@@ -3,6 +3,7 @@
 //! set-up.
 
 pub mod cli;
+pub mod held;
 pub mod kv;
 pub mod lenprefix;
 

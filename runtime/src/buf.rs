@@ -35,6 +35,22 @@ unsafe impl IoBuf for RecvBuf {
     }
 }
 
+/// The current core's receive buffers: how many the kernel can fill right
+/// now, and how many the core has. A task that holds received buffers across
+/// loop turns (to send a message from the buffers it arrived in) checks this
+/// to let go before the ring runs dry, since held buffers are ones no
+/// connection on the core can receive into.
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub fn recv_buffer_supply() -> (usize, usize) {
+    crate::driver::with(|cx| {
+        let bufs = cx.bufs.borrow();
+        (usize::from(bufs.available()), usize::from(bufs.count()))
+    })
+}
+
 /// Received bytes, in place in the buffer the kernel filled.
 ///
 /// Dropping it returns the buffer to the core's provided buffer ring. Hold

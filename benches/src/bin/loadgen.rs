@@ -108,6 +108,12 @@ struct Args {
     /// Fail if no echo completes for T.
     #[arg(long, value_name = "T", default_value = "5s", value_parser = parse_duration)]
     stall_timeout: Duration,
+    /// Pingpong only: at most N round trips per second over all connections
+    /// (each connection sends its next message no sooner than conns/N s
+    /// after its previous one), to measure latency and server CPU at a low,
+    /// steady rate instead of flat out.
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -126,6 +132,9 @@ struct Config {
     wait: Duration,
     connect_timeout: Duration,
     stall_timeout: Duration,
+    /// Pingpong at a set rate: the least time between two sends of one
+    /// connection.
+    interval: Option<Duration>,
 }
 
 /// Checks what clap cannot: the mode-dependent defaults and the ranges.
@@ -166,6 +175,19 @@ fn config(args: Args) -> Result<Config, String> {
     if args.label.is_empty() || args.label.contains(char::is_whitespace) {
         return Err("`--label` must be one word".into());
     }
+    let interval = match (args.rate, args.mode) {
+        (None, _) => None,
+        (Some(_), Mode::Throughput) => {
+            return Err("`--rate` applies to pingpong mode only".into());
+        }
+        (Some(r), Mode::PingPong) if r.is_finite() && r > 0.0 && r <= 10_000_000.0 => {
+            Some(Duration::from_secs_f64(conns as f64 / r))
+        }
+        (Some(_), Mode::PingPong) => return Err("`--rate` must be in (0, 10000000]".into()),
+    };
+    if interval.is_some_and(|gap| gap * 2 >= args.stall_timeout) {
+        return Err("`--rate` too low: one round trip per connection must fit well within `--stall-timeout`".into());
+    }
     let addr = resolve_loopback(&args.addr)?;
     Ok(Config {
         addr,
@@ -182,6 +204,7 @@ fn config(args: Args) -> Result<Config, String> {
         wait: args.wait,
         connect_timeout: args.connect_timeout,
         stall_timeout: args.stall_timeout,
+        interval,
     })
 }
 
@@ -573,6 +596,10 @@ fn run(cfg: &Config) -> Result<Report, String> {
     let mut last_progress = start;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; conns.len().min(1024)];
     let mut rx_buf = vec![0u8; 256 * 1024];
+    // At a set rate: when each connection may send its next message, and
+    // when its last one left.
+    let mut due: Vec<Option<Instant>> = vec![None; conns.len()];
+    let mut last_send: Vec<Instant> = vec![start; conns.len()];
 
     loop {
         let now = Instant::now();
@@ -603,9 +630,26 @@ fn run(cfg: &Config) -> Result<Report, String> {
                 msgs
             ));
         }
-        let next_deadline = if measuring { end } else { warmup_end };
+        let mut next_deadline = if measuring { end } else { warmup_end };
+        if cfg.interval.is_some() {
+            for (i, d) in due.iter_mut().enumerate() {
+                match *d {
+                    Some(t) if t <= now => {
+                        *d = None;
+                        // On the schedule's grid, so that late wake-ups
+                        // (epoll waits in whole milliseconds) do not lower
+                        // the rate; after a long delay, restart from now.
+                        last_send[i] = if now - t < catch_up(cfg) { t } else { now };
+                        conns[i].refill(&pattern, cfg.depth, now);
+                        flush_conn(&epoll, &mut conns[i])?;
+                    }
+                    Some(t) => next_deadline = next_deadline.min(t),
+                    None => {}
+                }
+            }
+        }
         let timeout = next_deadline
-            .saturating_duration_since(now)
+            .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(100));
         let n = epoll
             .wait(&mut events, timeout)
@@ -621,7 +665,21 @@ fn run(cfg: &Config) -> Result<Report, String> {
                     if measuring {
                         msgs += done;
                     }
-                    conn.refill(&pattern, cfg.depth, last_progress);
+                    match cfg.interval {
+                        Some(gap) if last_progress < last_send[idx] + gap => {
+                            due[idx] = Some(last_send[idx] + gap);
+                        }
+                        Some(gap) => {
+                            let t = last_send[idx] + gap;
+                            last_send[idx] = if last_progress - t < catch_up(cfg) {
+                                t
+                            } else {
+                                last_progress
+                            };
+                            conn.refill(&pattern, cfg.depth, last_progress);
+                        }
+                        None => conn.refill(&pattern, cfg.depth, last_progress),
+                    }
                 }
             }
             // Write whatever is queued: new messages, or leftovers on EPOLLOUT.
@@ -655,6 +713,13 @@ fn run(cfg: &Config) -> Result<Report, String> {
         machine_busy,
         frame_len,
     })
+}
+
+/// At a set rate, how late a send may be and still keep its place on the
+/// schedule's grid (the sends after it catch up); later than this, the
+/// schedule restarts from now.
+fn catch_up(cfg: &Config) -> Duration {
+    (cfg.interval.unwrap_or(Duration::ZERO) * 16).max(Duration::from_millis(20))
 }
 
 /// Flushes `conn` and keeps its `EPOLLOUT` interest in line with whether

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! echo-node [--cpus LIST | --cores N] [--listen 127.0.0.1:7000]
-//!           [--wire raw|lenprefix] [--idle park|spin|poll] [--max-message BYTES]
+//!           [--wire raw|lenprefix] [--gather sendmsg|copy] [--idle park|spin|poll] [--max-message BYTES]
 //!           [--recv multishot|single] [--accept reuseport|handoff]
 //!           [--wait-batch N:MICROS|off] [--recv-buffers N] [--recv-buffer-size BYTES]
 //!           [--stats]
@@ -25,7 +25,8 @@ use ringwire::runtime::{spawn_local, stats, Runtime};
 use ringwire_examples::cli::{
     parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
 };
-use ringwire_examples::lenprefix::Reassembler;
+use ringwire_examples::held::{Held, Piece};
+use ringwire_examples::lenprefix::{Boundaries, Reassembler};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Wire {
@@ -34,6 +35,25 @@ enum Wire {
     /// Whole messages: a 4-byte little-endian length, then the payload.
     #[value(name = "lenprefix")]
     LenPrefix,
+}
+
+/// How bytes that arrived in several receive buffers are sent back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Gather {
+    /// From the buffers they arrived in: one SENDMSG with an iovec per
+    /// buffer, no copy (a message spanning buffers is never reassembled).
+    Sendmsg,
+    /// Copied into one contiguous per-connection buffer, then one SEND (the
+    /// A/B reference).
+    Copy,
+}
+
+/// What a connection echoes and how.
+#[derive(Clone, Copy, Debug)]
+struct Echo {
+    wire: Wire,
+    max_message: usize,
+    gather: Gather,
 }
 
 /// How connections reach the cores.
@@ -79,6 +99,10 @@ struct Args {
     /// What is echoed.
     #[arg(long, value_enum, default_value_t = Wire::LenPrefix)]
     wire: Wire,
+    /// How bytes that arrived in several receive buffers go back: from those
+    /// buffers (sendmsg, no copy) or copied into one (copy, for A/B).
+    #[arg(long, value_enum, default_value_t = Gather::Sendmsg)]
+    gather: Gather,
     #[command(flatten)]
     idle: IdleArgs,
     /// Largest lenprefix message accepted, in bytes; a larger one closes the
@@ -130,7 +154,13 @@ fn run(cfg: Args) -> io::Result<()> {
         .wait_batch(cfg.wait_batch.0)
         .thread_name("echo-core")
         .build()?;
-    let (wire, max_message, accept) = (cfg.wire, cfg.max_message, cfg.accept);
+    let accept = cfg.accept;
+    let wire = cfg.wire;
+    let echo = Echo {
+        wire,
+        max_message: cfg.max_message,
+        gather: cfg.gather,
+    };
     let (listen, options) = (cfg.listen.addr, cfg.listen.options.clone());
     let cores = rt.core_count();
     // Bind before announcing the node, so that a load generator started
@@ -142,12 +172,12 @@ fn run(cfg: Args) -> io::Result<()> {
                 match accept {
                     Accept::ReusePort => {
                         let listener = TcpListener::bind_with(listen, &options)?;
-                        spawn_local(accept_loop(listener, wire, max_message));
+                        spawn_local(accept_loop(listener, echo));
                     }
                     Accept::Handoff if core == 0 => {
                         let opts = options.clone().reuse_port(false);
                         let listener = TcpListener::bind_with(listen, &opts)?;
-                        spawn_local(handoff_loop(listener, cores, wire, max_message));
+                        spawn_local(handoff_loop(listener, cores, echo));
                     }
                     Accept::Handoff => {}
                 }
@@ -183,12 +213,14 @@ fn run(cfg: Args) -> io::Result<()> {
     Ok(())
 }
 
-fn serve(conn: TcpStream, wire: Wire, max_message: usize) {
+fn serve(conn: TcpStream, echo: Echo) {
     spawn_local(async move {
         let peer = conn.peer_addr().ok();
-        let res = match wire {
-            Wire::Raw => echo_raw(conn).await,
-            Wire::LenPrefix => echo_lenprefix(conn, max_message).await,
+        let res = match (echo.wire, echo.gather) {
+            (Wire::Raw, Gather::Sendmsg) => echo_raw(conn).await,
+            (Wire::Raw, Gather::Copy) => echo_raw_copy(conn).await,
+            (Wire::LenPrefix, Gather::Sendmsg) => echo_lenprefix(conn, echo.max_message).await,
+            (Wire::LenPrefix, Gather::Copy) => echo_lenprefix_copy(conn, echo.max_message).await,
         };
         if let Err(e) = res {
             tracing::debug!(?peer, error = %e, "connection closed with error");
@@ -196,10 +228,10 @@ fn serve(conn: TcpStream, wire: Wire, max_message: usize) {
     });
 }
 
-async fn accept_loop(mut listener: TcpListener, wire: Wire, max_message: usize) {
+async fn accept_loop(mut listener: TcpListener, echo: Echo) {
     while let Some(conn) = listener.accept().await {
         match conn {
-            Ok(conn) => serve(conn, wire, max_message),
+            Ok(conn) => serve(conn, echo),
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -212,7 +244,7 @@ async fn accept_loop(mut listener: TcpListener, wire: Wire, max_message: usize) 
 /// Accepts on this core and hands connections round-robin to every core
 /// (this one included) through the mailboxes; each core registers the socket
 /// on its own ring.
-async fn handoff_loop(mut listener: TcpListener, cores: usize, wire: Wire, max_message: usize) {
+async fn handoff_loop(mut listener: TcpListener, cores: usize, echo: Echo) {
     let mut next = 0;
     while let Some(conn) = listener.accept().await {
         let conn = match conn {
@@ -226,19 +258,19 @@ async fn handoff_loop(mut listener: TcpListener, cores: usize, wire: Wire, max_m
         let target = next;
         next = (next + 1) % cores;
         if target == ringwire::runtime::current_core() {
-            serve(conn, wire, max_message);
+            serve(conn, echo);
             continue;
         }
         let fd = match conn.into_fd() {
             Ok(fd) => fd,
             Err((e, conn)) => {
                 tracing::warn!(error = %e, "cannot hand over; serving here");
-                serve(conn, wire, max_message);
+                serve(conn, echo);
                 continue;
             }
         };
         let sent = mailbox::post(target, move || {
-            serve(TcpStream::from_fd(fd), wire, max_message);
+            serve(TcpStream::from_fd(fd), echo);
         })
         .await;
         if let Err(e) = sent {
@@ -248,8 +280,8 @@ async fn handoff_loop(mut listener: TcpListener, cores: usize, wire: Wire, max_m
 }
 
 /// Echoes every byte. One buffer goes back as-is (no copy); several that
-/// arrived together are gathered into one send.
-async fn echo_raw(mut conn: TcpStream) -> io::Result<()> {
+/// arrived together are copied into one buffer and sent (`--gather copy`).
+async fn echo_raw_copy(mut conn: TcpStream) -> io::Result<()> {
     let mut out = Vec::with_capacity(64 * 1024);
     while let Some(first) = conn.recv().await? {
         match conn.try_recv().transpose()? {
@@ -273,11 +305,12 @@ async fn echo_raw(mut conn: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// Echoes whole length-prefixed messages: everything complete that arrived in
-/// one loop turn leaves in one send. When a single buffer arrived and starts
-/// at a message boundary (the common case), its complete messages are sent
+/// Echoes whole length-prefixed messages, reassembling those that span
+/// buffers (`--gather copy`): everything complete that arrived in one loop
+/// turn leaves in one send. When a single buffer arrived and starts at a
+/// message boundary (the common case), its complete messages are sent
 /// straight from the kernel-filled buffer, without a copy.
-async fn echo_lenprefix(mut conn: TcpStream, max_message: usize) -> io::Result<()> {
+async fn echo_lenprefix_copy(mut conn: TcpStream, max_message: usize) -> io::Result<()> {
     let mut framer = Reassembler::new(max_message);
     let mut out = Vec::with_capacity(64 * 1024);
     while let Some(mut first) = conn.recv().await? {
@@ -307,6 +340,103 @@ async fn echo_lenprefix(mut conn: TcpStream, max_message: usize) -> io::Result<(
             let (res, o) = conn.send_all(out).await;
             res?;
             out = o;
+            out.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Echoes every byte straight from the buffers it arrived in: what arrived
+/// in one loop turn leaves in one send (one SENDMSG when it spans buffers).
+async fn echo_raw(mut conn: TcpStream) -> io::Result<()> {
+    let mut out = Vec::with_capacity(16);
+    while let Some(first) = conn.recv().await? {
+        match conn.try_recv().transpose()? {
+            None => {
+                conn.send_all(first).await.0?;
+            }
+            Some(second) => {
+                out.push(first);
+                out.push(second);
+                while let Some(more) = conn.try_recv().transpose()? {
+                    out.push(more);
+                }
+                let (res, o) = conn.send_vectored(out).await;
+                res?;
+                out = o;
+                // Dropping the buffers gives them back to the kernel.
+                out.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Most bytes a connection holds for an incomplete message before they are
+/// echoed anyway: a larger message streams through instead of pinning
+/// receive buffers (the bytes on the wire are the same; it leaves in
+/// pieces).
+const HOLD_LIMIT: usize = 256 * 1024;
+
+/// Whether a connection holding buffers should let them go now: it holds
+/// more than [`HOLD_LIMIT`], or fewer than a quarter of the core's receive
+/// buffers are left for the kernel (held buffers are ones no connection on
+/// the core can receive into; holding on could starve every connection,
+/// including the one whose message needs more bytes to complete).
+fn should_release(held: &Held) -> bool {
+    if held.is_empty() {
+        return false;
+    }
+    if held.bytes() > HOLD_LIMIT {
+        return true;
+    }
+    let (free, total) = ringwire::runtime::buf::recv_buffer_supply();
+    free < total / 4
+}
+
+/// Echoes whole length-prefixed messages with no user-space copy: every
+/// buffer that arrived in one loop turn is scanned for message ends (only
+/// lengths are read), and everything up to the last complete message leaves
+/// in one send, straight from the buffers the kernel filled (one SENDMSG
+/// with an iovec per buffer when it spans several). Bytes of an incomplete
+/// message stay in their buffers ([`Held`]) until it completes, unless
+/// [`should_release`] says to echo them at once.
+async fn echo_lenprefix(mut conn: TcpStream, max_message: usize) -> io::Result<()> {
+    let mut bounds = Boundaries::new(max_message);
+    let mut held = Held::new();
+    let mut out: Vec<Piece> = Vec::with_capacity(16);
+    while let Some(first) = conn.recv().await? {
+        let mut next = conn.try_recv().transpose()?;
+        let (end, messages) = bounds.scan(&first)?;
+        stats::count_frames(messages, 0);
+        if next.is_none() && held.is_empty() && end == Some(first.len()) {
+            // The common case: one buffer of whole messages goes back as it is.
+            conn.send_all(first).await.0?;
+            continue;
+        }
+        let mut buf = Some(first);
+        let mut end = end;
+        loop {
+            if let Some(b) = buf.take() {
+                match end {
+                    Some(e) => held.release_through(b, e, &mut out),
+                    None => held.hold(b),
+                }
+            }
+            let Some(b) = next.take() else { break };
+            let (e, messages) = bounds.scan(&b)?;
+            stats::count_frames(messages, 0);
+            (buf, end) = (Some(b), e);
+            next = conn.try_recv().transpose()?;
+        }
+        if should_release(&held) {
+            held.release_all(&mut out);
+        }
+        if !out.is_empty() {
+            let (res, o) = conn.send_vectored(out).await;
+            res?;
+            out = o;
+            // The last views of a buffer give it back to the kernel here.
             out.clear();
         }
     }

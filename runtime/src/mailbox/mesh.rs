@@ -217,18 +217,10 @@ impl Mesh {
         ran
     }
 
-    /// Park handshake on every inbound ring: true if the core may sleep.
+    /// Park handshake on every inbound ring, with one barrier for all of
+    /// them: true if the core may sleep.
     pub(crate) fn prepare_park(&self) -> bool {
-        let mut inbound = self.inbound.borrow_mut();
-        for i in 0..inbound.len() {
-            if !inbound[i].prepare_park() {
-                for c in inbound[..i].iter_mut() {
-                    c.cancel_park();
-                }
-                return false;
-            }
-        }
-        true
+        Consumer::prepare_park_all(&mut self.inbound.borrow_mut())
     }
 
     /// Withdraws the park handshake after waking.

@@ -18,10 +18,11 @@
 //!    receiving core may be asleep and its doorbell must be rung.
 //! 3. Receiving, once per loop turn: drain every inbound ring in batches
 //!    ([`ring::Consumer::pop_batch`]).
-//! 4. Before sleeping: [`ring::Consumer::prepare_park`] on every inbound ring;
-//!    sleep only if all return `true`; after waking,
-//!    [`ring::Consumer::cancel_park`] on all of them. The protocol and why it
-//!    never loses a wake-up are in the [`ring`] module docs.
+//! 4. Before sleeping: [`ring::Consumer::prepare_park_all`] on the inbound
+//!    rings (one barrier for all of them); sleep only if it returns `true`;
+//!    after waking, [`ring::Consumer::cancel_park`] on all of them. The
+//!    protocol and why it never loses a wake-up are in the [`ring`] module
+//!    docs.
 
 pub mod channel;
 pub(crate) mod doorbell;

@@ -4,14 +4,15 @@
 //! random batch sizes and alternate single and batch operations; the consumer
 //! parks on `std::thread::park` using the ring's park/wake protocol. Every
 //! message must arrive exactly once and in order, and every value must be
-//! dropped exactly once. Iteration counts are fixed; nothing is timed.
+//! dropped exactly once. Each scenario runs with both park barriers
+//! (`WakeBarrier`). Iteration counts are fixed; nothing is timed.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringwire_runtime::mailbox::ring::{channel, Closed, TryRecvError, TrySendError};
+use ringwire_ring::{channel_with, Closed, TryRecvError, TrySendError, WakeBarrier};
 
 /// Messages per scenario.
 const MESSAGES: u64 = 200_000;
@@ -74,9 +75,18 @@ impl Drop for Msg {
     }
 }
 
+/// Both park barriers (see the crate docs); every scenario runs with each.
+const MODES: [WakeBarrier; 2] = [WakeBarrier::Symmetric, WakeBarrier::Asymmetric];
+
 fn run_in_order(capacity: usize, seed: u64) {
+    for mode in MODES {
+        run_in_order_with(capacity, seed, mode);
+    }
+}
+
+fn run_in_order_with(capacity: usize, seed: u64, mode: WakeBarrier) {
     let counts = Arc::new(Counts::default());
-    let (mut tx, mut rx) = channel::<Msg>(capacity);
+    let (mut tx, mut rx) = channel_with::<Msg>(capacity, mode);
     let consumer_done = Arc::new(AtomicBool::new(false));
 
     let consumer = {
@@ -176,7 +186,7 @@ fn run_in_order(capacity: usize, seed: u64) {
     let (received, _parks) = consumer.join().unwrap();
     assert!(consumer_done.load(Ordering::Relaxed));
     assert_eq!(received, MESSAGES);
-    counts.assert_balanced(&format!("capacity {capacity}"));
+    counts.assert_balanced(&format!("capacity {capacity}, {mode:?}"));
     if capacity <= 2 {
         assert!(full > 0, "capacity {capacity}: the ring was never full");
     }
@@ -209,7 +219,8 @@ fn in_order_exactly_once_capacity_64() {
 fn consumer_leaves_mid_stream_drops_each_value_once() {
     for round in 0..50u64 {
         let counts = Arc::new(Counts::default());
-        let (mut tx, mut rx) = channel::<Msg>(4);
+        let mode = MODES[round as usize % 2];
+        let (mut tx, mut rx) = channel_with::<Msg>(4, mode);
         let stop_after = 100 + round * 37;
         let consumer = thread::spawn(move || {
             let mut expected = 0;
