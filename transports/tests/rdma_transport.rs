@@ -123,7 +123,14 @@ fn typed_messages_and_calls_cross_a_queue_pair() {
         got
     });
     rt.block_on(0, move || async move {
-        let conn = connect(&ep, &config()).await.unwrap();
+        // More credits than the context posts per connection: refused.
+        let too_many: Endpoint = format!("{ep}?credits=1000").parse().unwrap();
+        let e = connect(&too_many, &config()).await.unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        // The smallest window: one data chunk in flight, one credit kept
+        // for returns; everything still goes through.
+        let tight: Endpoint = format!("{ep}?credits=2").parse().unwrap();
+        let conn = connect(&tight, &config()).await.unwrap();
         for i in 0..200 {
             let mut o = order(i);
             if i % 50 == 7 {

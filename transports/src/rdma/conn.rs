@@ -489,7 +489,8 @@ struct Link {
     room: usize,
     /// SENDs the peer's posted receives allow.
     credits: Cell<u32>,
-    /// The peer's window (its posted receives at setup).
+    /// This side's window: the receives it keeps posted, which are the
+    /// peer's credits (half of them due back triggers a credit return).
     window: u32,
     /// Receives reposted since credits last went out.
     to_return: Cell<u32>,
@@ -1604,7 +1605,7 @@ async fn establish(
         lease: RefCell::new(Some(lease)),
         room,
         credits: Cell::new(theirs.credits.count),
-        window: theirs.credits.count,
+        window: credits,
         to_return: Cell::new(0),
         free_send: RefCell::new((0..cfg.send_buffers).rev().collect()),
         flusher: RefCell::new(None),
