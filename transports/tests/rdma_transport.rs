@@ -235,7 +235,11 @@ fn credits_run_out_under_a_stalled_reader_and_come_back() {
         RdmaConfig::default()
             .buffer_size(1024)
             .recv_buffers(credits)
-            .send_buffers(2),
+            // More send buffers than credits: credits are what binds.
+            .send_buffers(8)
+            // A SEND that found no receive posted would fail the
+            // connection at once: the sender must never overrun.
+            .rnr_retry(0),
     );
     let (go_tx, go_rx) = mpsc::channel::<()>();
     // The receiver holds at most 4 messages before its reader stops.

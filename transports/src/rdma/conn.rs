@@ -136,6 +136,7 @@ pub struct RdmaConfig {
     recv_buffers: u32,
     send_buffers: u32,
     connections: usize,
+    rnr_retry: u8,
 }
 
 impl Default for RdmaConfig {
@@ -147,6 +148,7 @@ impl Default for RdmaConfig {
             recv_buffers: 32,
             send_buffers: 16,
             connections: 32,
+            rnr_retry: 7,
         }
     }
 }
@@ -190,6 +192,14 @@ impl RdmaConfig {
     /// buffer_size` (12 MiB with the defaults).
     pub fn connections_per_core(mut self, count: usize) -> Self {
         self.connections = count;
+        self
+    }
+
+    /// Receiver-not-ready retries of the queue pairs (default 7: retry
+    /// forever). Credits keep a sender from ever finding no receive posted,
+    /// so 0 (fail at once) turns any overrun into a connection error.
+    pub fn rnr_retry(mut self, retries: u8) -> Self {
+        self.rnr_retry = retries.min(7);
         self
     }
 
@@ -1581,6 +1591,7 @@ async fn establish(
             theirs.remote_qp(),
             ConnectParams {
                 mtu,
+                rnr_retry: cfg.rnr_retry,
                 ..ConnectParams::default()
             },
         )
