@@ -77,6 +77,14 @@ pub async fn listen(endpoint: &Endpoint, config: &Config) -> Result<Listener, Er
                 endpoint,
             })
         }
+        #[cfg(feature = "rdma")]
+        (Scheme::Rdma, _) => {
+            let (l, endpoint) = rdma::conn::bind(endpoint, config)?;
+            Ok(Listener {
+                kind: listener::Kind::Rdma(l),
+                endpoint,
+            })
+        }
         (scheme, _) => Err(not_enabled(scheme)),
     }
 }
@@ -95,6 +103,8 @@ pub async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection,
         }
         (Scheme::Tls, _) => tls::connect(endpoint, config).await,
         (Scheme::Udp, _) => Err(udp_has_no_connections()),
+        #[cfg(feature = "rdma")]
+        (Scheme::Rdma, _) => rdma::conn::connect(endpoint, config).await,
         (scheme, _) => Err(not_enabled(scheme)),
     }
 }

@@ -82,6 +82,8 @@ impl AcceptQueue {
 pub(crate) enum Kind {
     Mem(MemListener),
     Stream(Box<crate::stream::StreamListener>),
+    #[cfg(feature = "rdma")]
+    Rdma(crate::rdma::conn::RdmaListener),
 }
 
 /// Accepts connections on one endpoint, on the current core. Not `Send`.
@@ -98,6 +100,8 @@ impl Listener {
         match &self.kind {
             Kind::Mem(m) => m.queue.next().await,
             Kind::Stream(s) => s.queue.next().await,
+            #[cfg(feature = "rdma")]
+            Kind::Rdma(r) => r.queue.next().await,
         }
     }
 

@@ -57,8 +57,9 @@ use ringwire_runtime::{
 use slab::Slab;
 
 use super::verbs::{
-    Access, CqId, Gid, Mtu, PdId, PortInfo, QpCaps, QpId, QpTransition, RecvWr, RemoteQp, RtrAttr,
-    RtsAttr, SendOp, SendWr, Sge, Verbs, VerbsError, WcOpcode, WcStatus, WorkCompletion, MAX_SGE,
+    Access, CqId, Gid, MrId, MrKeys, Mtu, PdId, PortInfo, QpCaps, QpId, QpTransition, RecvWr,
+    RemoteQp, RtrAttr, RtsAttr, SendOp, SendWr, Sge, Verbs, VerbsError, WcOpcode, WcStatus,
+    WorkCompletion, MAX_SGE,
 };
 
 /// How the completion core waits for completions.
@@ -401,6 +402,12 @@ enum Request {
         signaled: bool,
     },
     DestroyQp(QpId),
+    RegMr {
+        addr: u64,
+        len: usize,
+        access: Access,
+    },
+    DeregMr(MrId),
 }
 
 /// A request travelling to the completion core.
@@ -411,6 +418,7 @@ pub struct Envelope {
 
 enum Outcome {
     Qp(LocalQp),
+    Mr(MrKeys),
     Done,
     Completion(WorkCompletion),
 }
@@ -663,6 +671,8 @@ struct Engine<V: Verbs> {
     inflight: Slab<Inflight>,
     qps: HashMap<QpId, QpEntry>,
     qp_by_num: HashMap<u32, QpId>,
+    /// Regions registered on request, by owning lane.
+    mrs: HashMap<MrId, usize>,
     wcs: Vec<WorkCompletion>,
     psn_seed: u64,
     generation: u32,
@@ -727,6 +737,7 @@ impl<V: Verbs> Engine<V> {
             inflight: Slab::new(),
             qps: HashMap::new(),
             qp_by_num: HashMap::new(),
+            mrs: HashMap::new(),
             wcs: Vec::new(),
             generation: 0,
             psn_seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
@@ -865,6 +876,19 @@ impl<V: Verbs> Engine<V> {
         for qp in owned {
             self.destroy(qp);
         }
+        // The lane's memory may go with its core: the device lets go first.
+        let mrs: Vec<MrId> = self
+            .mrs
+            .iter()
+            .filter(|(_, owner)| **owner == lane)
+            .map(|(id, _)| *id)
+            .collect();
+        for mr in mrs {
+            self.mrs.remove(&mr);
+            if let Err(e) = self.verbs.dereg_mr(mr) {
+                tracing::warn!("deregistering an RDMA region of a closed lane: {e}");
+            }
+        }
     }
 
     fn reply(&mut self, lane: usize, token: u64, outcome: Result<Outcome, RdmaError>) {
@@ -884,6 +908,37 @@ impl<V: Verbs> Engine<V> {
                     Ok(Outcome::Done)
                 }
                 Err(e) => Err(e),
+            },
+            Request::RegMr { addr, len, access } => {
+                // Remote write needs local write too (a verbs rule).
+                let access = if access.contains(Access::REMOTE_WRITE) {
+                    access.union(Access::LOCAL_WRITE)
+                } else {
+                    access
+                };
+                // SAFETY: `CompletionClient::reg_mr`'s contract: the range
+                // stays allocated, and is treated as shared with the device,
+                // until the region is deregistered or the lane closes (which
+                // deregisters it, above).
+                match unsafe { self.verbs.reg_mr(self.pd, addr as *mut u8, len, access) } {
+                    Ok(keys) => {
+                        self.mrs.insert(keys.id, lane);
+                        Ok(Outcome::Mr(keys))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Request::DeregMr(mr) => match self.mrs.get(&mr) {
+                Some(&owner) if owner == lane => {
+                    self.mrs.remove(&mr);
+                    self.verbs
+                        .dereg_mr(mr)
+                        .map(|()| Outcome::Done)
+                        .map_err(RdmaError::from)
+                }
+                _ => Err(RdmaError::InvalidRequest(
+                    "no such region registered by this lane".into(),
+                )),
             },
             Request::PostRecv(qp, sges) => match self.post_recv(lane, token, qp, &sges) {
                 // The reply comes with the completion.
@@ -1336,6 +1391,32 @@ impl CompletionClient {
         self.submit(Request::DestroyQp(qp))
     }
 
+    /// Registers `len` bytes at `addr` with the device, for scatter/gather
+    /// entries (`Access::empty()`: the device reads them) or as a region a
+    /// peer may write ([`Access::REMOTE_WRITE`]). Closing the lane
+    /// deregisters what it registered.
+    ///
+    /// # Safety
+    ///
+    /// Once the request is made, and until [`deregistration`](Self::dereg_mr)
+    /// has completed (successfully or with [`RdmaError::Closed`] or
+    /// [`RdmaError::ShuttingDown`]), or the lane has closed, the range must
+    /// stay allocated, and the caller must treat it as memory shared with
+    /// the device: no Rust reference to bytes the device or a peer may write
+    /// (with [`Access::REMOTE_WRITE`]: all of them) is kept meanwhile.
+    pub unsafe fn reg_mr(&self, addr: *mut u8, len: usize, access: Access) -> Pending<MrKeys> {
+        self.submit(Request::RegMr {
+            addr: addr as u64,
+            len,
+            access,
+        })
+    }
+
+    /// Deregisters a region [`reg_mr`](Self::reg_mr) registered.
+    pub fn dereg_mr(&self, mr: MrId) -> Pending<()> {
+        self.submit(Request::DeregMr(mr))
+    }
+
     fn submit<T>(&self, request: Request) -> Pending<T> {
         let inner = &self.inner;
         if inner.closed.get() {
@@ -1457,6 +1538,13 @@ fn expect_qp(outcome: Outcome) -> Result<LocalQp, RdmaError> {
     }
 }
 
+fn expect_mr(outcome: Outcome) -> Result<MrKeys, RdmaError> {
+    match outcome {
+        Outcome::Mr(keys) => Ok(keys),
+        _ => Err(RdmaError::InvalidRequest("reply of another kind".into())),
+    }
+}
+
 fn expect_done(outcome: Outcome) -> Result<(), RdmaError> {
     match outcome {
         Outcome::Done => Ok(()),
@@ -1535,6 +1623,7 @@ macro_rules! pending_future {
 }
 
 pending_future!(LocalQp, expect_qp);
+pending_future!(MrKeys, expect_mr);
 pending_future!((), expect_done);
 pending_future!(WorkCompletion, expect_completion);
 

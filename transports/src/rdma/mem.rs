@@ -641,6 +641,36 @@ impl Fabric {
         })
     }
 
+    /// Numbers of the queue pairs of host `name`, ascending (the order they
+    /// were created in); empty for an unknown host. For fault injection.
+    pub fn qp_nums(&self, name: &str) -> Vec<u32> {
+        let st = lock(&self.shared);
+        let mut nums: Vec<u32> = st
+            .hosts
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.qps.iter().map(|(_, q)| q.qp_num).collect())
+            .unwrap_or_default();
+        nums.sort_unstable();
+        nums
+    }
+
+    /// Moves queue pair `qp_num` of host `name` to the error state, as a
+    /// failing link or device would: every outstanding request, send and
+    /// receive, completes with [`WcStatus::WrFlush`]. Returns whether the
+    /// queue pair existed. For fault injection in tests.
+    pub fn break_qp(&self, name: &str, qp_num: u32) -> bool {
+        let mut st = lock(&self.shared);
+        let Some(h) = st.hosts.iter().position(|h| h.name == name) else {
+            return false;
+        };
+        let Some(&q) = st.hosts[h].qp_by_num.get(&qp_num) else {
+            return false;
+        };
+        st.set_error(h, q);
+        true
+    }
+
     /// Moves a manual clock forward and runs the retries that fell due.
     /// Does nothing on the real clock.
     pub fn advance(&self, by: Duration) {

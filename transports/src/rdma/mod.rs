@@ -12,10 +12,15 @@
 //!   regions, the proto handshake), as a fixed little-endian layout;
 //! - [`completion`]: the dedicated completion core that owns the device,
 //!   takes work requests from executor cores through the mailboxes, and
-//!   routes every completion back to the core and future that asked.
+//!   routes every completion back to the core and future that asked;
+//! - [`conn`]: the `rdma://` transport on top (contexts, setup, credits).
 
 pub mod completion;
+pub mod conn;
 pub mod ibv;
 pub mod mem;
 pub mod sidechannel;
 pub mod verbs;
+
+pub use completion::PollMode;
+pub use conn::{Device, RdmaConfig, RdmaContext};
