@@ -241,3 +241,56 @@ fn a_server_that_forgot_the_session_gets_a_new_one_and_the_client_hands_back_the
     shutdown(rt);
     let _ = Error::Usage("");
 }
+
+/// A session cut and never resumed, with a long resume window: shutting the
+/// server's runtime down ends the session (the task waiting on it sees it
+/// closed) and its timer, instead of waiting for the window and aborting
+/// both.
+#[test]
+fn a_suspended_session_does_not_hold_up_or_dirty_the_servers_shutdown() {
+    let server_rt = runtime();
+    let (tx, rx) = mpsc::channel();
+    let (got_tx, got_rx) = mpsc::channel();
+    let server = server_rt.spawn_on(1, move || async move {
+        let ep: Endpoint = "tcp://127.0.0.1:0".parse().unwrap();
+        let long = config().resume(Duration::from_secs(600));
+        let mut l = listen(&ep, &long).await.unwrap();
+        tx.send(l.endpoint().clone()).unwrap();
+        let conn = l.accept().await.unwrap().unwrap();
+        got_tx
+            .send(conn.recv::<Order>().await.unwrap().id.to_native())
+            .unwrap();
+        // Wait on the suspended session as an application would: the
+        // shutdown closes it.
+        let end = conn.recv::<Order>().await;
+        assert!(matches!(end, Err(Error::Closed { .. })), "{end:?}");
+    });
+    let ep = rx.recv().unwrap();
+    let relay = Arc::new(Relay::start(SocketAddr::from((
+        [127, 0, 0, 1],
+        ep.port().unwrap(),
+    ))));
+    let client_rt = runtime();
+    let through = relay.endpoint();
+    let r = relay.clone();
+    client_rt
+        .block_on(0, move || async move {
+            let conn = connect(&through, &reconnecting()).await.unwrap();
+            conn.send_acked(&order(7)).await.unwrap();
+            // Cut the link and refuse the client's way back: the server's
+            // side of the session is suspended.
+            r.refuse.store(true, Ordering::SeqCst);
+            r.cut();
+            drop(conn);
+        })
+        .unwrap();
+    assert_eq!(got_rx.recv().unwrap(), 7);
+    // Give the server's reader time to see the cut and suspend the session.
+    thread::sleep(Duration::from_millis(300));
+    let report = server_rt.shutdown(Duration::from_secs(5));
+    server.join().unwrap();
+    assert_eq!(report.cores_panicked, 0, "{report:?}");
+    assert_eq!(report.tasks_aborted, 0, "{report:?}");
+    let report = client_rt.shutdown(Duration::from_secs(5));
+    assert_eq!(report.cores_panicked, 0, "{report:?}");
+}

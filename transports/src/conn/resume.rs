@@ -542,19 +542,41 @@ fn forget(id: u64) {
     }
 }
 
+/// How often a suspended session's timer looks whether it is still needed.
+const SUSPEND_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A cut server connection waits for its client for `window`, then ends.
+///
+/// The timer task ends early (within [`SUSPEND_CHECK`]) once the session
+/// has resumed on a new link or closed; when the runtime shuts down it ends
+/// the session (tasks waiting on it see it closed). A long window neither
+/// keeps a task for nothing nor holds up a shutdown.
 pub(crate) fn suspend(conn: Rc<Conn>, window: std::time::Duration) {
     let link = conn.st.borrow().link;
+    let deadline = std::time::Instant::now() + window;
     ringwire_runtime::spawn_local(async move {
-        ringwire_runtime::time::sleep(window).await;
-        let expired = {
-            let st = conn.st.borrow();
-            st.link == link && matches!(st.phase, Phase::Suspended)
-        };
-        if expired {
-            conn.fail(Error::closed(format!(
-                "the client did not come back within the resume window ({window:?})"
-            )));
+        loop {
+            let waiting = {
+                let st = conn.st.borrow();
+                st.link == link && matches!(st.phase, Phase::Suspended)
+            };
+            if !waiting {
+                return;
+            }
+            if ringwire_runtime::is_shutting_down() {
+                // No client can come back: end the session now, so that
+                // tasks waiting on it see it closed and end too.
+                conn.fail(Error::closed("the runtime is shutting down"));
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                conn.fail(Error::closed(format!(
+                    "the client did not come back within the resume window ({window:?})"
+                )));
+                return;
+            }
+            ringwire_runtime::time::sleep((deadline - now).min(SUSPEND_CHECK)).await;
         }
     });
 }
