@@ -37,8 +37,8 @@ import sys
 LAYERS = {
     "runtime": [
         # Leaves: raw syscalls, the loom shim, scoped thread-locals, the
-        # start-up error type.
-        ["sys", "loom", "scoped", "error"],
+        # start-up error type, log-bucketed histograms.
+        ["sys", "loom", "scoped", "error", "histogram"],
         # Per-core counters and the process-wide registry of named counters.
         ["stats"],
         # Which core this thread is (index, CPU), and its shutdown state.
@@ -59,6 +59,8 @@ LAYERS = {
         ["mailbox"],
         # The event loop of one core.
         ["core"],
+        # The metrics endpoint (an HTTP server task on a core).
+        ["metrics"],
         # Builder, placement, handles; Ctrl-C.
         ["runtime", "signal"],
     ],

@@ -50,6 +50,14 @@ pub enum BuildError {
         /// The error of `eventfd(2)`.
         error: io::Error,
     },
+    /// The metrics endpoint could not listen on its address.
+    #[error("metrics endpoint: listening on {addr} failed: {error}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The error of `bind(2)` or `listen(2)`.
+        error: io::Error,
+    },
     /// The thread of a core could not be started.
     #[error("core {core}: starting its thread failed: {error}")]
     ThreadSpawn {
@@ -246,9 +254,9 @@ impl BuildError {
             | BuildError::UnknownCpu { .. }
             | BuildError::DuplicateCpu { .. }
             | BuildError::TooFewCpus { .. } => io::ErrorKind::InvalidInput,
-            BuildError::EventFd { error, .. } | BuildError::ThreadSpawn { error, .. } => {
-                error.kind()
-            }
+            BuildError::EventFd { error, .. }
+            | BuildError::ThreadSpawn { error, .. }
+            | BuildError::Metrics { error, .. } => error.kind(),
             BuildError::Core { error, .. } => error.kind(),
         }
     }

@@ -32,13 +32,14 @@
 //! Modules, in the order a program meets them: [`runtime`] (builder, cores,
 //! shutdown, handles), [`executor`] (tasks), [`net`] (sockets), [`time`]
 //! (timers), [`buf`] (buffers handed to and from the kernel), [`mailbox`]
-//! (cross-core messages), [`stats`] (counters), [`signal`] (Ctrl-C).
+//! (cross-core messages), [`stats`] (counters and histograms), [`metrics`]
+//! (the HTTP endpoint), [`signal`] (Ctrl-C).
 //!
 //! Inside, the modules form layers that import only downwards (checked by
 //! `.ci/layers.py`; the map is in `docs/ARCHITECTURE.md`): `sys`, `loom`,
-//! `scoped`, `error` -> `stats` -> `context` -> `driver` -> `buf` -> `remote`
+//! `scoped`, `error`, `histogram` -> `stats` -> `context` -> `driver` -> `buf` -> `remote`
 //! -> `executor` -> `time`, `net` -> `mailbox` -> `core` (the event loop) ->
-//! `runtime`, `signal`.
+//! `metrics` -> `runtime`, `signal`.
 
 pub mod buf;
 mod context;
@@ -46,8 +47,10 @@ mod core;
 mod driver;
 mod error;
 pub mod executor;
+mod histogram;
 mod loom;
 pub mod mailbox;
+pub mod metrics;
 pub mod net;
 mod remote;
 pub mod runtime;
@@ -67,4 +70,4 @@ pub use crate::runtime::{
     current_runtime, BuildError, IdleStrategy, Placement, RemoteHandle, Runtime, RuntimeBuilder,
     RuntimeHandle, ShutdownHandle, ShutdownReport, StartError,
 };
-pub use crate::stats::{CoreStats, Counter};
+pub use crate::stats::{CoreStats, Counter, Histogram};

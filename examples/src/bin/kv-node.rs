@@ -40,7 +40,7 @@ use ringwire::runtime::net::{TcpListenOptions, TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{current_core, is_shutting_down, spawn_local, time, yield_now, Runtime};
 use ringwire_examples::cli::{
-    parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
+    parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, MetricsArgs, TcpListen, WaitBatch,
 };
 use ringwire_examples::kv::dispatch::Dispatcher;
 use ringwire_examples::kv::pipeline::{run_batch, Batch, BatchReply, Turn};
@@ -73,6 +73,8 @@ struct Args {
     listen: TcpListen,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// How long a parked core waits for more completions before it runs
     /// what it has: N:MICROS (wake at N completions or after MICROS) or
     /// off (wake at the first). Batching saves wake-ups under load and
@@ -132,8 +134,9 @@ fn run(args: Args) -> io::Result<()> {
         .wait_batch(args.wait_batch.0)
         .recv_buffers(args.recv_buffers)
         .recv_buffer_size(args.recv_buffer_size)
-        .thread_name("kv-core")
-        .build()?;
+        .thread_name("kv-core");
+    let rt = args.metrics.apply(rt).build()?;
+    args.metrics.announce(&rt);
     let shards = rt.core_count();
     let dispatcher = Dispatcher::new(shards);
     let TcpListen { addr, options, .. } = args.listen;

@@ -54,6 +54,7 @@ pub(crate) struct CoreConfig {
     pub(crate) mesh_out: Vec<Option<Producer<Envelope>>>,
     pub(crate) mesh_in: Vec<Consumer<Envelope>>,
     pub(crate) wait_batch: Option<(u32, Duration)>,
+    pub(crate) loop_timing: bool,
 }
 
 /// What a core reports when its thread ends.
@@ -80,6 +81,7 @@ pub(crate) fn run_core(
         mesh_out,
         mesh_in,
         wait_batch,
+        loop_timing,
     } = cfg;
     let setup = || -> Result<crate::driver::Context, StartError> {
         if let Some(cpu) = cpu {
@@ -128,6 +130,7 @@ pub(crate) fn run_core(
         shared,
         idle,
         wait_batch,
+        loop_timing,
     };
     let span = tracing::debug_span!("core", index, ?cpu);
     let _entered = span.enter();
@@ -160,11 +163,15 @@ pub fn core_stats() -> CoreStats {
         let bufs = cx.bufs.borrow();
         let pool = cx.pool.borrow();
         s.ops_in_flight = driver.ops_in_table() as u64;
+        s.sq_pending = driver.sq_pending() as u64;
+        s.cq_pending = driver.cq_pending() as u64;
         s.cq_overflow = u64::from(driver.cq_overflow());
         s.recv_buffers_free = u64::from(bufs.available());
         s.recv_buffers_total = u64::from(bufs.count());
         s.send_buffers_free = pool.free_count() as u64;
         s.send_buffers_total = u64::from(pool.count());
+        drop(driver);
+        s.streams_receiving = cx.receiving_streams() as u64;
     });
     s.mailbox_depth = crate::mailbox::mesh::with(|m| m.depth()) as u64;
     s

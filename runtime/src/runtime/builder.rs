@@ -1,5 +1,6 @@
 //! [`RuntimeBuilder`]: the knobs of a runtime and its start-up.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct RuntimeBuilder {
     doorbell: Doorbell,
     mailbox_capacity: usize,
     wait_batch: Option<(u32, Duration)>,
+    loop_timing: bool,
+    metrics: Option<SocketAddr>,
     thread_name: String,
 }
 
@@ -50,6 +53,8 @@ impl Default for RuntimeBuilder {
             doorbell: Doorbell::MsgRing,
             mailbox_capacity: 1024,
             wait_batch: Some((16, Duration::from_micros(50))),
+            loop_timing: true,
+            metrics: None,
             thread_name: "ringwire-core".to_string(),
         }
     }
@@ -178,6 +183,26 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Time every event loop turn into the `loop_turn` histogram of
+    /// [`CoreStats`](crate::CoreStats) (`ringwire_loop_turn_seconds`). Costs
+    /// one clock read (a vDSO call) per busy turn; time parked is measured
+    /// either way, since parking already costs a system call. Default: true.
+    pub fn loop_timing(mut self, on: bool) -> Self {
+        self.loop_timing = on;
+        self
+    }
+
+    /// Serve the metrics endpoint on `addr` (`GET /metrics`: Prometheus text
+    /// format; `GET /`: a per-core summary), from a task on core 0. The
+    /// address is bound at [`build`](Self::build), whose error says so if
+    /// it cannot be; port 0 picks a free port, which
+    /// [`Runtime::metrics_addr`] tells. See [`crate::metrics`]. Default:
+    /// none.
+    pub fn metrics(mut self, addr: impl Into<Option<SocketAddr>>) -> Self {
+        self.metrics = addr.into();
+        self
+    }
+
     /// Name prefix of the core threads (the core index is appended).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.thread_name = name.into();
@@ -212,6 +237,7 @@ impl RuntimeBuilder {
         let mut rt = Runtime {
             cores: Vec::with_capacity(cpus.len()),
             peers: peers.clone(),
+            metrics_addr: None,
         };
         for ((index, &cpu), (shared, (mesh_out, mesh_in))) in
             cpus.iter().enumerate().zip(shareds.into_iter().zip(mesh))
@@ -228,6 +254,7 @@ impl RuntimeBuilder {
                 mesh_out,
                 mesh_in,
                 wait_batch: self.wait_batch,
+                loop_timing: self.loop_timing,
             };
             let thread_shared = shared.clone();
             let spawned = thread::Builder::new()
@@ -256,6 +283,29 @@ impl RuntimeBuilder {
                         cpu,
                         error,
                     });
+                }
+            }
+        }
+        if let Some(addr) = self.metrics {
+            let bound = rt.block_on(0, move || async move {
+                // No SO_REUSEPORT: a second process asking for the same
+                // address must fail, not split the scrapes.
+                let opts = crate::net::TcpListenOptions::default().reuse_port(false);
+                let listener = crate::net::TcpListener::bind_with(addr, &opts)?;
+                let local = listener.local_addr();
+                crate::executor::spawn_local(crate::metrics::serve(listener));
+                Ok::<_, std::io::Error>(local)
+            });
+            let bound = bound
+                .unwrap_or_else(|_| Err(std::io::Error::other("core 0 stopped before binding")));
+            match bound {
+                Ok(local) => {
+                    tracing::info!(addr = %local, "metrics endpoint listening");
+                    rt.metrics_addr = Some(local);
+                }
+                Err(error) => {
+                    rt.shutdown(Duration::from_secs(1));
+                    return Err(BuildError::Metrics { addr, error });
                 }
             }
         }
