@@ -39,8 +39,9 @@ LAYERS = {
         # Leaves: raw syscalls, the loom shim, scoped thread-locals, the
         # start-up error type, log-bucketed histograms.
         ["sys", "loom", "scoped", "error", "histogram"],
-        # Per-core counters and the process-wide registry of named counters.
-        ["stats"],
+        # Per-core counters and the process-wide registry of named counters;
+        # the stall detector (markers, watchdog, stack capture).
+        ["stats", "stall"],
         # Which core this thread is (index, CPU), and its shutdown state.
         ["context"],
         # The io_uring driver: ring set-up, submission, completion dispatch,

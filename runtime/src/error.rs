@@ -50,6 +50,12 @@ pub enum BuildError {
         /// The error of `eventfd(2)`.
         error: io::Error,
     },
+    /// The stall detector's watchdog thread could not be started.
+    #[error("starting the stall detector's watchdog thread failed: {error}")]
+    Watchdog {
+        /// The error of starting the thread.
+        error: io::Error,
+    },
     /// The metrics endpoint could not listen on its address.
     #[error("metrics endpoint: listening on {addr} failed: {error}")]
     Metrics {
@@ -256,7 +262,8 @@ impl BuildError {
             | BuildError::TooFewCpus { .. } => io::ErrorKind::InvalidInput,
             BuildError::EventFd { error, .. }
             | BuildError::ThreadSpawn { error, .. }
-            | BuildError::Metrics { error, .. } => error.kind(),
+            | BuildError::Metrics { error, .. }
+            | BuildError::Watchdog { error } => error.kind(),
             BuildError::Core { error, .. } => error.kind(),
         }
     }

@@ -99,11 +99,18 @@ impl Histogram {
     pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
         let last = self.counts.len().saturating_sub(1);
         let mut acc = 0u64;
-        self.counts.iter().enumerate().map(move |(i, c)| {
-            acc = acc.wrapping_add(*c);
-            let bound = (i < last).then(|| 1u64 << (self.first_exp + i as u32));
-            (bound, acc)
-        })
+        // An empty snapshot (`Histogram::default()`) still has its `+Inf`
+        // bucket.
+        let empty = self.counts.is_empty().then_some((None, 0));
+        self.counts
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| {
+                acc = acc.wrapping_add(*c);
+                let bound = (i < last).then(|| 1u64 << (self.first_exp + i as u32));
+                (bound, acc)
+            })
+            .chain(empty)
     }
 
     /// The upper bound of the bucket that holds the `q`-quantile (`q` in
@@ -202,6 +209,10 @@ mod tests {
         assert_eq!(d.sum(), 1000);
         assert_eq!(d.quantile(0.0), Some(128));
         assert_eq!(Histogram::default().quantile(0.5), None);
+        assert_eq!(
+            Histogram::default().buckets().collect::<Vec<_>>(),
+            vec![(None, 0)]
+        );
         h.record(1 << 20); // overflow
         assert_eq!(h.snapshot().quantile(1.0), None);
     }

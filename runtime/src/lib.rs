@@ -37,7 +37,7 @@
 //!
 //! Inside, the modules form layers that import only downwards (checked by
 //! `.ci/layers.py`; the map is in `docs/ARCHITECTURE.md`): `sys`, `loom`,
-//! `scoped`, `error`, `histogram` -> `stats` -> `context` -> `driver` -> `buf` -> `remote`
+//! `scoped`, `error`, `histogram` -> `stats`, `stall` -> `context` -> `driver` -> `buf` -> `remote`
 //! -> `executor` -> `time`, `net` -> `mailbox` -> `core` (the event loop) ->
 //! `metrics` -> `runtime`, `signal`.
 
@@ -56,6 +56,7 @@ mod remote;
 pub mod runtime;
 mod scoped;
 pub mod signal;
+mod stall;
 pub mod stats;
 mod sys;
 pub mod time;
@@ -64,7 +65,7 @@ pub use crate::buf::{AlignedBuf, IoBuf, IoBufMut, RecvBuf, SendBuf};
 pub use crate::context::{current_core, current_cpu, is_shutting_down, try_current_core};
 pub use crate::core::core_stats;
 pub use crate::driver::RingFeatures;
-pub use crate::executor::{spawn_local, yield_now, JoinError, JoinHandle};
+pub use crate::executor::{spawn_local, spawn_local_named, yield_now, JoinError, JoinHandle};
 pub use crate::mailbox::{submit_to, Doorbell, RemoteBuf};
 pub use crate::runtime::{
     current_runtime, BuildError, IdleStrategy, Placement, RemoteHandle, Runtime, RuntimeBuilder,

@@ -352,8 +352,9 @@ pub struct CoreStats {
     pub mailbox_full: u64,
     /// Times a task found the send pool empty and waited for a buffer.
     pub send_pool_waits: u64,
-    /// Tasks that held this core longer than the stall threshold (0 while
-    /// no stall detector runs).
+    /// Tasks that held this core for at least the stall threshold (see
+    /// [`RuntimeBuilder::stall_threshold`](crate::RuntimeBuilder::stall_threshold);
+    /// 0 when no stall detector runs).
     pub stalls: u64,
     /// SQEs in the submission queue or waiting for room in it, at snapshot
     /// time.
@@ -617,7 +618,7 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
         (
             "stalls_total",
             "counter",
-            "tasks that held the core longer than the stall threshold",
+            "tasks that held the core for at least the stall threshold",
             |s| s.stalls,
         ),
         (
@@ -791,11 +792,28 @@ mod tests {
         assert!(text.contains("ringwire_bytes_sent_total{core=\"1\"} 42\n"));
         // Counters registered by other tests of this process are named
         // `test_*`; every built-in metric has one sample per core.
+        let histograms = [
+            "ringwire_loop_turn_seconds",
+            "ringwire_park_seconds",
+            "ringwire_sqes_per_enter",
+            "ringwire_cqes_per_reap",
+        ];
         let samples = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.starts_with("ringwire_test_"))
+            .filter(|l| !histograms.iter().any(|h| l.starts_with(h)))
             .count();
         assert_eq!(samples, BUILTIN_METRICS * 2);
+        // Every histogram has, per core, a +Inf bucket, a sum and a count,
+        // even when empty.
+        for h in histograms {
+            assert!(text.contains(&format!("# TYPE {h} histogram\n")));
+            for core in ["core=\"0\",cpu=\"3\"", "core=\"1\""] {
+                assert!(text.contains(&format!("{h}_bucket{{{core},le=\"+Inf\"}} 0\n")));
+                assert!(text.contains(&format!("{h}_sum{{{core}}} 0\n")));
+                assert!(text.contains(&format!("{h}_count{{{core}}} 0\n")));
+            }
+        }
     }
 
     #[test]

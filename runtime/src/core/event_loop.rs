@@ -138,7 +138,13 @@ impl Core {
                 if let Some(start) = turn_start {
                     self.stats.loop_turn.record(parked_at - start);
                 }
+                if let Some(beat) = self.exec.beat() {
+                    beat.idle();
+                }
                 self.idle_wait()?;
+                if let Some(beat) = self.exec.beat() {
+                    beat.turn();
+                }
                 let woke = Instant::now();
                 self.stats.park.record(woke - parked_at);
                 if turn_start.is_some() {
@@ -262,6 +268,9 @@ impl Core {
     /// every operation and to consume every queued SQE, so that no buffer is
     /// freed, and no descriptor an SQE names is closed, while still in use.
     fn finish(&self) -> CoreExit {
+        if let Some(beat) = self.exec.beat() {
+            beat.idle();
+        }
         self.shared.mark_stopped();
         let tasks_aborted = self.exec.drop_all();
         if tasks_aborted > 0 {

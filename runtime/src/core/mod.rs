@@ -55,6 +55,8 @@ pub(crate) struct CoreConfig {
     pub(crate) mesh_in: Vec<Consumer<Envelope>>,
     pub(crate) wait_batch: Option<(u32, Duration)>,
     pub(crate) loop_timing: bool,
+    /// What this core shares with the stall detector, when one runs.
+    pub(crate) watch: Option<Arc<crate::stall::Watch>>,
 }
 
 /// What a core reports when its thread ends.
@@ -82,6 +84,7 @@ pub(crate) fn run_core(
         mesh_in,
         wait_batch,
         loop_timing,
+        watch,
     } = cfg;
     let setup = || -> Result<crate::driver::Context, StartError> {
         if let Some(cpu) = cpu {
@@ -125,7 +128,7 @@ pub(crate) fn run_core(
         stats: Stats::default(),
         context: Context::new(index, cpu),
         driver,
-        exec: Executor::new(shared.exec_id),
+        exec: Executor::new(shared.exec_id, watch.map(|w| w.attach())),
         mesh: Mesh::new(index, doorbell, peers, mesh_out, mesh_in),
         shared,
         idle,
@@ -158,6 +161,7 @@ pub fn core_stats() -> CoreStats {
     let (core, cpu) = crate::context::with(|c| (c.index(), c.cpu()));
     let mut s = crate::stats::with(|st| CoreStats::counters(core, cpu, st));
     s.tasks = crate::executor::task_count() as u64;
+    s.stalls = crate::executor::stalls();
     crate::driver::with(|cx| {
         let mut driver = cx.driver.borrow_mut();
         let bufs = cx.bufs.borrow();

@@ -51,6 +51,8 @@ pub struct Runtime {
     peers: Arc<Vec<Arc<Peer>>>,
     /// Where the metrics endpoint listens, if it runs.
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The stall detector's thread, stopped once the cores are.
+    watchdog: Option<crate::stall::watchdog::Watchdog>,
 }
 
 impl Runtime {
@@ -175,6 +177,7 @@ impl Runtime {
                 }
             }
         }
+        drop(self.watchdog.take());
         report
     }
 }
