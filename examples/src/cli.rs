@@ -6,7 +6,8 @@
 //! - [`CoreArgs`]: `--cpus LIST` or `--cores N`, turned into a
 //!   [`Placement`] by [`CoreArgs::placement`];
 //! - [`IdleArgs`]: `--idle park|spin[:MICROS]|poll`;
-//! - [`MetricsArgs`]: `--metrics ADDR`, the runtime's HTTP metrics endpoint
+//! - [`MetricsArgs`]: `--metrics ADDR`, the runtime's HTTP metrics endpoint,
+//!   and `--stall-ms MS`, its stall detector
 //!   (a node adds it with `#[command(flatten)] metrics: MetricsArgs` and
 //!   `args.metrics.apply(builder)`, and may announce it with
 //!   [`MetricsArgs::announce`]);
@@ -157,12 +158,20 @@ pub struct MetricsArgs {
     /// summary). Off by default.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Report (log a warning with the task and the core's stack) and count
+    /// (stalls_total) every task that holds its core for MS milliseconds or
+    /// more. Off by default.
+    #[arg(long, value_name = "MS")]
+    pub stall_ms: Option<u64>,
 }
 
 impl MetricsArgs {
-    /// Asks `builder` for the endpoint if `--metrics` was given.
+    /// Asks `builder` for the endpoint if `--metrics` was given, and for
+    /// the stall detector if `--stall-ms` was.
     pub fn apply(&self, builder: RuntimeBuilder) -> RuntimeBuilder {
-        builder.metrics(self.metrics)
+        builder
+            .metrics(self.metrics)
+            .stall_threshold(self.stall_ms.map(Duration::from_millis))
     }
 
     /// Prints where the endpoint listens (to stderr), if it runs.

@@ -38,6 +38,8 @@ use crate::stats::{render_prometheus, CoreStats};
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client has to send its request, and then to take the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answered connection is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
 /// Most connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 16;
 
@@ -245,7 +247,22 @@ async fn answer(mut conn: TcpStream, last: &RefCell<LastLook>) -> io::Result<()>
         .await
         .map_err(|_| timed_out())?;
     sent?;
-    conn.shutdown(std::net::Shutdown::Write).await
+    conn.shutdown(std::net::Shutdown::Write).await?;
+    // Closing with unread request bytes would reset the connection and
+    // could discard the answer before the client reads it (a refused,
+    // oversized request): read what is left until the client closes, for
+    // a bounded time and amount.
+    let _ = crate::time::timeout(LINGER, async {
+        let mut left = MAX_REQUEST * 8;
+        while let Ok(Some(chunk)) = conn.recv().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// Reads until the end of the request head: `Ok(Err(TooLarge))` past

@@ -135,7 +135,7 @@ pub(crate) fn run_core(
         wait_batch,
         loop_timing,
     };
-    let span = tracing::debug_span!("core", index, ?cpu);
+    let span = tracing::info_span!("core", core = index, cpu = ?cpu);
     let _entered = span.enter();
     let (exit, panic) = core.run_to_end();
     if let Some(panic) = panic {

@@ -56,7 +56,7 @@ impl Default for RuntimeBuilder {
             wait_batch: Some((16, Duration::from_micros(50))),
             loop_timing: true,
             metrics: None,
-            stall_threshold: Some(Duration::from_millis(100)),
+            stall_threshold: None,
             thread_name: "ringwire-core".to_string(),
         }
     }
@@ -214,7 +214,9 @@ impl RuntimeBuilder {
     /// name from [`spawn_local_named`](crate::executor::spawn_local_named),
     /// its id and where it was spawned), how long it held the core, and the
     /// stack. The core's side costs a store before and a load after each
-    /// task poll: no clock read, no system call. Default: 100 ms.
+    /// task poll: no clock read, no system call. Default: `None` (off):
+    /// the signal and the watchdog thread are the process's business, so a
+    /// program turns them on (the example nodes with `--stall-ms`).
     pub fn stall_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.stall_threshold = threshold;
         self
