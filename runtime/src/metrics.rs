@@ -3,14 +3,14 @@
 //!
 //! Started by [`RuntimeBuilder::metrics`](crate::RuntimeBuilder::metrics):
 //! the listener is bound on core 0 at build time (a bind error fails the
-//! build) and [`serve`] runs there as an ordinary task. Each request gathers
+//! build) and the server runs there as an ordinary task. Each request gathers
 //! a snapshot of every core through the mailboxes
 //! ([`submit_to`](crate::submit_to) of [`core_stats`](crate::core_stats),
 //! one core at a time, so a scrape never blocks a core: the other cores
 //! answer between their own turns) and answers:
 //!
 //! - `GET /metrics`: every counter, gauge and histogram in the Prometheus
-//!   text exposition format ([`render_prometheus`](crate::stats::render_prometheus));
+//!   text exposition format ([`render_prometheus`]);
 //! - `GET /`: a short summary, one line per core (CPU, messages per second
 //!   since the previous look at `/`, connections, parks, stalls);
 //! - any other path: 404; another method: 405; a request that is not
