@@ -155,6 +155,8 @@ pub(crate) fn gettid() -> libc::pid_t {
 }
 
 /// Sends `sig` to thread `tid` of this process (`tgkill`).
+// Used only to capture stacks, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn tgkill(tid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: tgkill takes no pointers; a thread that no longer exists makes
     // it fail with ESRCH. `getpid` cannot fail.
@@ -194,6 +196,8 @@ pub(crate) fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
 /// Installs `handler` for `sig` (with `SA_SIGINFO | SA_RESTART`), unless the
 /// process already handles that signal: returns `Ok(false)` then and leaves
 /// the existing disposition alone.
+// Used only to capture stacks, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn install_signal_handler(
     sig: libc::c_int,
     handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
@@ -219,6 +223,8 @@ pub(crate) fn install_signal_handler(
 
 /// The real-time signal `SIGRTMIN + n` (glibc reserves the first few
 /// real-time signals for itself; `SIGRTMIN()` is the first one it leaves).
+// Used only to capture stacks, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn realtime_signal(n: libc::c_int) -> libc::c_int {
     libc::SIGRTMIN() + n
 }

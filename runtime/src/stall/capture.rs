@@ -268,6 +268,12 @@ pub(crate) fn capture(tid: libc::pid_t) -> Option<Frames> {
     })
 }
 
+/// Under loom (which models the slot only) no stack is ever captured.
+#[cfg(loom)]
+pub(crate) fn capture(_tid: libc::pid_t) -> Option<Frames> {
+    None
+}
+
 /// The signal handler: fills the slot if it is armed for this thread.
 #[cfg(not(loom))]
 extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {

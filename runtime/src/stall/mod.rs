@@ -30,7 +30,6 @@
 //! [`Beat::stalls`].
 
 pub(crate) mod capture;
-#[cfg(not(loom))]
 pub(crate) mod watchdog;
 
 use std::cell::Cell;
