@@ -37,10 +37,11 @@ import sys
 LAYERS = {
     "runtime": [
         # Leaves: raw syscalls, the loom shim, scoped thread-locals, the
-        # start-up error type.
-        ["sys", "loom", "scoped", "error"],
-        # Per-core counters and the process-wide registry of named counters.
-        ["stats"],
+        # start-up error type, log-bucketed histograms.
+        ["sys", "loom", "scoped", "error", "histogram"],
+        # Per-core counters and the process-wide registry of named counters;
+        # the stall detector (markers, watchdog, stack capture).
+        ["stats", "stall"],
         # Which core this thread is (index, CPU), and its shutdown state.
         ["context"],
         # The io_uring driver: ring set-up, submission, completion dispatch,
@@ -59,6 +60,8 @@ LAYERS = {
         ["mailbox"],
         # The event loop of one core.
         ["core"],
+        # The metrics endpoint (an HTTP server task on a core).
+        ["metrics"],
         # Builder, placement, handles; Ctrl-C.
         ["runtime", "signal"],
     ],

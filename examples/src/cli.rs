@@ -6,6 +6,11 @@
 //! - [`CoreArgs`]: `--cpus LIST` or `--cores N`, turned into a
 //!   [`Placement`] by [`CoreArgs::placement`];
 //! - [`IdleArgs`]: `--idle park|spin[:MICROS]|poll`;
+//! - [`MetricsArgs`]: `--metrics ADDR`, the runtime's HTTP metrics endpoint,
+//!   and `--stall-ms MS`, its stall detector
+//!   (a node adds it with `#[command(flatten)] metrics: MetricsArgs` and
+//!   `args.metrics.apply(builder)`, and may announce it with
+//!   [`MetricsArgs::announce`]);
 //! - [`parse_wait_batch`]: the value parser of `--wait-batch N:MICROS|off`;
 //! - [`parse_tcp_listen`]: the value parser of a node's `--listen`, which
 //!   takes an endpoint (`tcp://127.0.0.1:6380`, or plain `HOST:PORT`) and
@@ -14,7 +19,7 @@
 //!
 //! ```
 //! use clap::Parser;
-//! use ringwire::runtime::{IdleStrategy, Placement};
+//! use ringwire::runtime::{IdleStrategy, Placement, Runtime, RuntimeBuilder};
 //! use ringwire_examples::cli::{parse_tcp_listen, CoreArgs, IdleArgs, TcpListen};
 //!
 //! #[derive(Parser)]
@@ -38,7 +43,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ringwire::runtime::net::TcpListenOptions;
-use ringwire::runtime::{IdleStrategy, Placement};
+use ringwire::runtime::{IdleStrategy, Placement, Runtime, RuntimeBuilder};
 use ringwire::transports::{Endpoint, Scheme};
 
 /// `--cpus LIST` / `--cores N`: where a node's cores run.
@@ -143,6 +148,38 @@ pub struct IdleArgs {
     /// (never block: lowest latency, one busy CPU per core).
     #[arg(long, value_name = "MODE", default_value = "park", value_parser = parse_idle)]
     pub idle: IdleStrategy,
+}
+
+/// `--metrics ADDR`: serve the runtime's metrics over HTTP.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsArgs {
+    /// Serve metrics over HTTP on ADDR (e.g. 127.0.0.1:9100), from a task
+    /// on core 0: GET /metrics (Prometheus text format), GET / (a per-core
+    /// summary). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Report (log a warning with the task and the core's stack) and count
+    /// (stalls_total) every task that holds its core for MS milliseconds or
+    /// more. Off by default.
+    #[arg(long, value_name = "MS")]
+    pub stall_ms: Option<u64>,
+}
+
+impl MetricsArgs {
+    /// Asks `builder` for the endpoint if `--metrics` was given, and for
+    /// the stall detector if `--stall-ms` was.
+    pub fn apply(&self, builder: RuntimeBuilder) -> RuntimeBuilder {
+        builder
+            .metrics(self.metrics)
+            .stall_threshold(self.stall_ms.map(Duration::from_millis))
+    }
+
+    /// Prints where the endpoint listens (to stderr), if it runs.
+    pub fn announce(&self, rt: &Runtime) {
+        if let Some(addr) = rt.metrics_addr() {
+            eprintln!("metrics on http://{addr}/metrics");
+        }
+    }
 }
 
 /// The value of `--wait-batch`: how many completions a parked core waits

@@ -50,6 +50,20 @@ pub enum BuildError {
         /// The error of `eventfd(2)`.
         error: io::Error,
     },
+    /// The stall detector's watchdog thread could not be started.
+    #[error("starting the stall detector's watchdog thread failed: {error}")]
+    Watchdog {
+        /// The error of starting the thread.
+        error: io::Error,
+    },
+    /// The metrics endpoint could not listen on its address.
+    #[error("metrics endpoint: listening on {addr} failed: {error}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The error of `bind(2)` or `listen(2)`.
+        error: io::Error,
+    },
     /// The thread of a core could not be started.
     #[error("core {core}: starting its thread failed: {error}")]
     ThreadSpawn {
@@ -246,9 +260,10 @@ impl BuildError {
             | BuildError::UnknownCpu { .. }
             | BuildError::DuplicateCpu { .. }
             | BuildError::TooFewCpus { .. } => io::ErrorKind::InvalidInput,
-            BuildError::EventFd { error, .. } | BuildError::ThreadSpawn { error, .. } => {
-                error.kind()
-            }
+            BuildError::EventFd { error, .. }
+            | BuildError::ThreadSpawn { error, .. }
+            | BuildError::Metrics { error, .. }
+            | BuildError::Watchdog { error } => error.kind(),
             BuildError::Core { error, .. } => error.kind(),
         }
     }

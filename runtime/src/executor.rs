@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, UnwindSafe};
+use std::panic::{AssertUnwindSafe, Location, UnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
@@ -22,12 +22,16 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use slab::Slab;
 
 use crate::scoped::scoped_thread_local;
+use crate::stall::{Beat, TaskInfo};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
 struct Task {
     future: Option<BoxFuture>,
     scheduled: bool,
+    /// Where it was spawned and its name, for stall reports.
+    spawned_at: &'static Location<'static>,
+    name: Option<Box<str>>,
 }
 
 /// Tasks of one core and the queue of those ready to run.
@@ -35,6 +39,8 @@ pub(crate) struct Executor {
     id: u32,
     tasks: RefCell<Slab<Task>>,
     ready: RefCell<VecDeque<u32>>,
+    /// This core's side of the stall detector, when one runs.
+    beat: Option<Beat>,
 }
 
 scoped_thread_local!(static CURRENT: Executor);
@@ -46,6 +52,16 @@ scoped_thread_local!(static CURRENT: Executor);
 /// Off a ringwire core thread.
 fn with<R>(f: impl FnOnce(&Executor) -> R) -> R {
     CURRENT.with(f)
+}
+
+/// Stalls the stall detector counted on the current core (0 when none
+/// runs).
+///
+/// # Panics
+///
+/// Off a ringwire core thread.
+pub(crate) fn stalls() -> u64 {
+    with(|e| e.beat().map_or(0, Beat::stalls))
 }
 
 /// Number of live tasks on the current core.
@@ -65,12 +81,30 @@ impl Executor {
 
     /// An executor whose wakers carry `id` (the core's control queue is
     /// registered under the same id).
-    pub(crate) fn new(id: u32) -> Executor {
+    pub(crate) fn new(id: u32, beat: Option<Beat>) -> Executor {
         Executor {
             id,
             tasks: RefCell::new(Slab::with_capacity(64)),
             ready: RefCell::new(VecDeque::with_capacity(64)),
+            beat,
         }
+    }
+
+    /// This core's side of the stall detector, when one runs.
+    pub(crate) fn beat(&self) -> Option<&Beat> {
+        self.beat.as_ref()
+    }
+
+    /// Task `key` as a stall report names it.
+    #[cold]
+    fn task_info(&self, key: u32) -> Option<TaskInfo> {
+        let tasks = self.tasks.borrow();
+        let task = tasks.get(key as usize)?;
+        Some(TaskInfo {
+            key,
+            name: task.name.as_deref().map(str::to_string),
+            spawned_at: Some(task.spawned_at),
+        })
     }
 
     /// Number of live tasks.
@@ -84,10 +118,17 @@ impl Executor {
     }
 
     /// Adds a task and schedules it.
-    pub(crate) fn spawn(&self, future: BoxFuture) {
+    pub(crate) fn spawn(
+        &self,
+        future: BoxFuture,
+        spawned_at: &'static Location<'static>,
+        name: Option<Box<str>>,
+    ) {
         let key = self.tasks.borrow_mut().insert(Task {
             future: Some(future),
             scheduled: true,
+            spawned_at,
+            name,
         });
         let key = u32::try_from(key).unwrap_or_else(|_| too_many_tasks());
         self.ready.borrow_mut().push_back(key);
@@ -135,7 +176,14 @@ impl Executor {
             let Some(mut future) = future else { continue };
             let waker = waker_for(self.id, key);
             let mut cx = Context::from_waker(&waker);
-            match future.as_mut().poll(&mut cx) {
+            let marker = self.beat.as_ref().map(|b| b.poll(key));
+            let poll = future.as_mut().poll(&mut cx);
+            if let (Some(beat), Some(marker)) = (&self.beat, marker) {
+                if beat.polled(marker) {
+                    beat.report_end(marker, self.task_info(key));
+                }
+            }
+            match poll {
                 Poll::Ready(()) => {
                     self.tasks.borrow_mut().remove(key as usize);
                     drop(future);
@@ -146,6 +194,11 @@ impl Executor {
                     }
                 }
             }
+        }
+        // Back to loop work: a long stretch from here on is not the last
+        // task's.
+        if let Some(beat) = &self.beat {
+            beat.turn();
         }
         n
     }
@@ -292,7 +345,39 @@ impl<T> Drop for CompleteOnDrop<T> {
 /// # Panics
 ///
 /// When called outside a ringwire core thread.
+#[track_caller]
 pub fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    spawn_inner(future, Location::caller(), None)
+}
+
+/// Like [`spawn_local`], with a name that stall reports use (see
+/// [`RuntimeBuilder::stall_threshold`](crate::RuntimeBuilder::stall_threshold)).
+///
+/// # Panics
+///
+/// When called outside a ringwire core thread.
+#[track_caller]
+pub fn spawn_local_named<F>(name: impl Into<String>, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    spawn_inner(
+        future,
+        Location::caller(),
+        Some(name.into().into_boxed_str()),
+    )
+}
+
+fn spawn_inner<F>(
+    future: F,
+    spawned_at: &'static Location<'static>,
+    name: Option<Box<str>>,
+) -> JoinHandle<F::Output>
 where
     F: Future + 'static,
     F::Output: 'static,
@@ -313,12 +398,13 @@ where
         guard.state.borrow_mut().result = Some(out);
         // `guard` drops here and wakes the joiner.
     };
-    with(|exec| exec.spawn(Box::pin(task)));
+    with(|exec| exec.spawn(Box::pin(task), spawned_at, name));
     JoinHandle { state }
 }
 
 /// Spawns `future` on the current core as one task and hands its result (or
 /// its panic) to `on_done`. Used for work sent from other threads.
+#[track_caller]
 pub(crate) fn spawn_reporting<F, C>(future: F, on_done: C)
 where
     F: Future + 'static,
@@ -331,7 +417,8 @@ where
         .await;
         on_done(out);
     };
-    with(|exec| exec.spawn(Box::pin(task)));
+    let spawned_at = Location::caller();
+    with(|exec| exec.spawn(Box::pin(task), spawned_at, None));
 }
 
 /// Catches a panic while polling the inner future.

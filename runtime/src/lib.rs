@@ -32,13 +32,14 @@
 //! Modules, in the order a program meets them: [`runtime`] (builder, cores,
 //! shutdown, handles), [`executor`] (tasks), [`net`] (sockets), [`time`]
 //! (timers), [`buf`] (buffers handed to and from the kernel), [`mailbox`]
-//! (cross-core messages), [`stats`] (counters), [`signal`] (Ctrl-C).
+//! (cross-core messages), [`stats`] (counters and histograms), [`metrics`]
+//! (the HTTP endpoint), [`signal`] (Ctrl-C).
 //!
 //! Inside, the modules form layers that import only downwards (checked by
 //! `.ci/layers.py`; the map is in `docs/ARCHITECTURE.md`): `sys`, `loom`,
-//! `scoped`, `error` -> `stats` -> `context` -> `driver` -> `buf` -> `remote`
+//! `scoped`, `error`, `histogram` -> `stats`, `stall` -> `context` -> `driver` -> `buf` -> `remote`
 //! -> `executor` -> `time`, `net` -> `mailbox` -> `core` (the event loop) ->
-//! `runtime`, `signal`.
+//! `metrics` -> `runtime`, `signal`.
 
 pub mod buf;
 mod context;
@@ -46,13 +47,16 @@ mod core;
 mod driver;
 mod error;
 pub mod executor;
+mod histogram;
 mod loom;
 pub mod mailbox;
+pub mod metrics;
 pub mod net;
 mod remote;
 pub mod runtime;
 mod scoped;
 pub mod signal;
+mod stall;
 pub mod stats;
 mod sys;
 pub mod time;
@@ -61,10 +65,10 @@ pub use crate::buf::{AlignedBuf, IoBuf, IoBufMut, RecvBuf, SendBuf};
 pub use crate::context::{current_core, current_cpu, is_shutting_down, try_current_core};
 pub use crate::core::core_stats;
 pub use crate::driver::RingFeatures;
-pub use crate::executor::{spawn_local, yield_now, JoinError, JoinHandle};
+pub use crate::executor::{spawn_local, spawn_local_named, yield_now, JoinError, JoinHandle};
 pub use crate::mailbox::{submit_to, Doorbell, RemoteBuf};
 pub use crate::runtime::{
     current_runtime, BuildError, IdleStrategy, Placement, RemoteHandle, Runtime, RuntimeBuilder,
     RuntimeHandle, ShutdownHandle, ShutdownReport, StartError,
 };
-pub use crate::stats::{CoreStats, Counter};
+pub use crate::stats::{CoreStats, Counter, Histogram};

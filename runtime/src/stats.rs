@@ -9,12 +9,63 @@
 //! Besides the runtime's own counters, layers above (transports, applications)
 //! register [`Counter`]s by name once per process; each core then counts into
 //! its own cell, and snapshots and the Prometheus output include them.
+//!
+//! Histograms ([`Histogram`]: log-bucketed, fixed memory, plain per-core
+//! arrays) record how long loop turns take, how long the core stays parked,
+//! how many SQEs each `io_uring_enter` submits and how many CQEs each reap
+//! finds; the Prometheus rendering prints them as histograms (`_bucket`,
+//! `_sum`, `_count`).
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write;
 use std::sync::Mutex;
 
+pub use crate::histogram::Histogram;
+use crate::histogram::Log2;
 use crate::scoped::scoped_thread_local;
+
+/// Finite buckets of the duration histograms: 256 ns (2^8) to about 2.1 s
+/// (2^31 ns), doubling.
+const TIME_BUCKETS: usize = 24;
+/// Smallest duration bound: 2^8 ns.
+const TIME_FIRST_EXP: u32 = 8;
+/// Finite buckets of the batch-size histograms: 1 to 8192, doubling.
+const BATCH_BUCKETS: usize = 14;
+
+/// A per-core histogram of durations in nanoseconds.
+pub(crate) struct TimeHistogram(Log2<TIME_BUCKETS>);
+
+impl Default for TimeHistogram {
+    fn default() -> Self {
+        TimeHistogram(Log2::new(TIME_FIRST_EXP))
+    }
+}
+
+impl TimeHistogram {
+    /// Counts one duration.
+    #[inline]
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        self.0
+            .record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+/// A per-core histogram of batch sizes (SQEs per enter, CQEs per reap).
+pub(crate) struct BatchHistogram(Log2<BATCH_BUCKETS>);
+
+impl Default for BatchHistogram {
+    fn default() -> Self {
+        BatchHistogram(Log2::new(0))
+    }
+}
+
+impl BatchHistogram {
+    /// Counts one batch of `n`.
+    #[inline]
+    pub(crate) fn record(&self, n: u64) {
+        self.0.record(n);
+    }
+}
 
 /// The live counters of one core (owned by that core's thread).
 #[derive(Default)]
@@ -42,6 +93,17 @@ pub(crate) struct Stats {
     pub(crate) doorbells_sent: Cell<u64>,
     pub(crate) doorbells_received: Cell<u64>,
     pub(crate) mailbox_received: Cell<u64>,
+    pub(crate) mailbox_full: Cell<u64>,
+    pub(crate) send_pool_waits: Cell<u64>,
+    /// Busy time of each loop turn (parked time excluded).
+    pub(crate) loop_turn: TimeHistogram,
+    /// Time of each idle wait (parked in `io_uring_enter`, or spinning then
+    /// parked).
+    pub(crate) park: TimeHistogram,
+    /// SQEs submitted by each `io_uring_enter`.
+    pub(crate) sqes_per_enter: BatchHistogram,
+    /// CQEs found by each reap of the completion queue.
+    pub(crate) cqes_per_reap: BatchHistogram,
     /// Values of the registered [`Counter`]s, by counter id (grown on first
     /// use of a counter registered after the core started).
     named: RefCell<Vec<u64>>,
@@ -212,6 +274,11 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Escapes a Prometheus HELP text (backslash, newline).
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
 /// Escapes a Prometheus label value (backslash, double quote, newline).
 fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -280,6 +347,35 @@ pub struct CoreStats {
     pub mailbox_received: u64,
     /// Closures waiting in this core's inbound mesh rings at snapshot time.
     pub mailbox_depth: u64,
+    /// Times a closure for another core found the mesh ring to it full
+    /// (`post` and `submit_to` then wait a turn; `try_post` hands it back).
+    pub mailbox_full: u64,
+    /// Times a task found the send pool empty and waited for a buffer.
+    pub send_pool_waits: u64,
+    /// Tasks that held this core for at least the stall threshold (see
+    /// [`RuntimeBuilder::stall_threshold`](crate::RuntimeBuilder::stall_threshold);
+    /// 0 when no stall detector runs).
+    pub stalls: u64,
+    /// SQEs in the submission queue or waiting for room in it, at snapshot
+    /// time.
+    pub sq_pending: u64,
+    /// CQEs waiting in the completion queue at snapshot time.
+    pub cq_pending: u64,
+    /// Stream sockets (TCP, Unix) with a receive started: the connections
+    /// this core serves.
+    pub streams_receiving: u64,
+    /// Busy time of each loop turn in nanoseconds (empty when loop timing is
+    /// off, see
+    /// [`RuntimeBuilder::loop_timing`](crate::RuntimeBuilder::loop_timing)).
+    pub loop_turn_ns: Histogram,
+    /// Time of each idle wait in nanoseconds (parked, or spinning and then
+    /// parked; empty when loop timing is off).
+    pub park_ns: Histogram,
+    /// SQEs submitted by each `io_uring_enter` (its count is the number of
+    /// enters).
+    pub sqes_per_enter: Histogram,
+    /// CQEs found by each reap of the completion queue.
+    pub cqes_per_reap: Histogram,
     /// Tasks alive at snapshot time.
     pub tasks: u64,
     /// Operations in the driver's table at snapshot time.
@@ -327,6 +423,12 @@ impl CoreStats {
             doorbells_sent: s.doorbells_sent.get(),
             doorbells_received: s.doorbells_received.get(),
             mailbox_received: s.mailbox_received.get(),
+            mailbox_full: s.mailbox_full.get(),
+            send_pool_waits: s.send_pool_waits.get(),
+            loop_turn_ns: s.loop_turn.0.snapshot(),
+            park_ns: s.park.0.snapshot(),
+            sqes_per_enter: s.sqes_per_enter.0.snapshot(),
+            cqes_per_reap: s.cqes_per_reap.0.snapshot(),
             named: s.named(),
             ..CoreStats::default()
         }
@@ -335,6 +437,23 @@ impl CoreStats {
     /// The value of a registered counter at snapshot time.
     pub fn counter(&self, counter: &Counter) -> u64 {
         self.named.get(counter.id).copied().unwrap_or(0)
+    }
+
+    /// Messages this core received: frames counted by framing layers with
+    /// [`count_frames`] plus every registered counter whose name ends in
+    /// `messages_in_total` (the transports' per-scheme counters follow that
+    /// convention). Takes the registry's lock: for summaries, not hot paths.
+    pub fn messages_in(&self) -> u64 {
+        let reg = registry();
+        let named = reg
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.name.ends_with("messages_in_total"))
+            .map(|(id, _)| self.named.get(id).copied().unwrap_or(0))
+            .fold(0u64, u64::wrapping_add);
+        self.recv_copies_avoided
+            .wrapping_add(self.recv_copies_made)
+            .wrapping_add(named)
     }
 }
 
@@ -484,6 +603,39 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
             "completions dropped on a full CQ",
             |s| s.cq_overflow,
         ),
+        (
+            "mailbox_full_total",
+            "counter",
+            "closures that found the mesh ring to their core full",
+            |s| s.mailbox_full,
+        ),
+        (
+            "send_pool_waits_total",
+            "counter",
+            "waits for a free registered send buffer",
+            |s| s.send_pool_waits,
+        ),
+        (
+            "stalls_total",
+            "counter",
+            "tasks that held the core for at least the stall threshold",
+            |s| s.stalls,
+        ),
+        (
+            "sq_pending",
+            "gauge",
+            "SQEs queued and not yet taken by the kernel",
+            |s| s.sq_pending,
+        ),
+        ("cq_pending", "gauge", "CQEs waiting to be reaped", |s| {
+            s.cq_pending
+        }),
+        (
+            "streams_receiving",
+            "gauge",
+            "stream sockets with a receive started (connections served)",
+            |s| s.streams_receiving,
+        ),
         ("tasks", "gauge", "live tasks", |s| s.tasks),
         (
             "ops_in_flight",
@@ -511,6 +663,65 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
             let _ = writeln!(out, "ringwire_{name}{{{}}} {}", core_labels(s), get(s));
         }
     }
+    type Hist = fn(&CoreStats) -> &Histogram;
+    let histograms: [(&str, &str, Option<f64>, Hist); 4] = [
+        (
+            "loop_turn_seconds",
+            "busy time of each event loop turn (parked time excluded)",
+            Some(1e-9),
+            |s| &s.loop_turn_ns,
+        ),
+        (
+            "park_seconds",
+            "time of each idle wait (parked, or spinning then parked)",
+            Some(1e-9),
+            |s| &s.park_ns,
+        ),
+        (
+            "sqes_per_enter",
+            "SQEs submitted by each io_uring_enter (count: enters)",
+            None,
+            |s| &s.sqes_per_enter,
+        ),
+        (
+            "cqes_per_reap",
+            "CQEs found by each reap of the completion queue",
+            None,
+            |s| &s.cqes_per_reap,
+        ),
+    ];
+    for (name, help, scale, get) in histograms {
+        let _ = writeln!(out, "# HELP ringwire_{name} {help}");
+        let _ = writeln!(out, "# TYPE ringwire_{name} histogram");
+        for s in stats {
+            let h = get(s);
+            let labels = core_labels(s);
+            for (bound, cumulative) in h.buckets() {
+                let le = match (bound, scale) {
+                    (None, _) => "+Inf".to_string(),
+                    (Some(b), Some(scale)) => format!("{}", b as f64 * scale),
+                    (Some(b), None) => b.to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "ringwire_{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            match scale {
+                Some(scale) => {
+                    let _ = writeln!(
+                        out,
+                        "ringwire_{name}_sum{{{labels}}} {}",
+                        h.sum() as f64 * scale
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "ringwire_{name}_sum{{{labels}}} {}", h.sum());
+                }
+            }
+            let _ = writeln!(out, "ringwire_{name}_count{{{labels}}} {}", h.count());
+        }
+    }
     // Registered counters, one family per name (HELP and TYPE once).
     let reg = registry();
     let mut done: Vec<&str> = Vec::new();
@@ -519,7 +730,12 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
             continue;
         }
         done.push(&info.name);
-        let _ = writeln!(out, "# HELP ringwire_{} {}", info.name, info.help);
+        let _ = writeln!(
+            out,
+            "# HELP ringwire_{} {}",
+            info.name,
+            escape_help(&info.help)
+        );
         let _ = writeln!(out, "# TYPE ringwire_{} counter", info.name);
         for (id, member) in reg.iter().enumerate() {
             if member.name != info.name {
@@ -543,8 +759,8 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
     out
 }
 
-/// Number of built-in metrics in [`render_prometheus`].
-const BUILTIN_METRICS: usize = 31;
+/// Number of built-in single-sample metrics in [`render_prometheus`].
+const BUILTIN_METRICS: usize = 37;
 
 fn core_labels(s: &CoreStats) -> String {
     match s.cpu {
@@ -576,11 +792,28 @@ mod tests {
         assert!(text.contains("ringwire_bytes_sent_total{core=\"1\"} 42\n"));
         // Counters registered by other tests of this process are named
         // `test_*`; every built-in metric has one sample per core.
+        let histograms = [
+            "ringwire_loop_turn_seconds",
+            "ringwire_park_seconds",
+            "ringwire_sqes_per_enter",
+            "ringwire_cqes_per_reap",
+        ];
         let samples = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.starts_with("ringwire_test_"))
+            .filter(|l| !histograms.iter().any(|h| l.starts_with(h)))
             .count();
         assert_eq!(samples, BUILTIN_METRICS * 2);
+        // Every histogram has, per core, a +Inf bucket, a sum and a count,
+        // even when empty.
+        for h in histograms {
+            assert!(text.contains(&format!("# TYPE {h} histogram\n")));
+            for core in ["core=\"0\",cpu=\"3\"", "core=\"1\""] {
+                assert!(text.contains(&format!("{h}_bucket{{{core},le=\"+Inf\"}} 0\n")));
+                assert!(text.contains(&format!("{h}_sum{{{core}}} 0\n")));
+                assert!(text.contains(&format!("{h}_count{{{core}}} 0\n")));
+            }
+        }
     }
 
     #[test]

@@ -147,3 +147,84 @@ pub(crate) fn set_multicast_if_index_v4(fd: RawFd, index: u32) -> io::Result<()>
     })
     .map(drop)
 }
+
+/// The calling thread's kernel id (`gettid`).
+pub(crate) fn gettid() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+}
+
+/// Sends `sig` to thread `tid` of this process (`tgkill`).
+// Used only to capture stacks, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn tgkill(tid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: tgkill takes no pointers; a thread that no longer exists makes
+    // it fail with ESRCH. `getpid` cannot fail.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The CPU-time clock of the calling thread, readable from any thread of
+/// the process while this one lives (`pthread_getcpuclockid`).
+pub(crate) fn thread_cpu_clock() -> Option<libc::clockid_t> {
+    let mut id: libc::clockid_t = 0;
+    // SAFETY: `id` is a valid, writable clockid_t; `pthread_self` is the
+    // calling thread, which is alive.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+    (rc == 0).then_some(id)
+}
+
+/// Reads `clock` in nanoseconds (`None` when it no longer exists, e.g. the
+/// CPU clock of a thread that ended).
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; an invalid clock id only
+    // makes the call fail with EINVAL.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Installs `handler` for `sig` (with `SA_SIGINFO | SA_RESTART`), unless the
+/// process already handles that signal: returns `Ok(false)` then and leaves
+/// the existing disposition alone.
+// Used only to capture stacks, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn install_signal_handler(
+    sig: libc::c_int,
+    handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+) -> io::Result<bool> {
+    // SAFETY: sigaction is plain data; zeroed is a valid value to query into.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only queries; `old` is valid and writable.
+    cvt(unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) })?;
+    if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+        return Ok(false);
+    }
+    // SAFETY: as above; every field is then set explicitly.
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = handler as usize;
+    new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `new.sa_mask` is a valid sigset_t to empty.
+    unsafe { libc::sigemptyset(&mut new.sa_mask) };
+    // SAFETY: `new` is fully initialised and names a handler of the
+    // signature SA_SIGINFO expects; the old action is not requested.
+    cvt(unsafe { libc::sigaction(sig, &new, std::ptr::null_mut()) })?;
+    Ok(true)
+}
+
+/// The real-time signal `SIGRTMIN + n` (glibc reserves the first few
+/// real-time signals for itself; `SIGRTMIN()` is the first one it leaves).
+// Used only to capture stacks, which loom builds leave out.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn realtime_signal(n: libc::c_int) -> libc::c_int {
+    libc::SIGRTMIN() + n
+}

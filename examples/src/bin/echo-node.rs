@@ -23,7 +23,7 @@ use ringwire::runtime::net::{TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
 use ringwire::runtime::{spawn_local, stats, Runtime};
 use ringwire_examples::cli::{
-    parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
+    parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, MetricsArgs, TcpListen, WaitBatch,
 };
 use ringwire_examples::held::{Held, Piece};
 use ringwire_examples::lenprefix::{Boundaries, Reassembler};
@@ -105,6 +105,8 @@ struct Args {
     gather: Gather,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Largest lenprefix message accepted, in bytes; a larger one closes the
     /// connection.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
@@ -152,8 +154,9 @@ fn run(cfg: Args) -> io::Result<()> {
         .recv_buffers(cfg.recv_buffers)
         .recv_multishot(cfg.recv == Recv::Multishot)
         .wait_batch(cfg.wait_batch.0)
-        .thread_name("echo-core")
-        .build()?;
+        .thread_name("echo-core");
+    let rt = cfg.metrics.apply(rt).build()?;
+    cfg.metrics.announce(&rt);
     let accept = cfg.accept;
     let wire = cfg.wire;
     let echo = Echo {

@@ -63,7 +63,7 @@ use ringwire::transports::{
     ReplyTo, Scheme,
 };
 use ringwire_examples::cli::{
-    parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, TcpListen, WaitBatch,
+    parse_tcp_listen, parse_wait_batch, CoreArgs, IdleArgs, MetricsArgs, TcpListen, WaitBatch,
 };
 use ringwire_examples::kv::dispatch::{execute, Dispatcher};
 use ringwire_examples::kv::journal::{self, Change};
@@ -122,6 +122,8 @@ struct Args {
     replica_of: Option<Endpoint>,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// How long a parked core waits for more completions before it runs
     /// what it has: N:MICROS (wake at N completions or after MICROS) or
     /// off (wake at the first). Batching saves wake-ups under load and
@@ -181,8 +183,9 @@ fn run(args: Args) -> io::Result<()> {
         .wait_batch(args.wait_batch.0)
         .recv_buffers(args.recv_buffers)
         .recv_buffer_size(args.recv_buffer_size)
-        .thread_name("kv-core")
-        .build()?;
+        .thread_name("kv-core");
+    let rt = args.metrics.apply(rt).build()?;
+    args.metrics.announce(&rt);
     let shards = rt.core_count();
     let dispatcher = Dispatcher::new(shards).read_only(args.replica_of.is_some());
     if args.listen_replication.is_some() {

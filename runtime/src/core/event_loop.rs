@@ -42,6 +42,9 @@ pub(super) struct Core {
     pub(super) shared: Arc<Shared>,
     pub(super) idle: IdleStrategy,
     pub(super) wait_batch: Option<(u32, Duration)>,
+    /// Time every loop turn (one clock read per turn) into the `loop_turn`
+    /// histogram.
+    pub(super) loop_timing: bool,
 }
 
 impl Core {
@@ -97,6 +100,8 @@ impl Core {
     }
 
     fn run(&self) -> io::Result<()> {
+        // Start of the current turn's busy time (loop timing only).
+        let mut turn_start = self.loop_timing.then(Instant::now);
         loop {
             Stats::add(&self.stats.loop_turns, 1);
             self.exec.run_ready();
@@ -119,10 +124,34 @@ impl Core {
             }
             if self.exec.has_ready() {
                 self.driver.driver.borrow_mut().enter(false)?;
+                self.dispatch();
+                if let Some(start) = turn_start {
+                    let now = Instant::now();
+                    self.stats.loop_turn.record(now - start);
+                    turn_start = Some(now);
+                }
             } else {
+                // The park path reads the clock anyway (around the wait, for
+                // the `park` histogram); the turn's busy time ends where the
+                // wait begins, and the next turn starts when it ends.
+                let parked_at = Instant::now();
+                if let Some(start) = turn_start {
+                    self.stats.loop_turn.record(parked_at - start);
+                }
+                if let Some(beat) = self.exec.beat() {
+                    beat.idle();
+                }
                 self.idle_wait()?;
+                if let Some(beat) = self.exec.beat() {
+                    beat.turn();
+                }
+                let woke = Instant::now();
+                self.stats.park.record(woke - parked_at);
+                if turn_start.is_some() {
+                    turn_start = Some(woke);
+                }
+                self.dispatch();
             }
-            self.dispatch();
         }
     }
 
@@ -239,6 +268,9 @@ impl Core {
     /// every operation and to consume every queued SQE, so that no buffer is
     /// freed, and no descriptor an SQE names is closed, while still in use.
     fn finish(&self) -> CoreExit {
+        if let Some(beat) = self.exec.beat() {
+            beat.idle();
+        }
         self.shared.mark_stopped();
         let tasks_aborted = self.exec.drop_all();
         if tasks_aborted > 0 {

@@ -54,6 +54,9 @@ pub(crate) struct CoreConfig {
     pub(crate) mesh_out: Vec<Option<Producer<Envelope>>>,
     pub(crate) mesh_in: Vec<Consumer<Envelope>>,
     pub(crate) wait_batch: Option<(u32, Duration)>,
+    pub(crate) loop_timing: bool,
+    /// What this core shares with the stall detector, when one runs.
+    pub(crate) watch: Option<Arc<crate::stall::Watch>>,
 }
 
 /// What a core reports when its thread ends.
@@ -80,6 +83,8 @@ pub(crate) fn run_core(
         mesh_out,
         mesh_in,
         wait_batch,
+        loop_timing,
+        watch,
     } = cfg;
     let setup = || -> Result<crate::driver::Context, StartError> {
         if let Some(cpu) = cpu {
@@ -123,13 +128,14 @@ pub(crate) fn run_core(
         stats: Stats::default(),
         context: Context::new(index, cpu),
         driver,
-        exec: Executor::new(shared.exec_id),
+        exec: Executor::new(shared.exec_id, watch.map(|w| w.attach())),
         mesh: Mesh::new(index, doorbell, peers, mesh_out, mesh_in),
         shared,
         idle,
         wait_batch,
+        loop_timing,
     };
-    let span = tracing::debug_span!("core", index, ?cpu);
+    let span = tracing::info_span!("core", core = index, cpu = ?cpu);
     let _entered = span.enter();
     let (exit, panic) = core.run_to_end();
     if let Some(panic) = panic {
@@ -155,16 +161,21 @@ pub fn core_stats() -> CoreStats {
     let (core, cpu) = crate::context::with(|c| (c.index(), c.cpu()));
     let mut s = crate::stats::with(|st| CoreStats::counters(core, cpu, st));
     s.tasks = crate::executor::task_count() as u64;
+    s.stalls = crate::executor::stalls();
     crate::driver::with(|cx| {
         let mut driver = cx.driver.borrow_mut();
         let bufs = cx.bufs.borrow();
         let pool = cx.pool.borrow();
         s.ops_in_flight = driver.ops_in_table() as u64;
+        s.sq_pending = driver.sq_pending() as u64;
+        s.cq_pending = driver.cq_pending() as u64;
         s.cq_overflow = u64::from(driver.cq_overflow());
         s.recv_buffers_free = u64::from(bufs.available());
         s.recv_buffers_total = u64::from(bufs.count());
         s.send_buffers_free = pool.free_count() as u64;
         s.send_buffers_total = u64::from(pool.count());
+        drop(driver);
+        s.streams_receiving = cx.receiving_streams() as u64;
     });
     s.mailbox_depth = crate::mailbox::mesh::with(|m| m.depth()) as u64;
     s

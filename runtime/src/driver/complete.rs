@@ -71,9 +71,12 @@ impl Driver {
                 }
             }
         }
-        if completed > 0 {
-            stats::with(|s| Stats::add(&s.ops_completed, completed));
-        }
+        stats::with(|s| {
+            if completed > 0 {
+                Stats::add(&s.ops_completed, completed);
+            }
+            s.cqes_per_reap.record(completed);
+        });
     }
 
     #[inline]

@@ -289,6 +289,17 @@ impl Driver {
         self.ring.completion().overflow()
     }
 
+    /// SQEs queued and not yet consumed by the kernel (submission queue
+    /// and backlog).
+    pub(crate) fn sq_pending(&mut self) -> usize {
+        self.backlog.len() + self.ring.submission().len()
+    }
+
+    /// CQEs waiting in the completion queue.
+    pub(crate) fn cq_pending(&mut self) -> usize {
+        self.ring.completion().len()
+    }
+
     /// Whether completions wait in the completion queue.
     pub(crate) fn has_completions(&mut self) -> bool {
         !self.ring.completion().is_empty()

@@ -166,6 +166,7 @@ impl SendPool {
 
     /// Registers a task to wake when a buffer comes back.
     pub(crate) fn wait(&mut self, waker: &Waker) {
+        let _ = crate::stats::try_with(|s| crate::stats::Stats::add(&s.send_pool_waits, 1));
         if !self.waiters.iter().any(|w| w.will_wake(waker)) {
             self.waiters.push_back(waker.clone());
         }

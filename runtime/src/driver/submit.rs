@@ -257,9 +257,12 @@ impl Driver {
         // block with work that cannot be submitted.
         let wait = wait && self.backlog.is_empty();
         let to_submit = self.ring.submission().len() as u32;
-        if to_submit > 0 {
-            stats::with(|s| Stats::add(&s.ops_submitted, u64::from(to_submit)));
-        }
+        stats::with(|s| {
+            if to_submit > 0 {
+                Stats::add(&s.ops_submitted, u64::from(to_submit));
+            }
+            s.sqes_per_enter.record(u64::from(to_submit));
+        });
         if self.features.sqpoll {
             // The kernel thread submits; only wake it and wait if asked.
             self.ring.submission().sync();
@@ -291,9 +294,12 @@ impl Driver {
         self.flush_backlog();
         let want = if self.backlog.is_empty() { want } else { 0 };
         let to_submit = self.ring.submission().len() as u64;
-        if to_submit > 0 {
-            stats::with(|s| Stats::add(&s.ops_submitted, to_submit));
-        }
+        stats::with(|s| {
+            if to_submit > 0 {
+                Stats::add(&s.ops_submitted, to_submit);
+            }
+            s.sqes_per_enter.record(to_submit);
+        });
         self.ring.submission().sync();
         let ts = types::Timespec::from(max_wait);
         let args = types::SubmitArgs::new().timespec(&ts);

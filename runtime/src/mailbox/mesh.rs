@@ -333,6 +333,7 @@ async fn send_envelope(to: usize, mut env: Envelope) -> Result<(), MailboxError>
             Err(TrySendError::Closed(_)) => return Err(MailboxError::Closed(to)),
             Err(TrySendError::Full(e)) => {
                 env = e;
+                crate::stats::with(|s| crate::stats::Stats::add(&s.mailbox_full, 1));
                 // Back-pressure: try again next loop turn.
                 yield_now().await;
             }
@@ -364,6 +365,9 @@ where
         Ok(()) => Ok(()),
         Err(e) => {
             let full = e.is_full();
+            if full {
+                crate::stats::with(|s| crate::stats::Stats::add(&s.mailbox_full, 1));
+            }
             let f = match e.into_inner().into_any().downcast::<F>() {
                 Ok(f) => *f,
                 Err(_) => unreachable_type(),

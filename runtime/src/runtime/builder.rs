@@ -1,5 +1,6 @@
 //! [`RuntimeBuilder`]: the knobs of a runtime and its start-up.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub struct RuntimeBuilder {
     doorbell: Doorbell,
     mailbox_capacity: usize,
     wait_batch: Option<(u32, Duration)>,
+    loop_timing: bool,
+    metrics: Option<SocketAddr>,
+    stall_threshold: Option<Duration>,
     thread_name: String,
 }
 
@@ -50,6 +54,9 @@ impl Default for RuntimeBuilder {
             doorbell: Doorbell::MsgRing,
             mailbox_capacity: 1024,
             wait_batch: Some((16, Duration::from_micros(50))),
+            loop_timing: true,
+            metrics: None,
+            stall_threshold: None,
             thread_name: "ringwire-core".to_string(),
         }
     }
@@ -178,6 +185,43 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Time every event loop turn into the `loop_turn` histogram of
+    /// [`CoreStats`](crate::CoreStats) (`ringwire_loop_turn_seconds`). Costs
+    /// one clock read (a vDSO call) per busy turn; time parked is measured
+    /// either way, since parking already costs a system call. Default: true.
+    pub fn loop_timing(mut self, on: bool) -> Self {
+        self.loop_timing = on;
+        self
+    }
+
+    /// Serve the metrics endpoint on `addr` (`GET /metrics`: Prometheus text
+    /// format; `GET /`: a per-core summary), from a task on core 0. The
+    /// address is bound at [`build`](Self::build), whose error says so if
+    /// it cannot be; port 0 picks a free port, which
+    /// [`Runtime::metrics_addr`] tells. See [`crate::metrics`]. Default:
+    /// none.
+    pub fn metrics(mut self, addr: impl Into<Option<SocketAddr>>) -> Self {
+        self.metrics = addr.into();
+        self
+    }
+
+    /// Report a task that holds its core for at least `threshold` without
+    /// returning to the loop (or `None`: no stall detector). A watchdog
+    /// thread looks at every core a few times per threshold (at most every
+    /// 250 ms); on a stall it counts it (`stalls_total`), captures the core
+    /// thread's stack with a signal (`SIGRTMIN+3`, left alone if the
+    /// process handles it already) and logs a warning with the task (its
+    /// name from [`spawn_local_named`](crate::executor::spawn_local_named),
+    /// its id and where it was spawned), how long it held the core, and the
+    /// stack. The core's side costs a store before and a load after each
+    /// task poll: no clock read, no system call. Default: `None` (off):
+    /// the signal and the watchdog thread are the process's business, so a
+    /// program turns them on (the example nodes with `--stall-ms`).
+    pub fn stall_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.stall_threshold = threshold;
+        self
+    }
+
     /// Name prefix of the core threads (the core index is appended).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.thread_name = name.into();
@@ -209,9 +253,14 @@ impl RuntimeBuilder {
                 .collect(),
         );
         let mesh = build_mesh(cpus.len(), self.mailbox_capacity);
+        let watches: Option<Vec<_>> = self
+            .stall_threshold
+            .map(|_| (0..cpus.len()).map(crate::stall::Watch::new).collect());
         let mut rt = Runtime {
             cores: Vec::with_capacity(cpus.len()),
             peers: peers.clone(),
+            metrics_addr: None,
+            watchdog: None,
         };
         for ((index, &cpu), (shared, (mesh_out, mesh_in))) in
             cpus.iter().enumerate().zip(shareds.into_iter().zip(mesh))
@@ -228,6 +277,8 @@ impl RuntimeBuilder {
                 mesh_out,
                 mesh_in,
                 wait_batch: self.wait_batch,
+                loop_timing: self.loop_timing,
+                watch: watches.as_ref().map(|w| w[index].clone()),
             };
             let thread_shared = shared.clone();
             let spawned = thread::Builder::new()
@@ -256,6 +307,38 @@ impl RuntimeBuilder {
                         cpu,
                         error,
                     });
+                }
+            }
+        }
+        if let (Some(threshold), Some(watches)) = (self.stall_threshold, watches) {
+            match crate::stall::watchdog::Watchdog::start(watches, threshold) {
+                Ok(w) => rt.watchdog = Some(w),
+                Err(error) => {
+                    rt.shutdown(Duration::from_secs(1));
+                    return Err(BuildError::Watchdog { error });
+                }
+            }
+        }
+        if let Some(addr) = self.metrics {
+            let bound = rt.block_on(0, move || async move {
+                // No SO_REUSEPORT: a second process asking for the same
+                // address must fail, not split the scrapes.
+                let opts = crate::net::TcpListenOptions::default().reuse_port(false);
+                let listener = crate::net::TcpListener::bind_with(addr, &opts)?;
+                let local = listener.local_addr();
+                crate::executor::spawn_local(crate::metrics::serve(listener));
+                Ok::<_, std::io::Error>(local)
+            });
+            let bound = bound
+                .unwrap_or_else(|_| Err(std::io::Error::other("core 0 stopped before binding")));
+            match bound {
+                Ok(local) => {
+                    tracing::info!(addr = %local, "metrics endpoint listening");
+                    rt.metrics_addr = Some(local);
+                }
+                Err(error) => {
+                    rt.shutdown(Duration::from_secs(1));
+                    return Err(BuildError::Metrics { addr, error });
                 }
             }
         }

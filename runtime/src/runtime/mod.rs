@@ -49,6 +49,10 @@ pub struct Runtime {
     /// threads have ended (each peer holds its core's duplicated ring
     /// descriptor, which SQEs on other cores' rings may name).
     peers: Arc<Vec<Arc<Peer>>>,
+    /// Where the metrics endpoint listens, if it runs.
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// The stall detector's thread, stopped once the cores are.
+    watchdog: Option<crate::stall::watchdog::Watchdog>,
 }
 
 impl Runtime {
@@ -71,6 +75,12 @@ impl Runtime {
     /// The ring features each core ended up with, by core index.
     pub fn ring_features(&self) -> Vec<RingFeatures> {
         self.cores.iter().map(|c| c.features).collect()
+    }
+
+    /// The address the metrics endpoint listens on (see
+    /// [`RuntimeBuilder::metrics`]); `None` when it does not run.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// A handle that sends work to the cores from any thread.
@@ -167,6 +177,7 @@ impl Runtime {
                 }
             }
         }
+        drop(self.watchdog.take());
         report
     }
 }
