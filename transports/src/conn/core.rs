@@ -572,7 +572,7 @@ impl Conn {
                     Event::CallTimedOut(CallId(id)) => {
                         if let Some(slot) = st.calls.get_mut(&id) {
                             slot.result = Some(Err(Error::Timeout {
-                                what: "call",
+                                what: crate::error::CALL_TIMEOUT,
                                 after: self.config.session.call_timeout.unwrap_or_default(),
                             }));
                             wakers.extend(slot.waker.take());
