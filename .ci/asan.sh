@@ -51,5 +51,8 @@ if [ "$#" -gt 0 ]; then
 fi
 run -p ringwire-runtime --lib --test mailbox_stress --test runtime --test mailbox_runtime \
     --test bufpath --test handle --test stream_io --test udp
+# Not resume.rs: its relay starts cutting at once, and under the
+# sanitizer's slowdown the first connect (which does not reconnect) can be
+# cut during its handshake.
 run -p ringwire-transports --lib --test stream --test mem --test handle --test held_reader \
-    --test resume --test keepalive --test pool --test hostile --test soak
+    --test keepalive --test pool --test hostile --test soak
