@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use ringwire_proto::{Mismatch, ProtoError};
 
+/// What [`Error::Timeout`] names for a call without a reply in time: the
+/// one timeout that costs the call only, not the connection.
+pub(crate) const CALL_TIMEOUT: &str = "call";
+
 /// Everything that can go wrong in the transports layer.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -185,15 +189,39 @@ impl Error {
     }
 
     /// Whether the connection this error came from is finished (no further
-    /// operation on it can succeed).
+    /// operation on it can succeed). A [`Error::Timeout`] is, except a
+    /// call's: the idle and handshake timeouts end the connection.
     pub fn is_connection_fatal(&self) -> bool {
-        matches!(
-            self,
-            Error::Io { .. }
-                | Error::Protocol(_)
-                | Error::Refused(_)
-                | Error::Closed { .. }
-                | Error::Tls { .. }
-        )
+        match self {
+            Error::Timeout { what, .. } => *what != CALL_TIMEOUT,
+            _ => matches!(
+                self,
+                Error::Io { .. }
+                    | Error::Protocol(_)
+                    | Error::Refused(_)
+                    | Error::Closed { .. }
+                    | Error::Tls { .. }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_calls_timeout_leaves_the_connection_alive() {
+        let call = Error::Timeout {
+            what: CALL_TIMEOUT,
+            after: Duration::from_secs(1),
+        };
+        let idle = Error::Timeout {
+            what: "the idle timeout (nothing received from the peer)",
+            after: Duration::from_secs(5),
+        };
+        assert!(!call.is_connection_fatal());
+        assert!(idle.is_connection_fatal());
+        assert!(!Error::Usage("x").is_connection_fatal());
     }
 }

@@ -66,6 +66,13 @@ impl Socket {
         }
     }
 
+    fn pause_recv(&mut self) {
+        match self {
+            Socket::Tcp(s) => s.pause_recv(),
+            Socket::Unix(s) => s.pause_recv(),
+        }
+    }
+
     async fn recv_exact_into<B: IoBufMut>(
         &mut self,
         buf: B,
@@ -694,7 +701,22 @@ async fn read_loop(
             let backing = Backing::Recv(chunk.clone());
             let mut pos = 0;
             loop {
-                match framer.feed(conn, &chunk, &mut pos, &backing, true).await? {
+                let fed = {
+                    let mut feed =
+                        std::pin::pin!(framer.feed(conn, &chunk, &mut pos, &backing, true));
+                    poll_fn(|cx| {
+                        let r = feed.as_mut().poll(cx);
+                        if r.is_pending() && !conn.reader_may_go() {
+                            // Held until the application catches up: the
+                            // socket must not take the core's shared receive
+                            // buffers meanwhile (the next `recv` resumes).
+                            socket.pause_recv();
+                        }
+                        r
+                    })
+                    .await?
+                };
+                match fed {
                     Feed::Consumed => break,
                     Feed::DirectFrame { header, buf, have } => {
                         let len = header.payload_len as usize;

@@ -55,6 +55,18 @@ impl Stream {
         self.fd.as_raw_fd()
     }
 
+    /// Stops the multishot receive until the next `recv` (see the stream
+    /// types' `pause_recv`).
+    pub(crate) fn pause_recv(&mut self) {
+        if self.paused || self.eof {
+            return;
+        }
+        if let Some(r) = self.recv.as_mut() {
+            r.pause();
+            self.paused = true;
+        }
+    }
+
     /// Receives the next chunk of bytes; `Ok(None)` at end of stream or when
     /// the core shuts down (after everything already received is handed out).
     pub(crate) async fn recv(&mut self) -> io::Result<Option<RecvBuf>> {
@@ -294,6 +306,18 @@ macro_rules! stream_methods {
         /// [`recv`](Self::recv) to drain everything ready in one go.
         pub fn try_recv(&mut self) -> Option<io::Result<RecvBuf>> {
             self.inner.try_recv()
+        }
+
+        /// Stops the receive from taking more of the core's shared receive
+        /// buffers until the next [`recv`](Self::recv): for a reader that must
+        /// wait (its consumer is behind). The bytes wait in the socket, and
+        /// the peer is slowed by the transport's own flow control. What
+        /// already arrived stays queued for `recv` and
+        /// [`try_recv`](Self::try_recv). Without it, an unread socket keeps
+        /// filling buffers until the core's ring is empty, and every other
+        /// socket of the core stops receiving.
+        pub fn pause_recv(&mut self) {
+            self.inner.pause_recv()
         }
 
         #[doc = concat!(

@@ -572,7 +572,7 @@ impl Conn {
                     Event::CallTimedOut(CallId(id)) => {
                         if let Some(slot) = st.calls.get_mut(&id) {
                             slot.result = Some(Err(Error::Timeout {
-                                what: "call",
+                                what: crate::error::CALL_TIMEOUT,
                                 after: self.config.session.call_timeout.unwrap_or_default(),
                             }));
                             wakers.extend(slot.waker.take());
@@ -1669,6 +1669,22 @@ impl Conn {
     /// Whether the connection is over.
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.st.borrow().phase, Phase::Closed(_))
+    }
+
+    /// Drops the messages received and never taken. For a closed connection
+    /// whose application dropped its last handle: nobody can take them any
+    /// more, and each holds the connection (a cycle that would keep its
+    /// state, and the receive buffers the messages lie in, forever).
+    pub(crate) fn drop_unread(&self) {
+        let unread = std::mem::take(&mut self.st.borrow_mut().inbound);
+        let mut wakers = Vec::new();
+        for s in unread.streams {
+            wakers.extend(s.waiters);
+            // Dropped here, outside the borrow: a message's drop may touch
+            // the connection (an undecided bulk offer).
+            drop(s.queue);
+        }
+        wake_all(wakers);
     }
 }
 

@@ -50,13 +50,17 @@ pub struct Connection {
 }
 
 /// Closes the connection in the background when the application drops its
-/// last handle.
+/// last handle, then drops the messages it left unread.
 struct UserRef(Rc<Conn>);
 
 impl Drop for UserRef {
     fn drop(&mut self) {
+        // Messages received and not taken hold the connection: once it is
+        // closed they are dropped (`drop_unread`), or the connection and
+        // their receive buffers would never be freed.
         let conn = self.0.clone();
         if conn.is_closed() {
+            conn.drop_unread();
             return;
         }
         // Off a core (a runtime being torn down) there is nothing to run on.
@@ -66,10 +70,12 @@ impl Drop for UserRef {
         if ringwire_runtime::is_shutting_down() {
             // No time to wait for the peer's confirmation.
             conn.shutdown_close();
+            conn.drop_unread();
             return;
         }
         ringwire_runtime::spawn_local(async move {
             let _ = conn.close().await;
+            conn.drop_unread();
         });
     }
 }

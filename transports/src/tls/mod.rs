@@ -374,7 +374,20 @@ impl Input {
                     Ok(None) => return self.eof(conn),
                     Err(e) => return Err(Error::io(format!("receive from {}", conn.remote), e)),
                 };
-                self.chunk(conn, Chunk::Recv(chunk)).await?;
+                {
+                    let mut fed = std::pin::pin!(self.chunk(conn, Chunk::Recv(chunk)));
+                    std::future::poll_fn(|cx| {
+                        let r = std::future::Future::poll(fed.as_mut(), cx);
+                        if r.is_pending() && !conn.reader_may_go() {
+                            // Held until the application catches up: the
+                            // socket must not take the core's shared receive
+                            // buffers meanwhile (the next `recv` resumes).
+                            socket.pause_recv();
+                        }
+                        r
+                    })
+                    .await?;
+                }
                 if self.records.borrow().peer_closed() {
                     return self.eof(conn);
                 }
