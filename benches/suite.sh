@@ -189,7 +189,7 @@ if want echo; then
         servers="echo-node-park tokio"
         envs="DURATION=1 PP_DURATION=1 WARMUP=0.3 REPEAT=1"
     else
-        servers="echo-node-park echo-node-poll tokio glommio"
+        servers="echo-node-park echo-node-nobatch echo-node-poll tokio glommio"
         envs="DURATION=3 PP_DURATION=3 WARMUP=1 REPEAT=3"
     fi
     [ "$HAVE_FLOOR" = 1 ] && servers="floor $servers"
