@@ -6,7 +6,7 @@
 # std is rebuilt with the sanitizer (-Zbuild-std) so that its atomics and
 # locks are instrumented too. Runnable locally and in CI:
 #   .ci/tsan.sh                 # everything below
-#   .ci/tsan.sh --test runtime  # one test target (any cargo test arguments)
+#   .ci/tsan.sh -p ringwire-runtime --test runtime   # any cargo test arguments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +26,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/tsan}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}"
 
 if [ "$#" -gt 0 ]; then
-    targets=("$@")
-else
-    targets=(--lib --test mailbox_stress --test runtime --test mailbox_runtime --test bufpath
-        --test handle --test stream_io)
+    echo "tsan: $*"
+    nice -n 10 cargo +nightly test -Zbuild-std --target "$host" "$@"
+    exit 0
 fi
-echo "tsan: ${targets[*]}"
+# The mailbox ring (its own crate): unit tests and the two-thread stress
+# test; then the runtime's threaded tests.
+echo "tsan: ringwire-ring --lib --test stress"
+nice -n 10 cargo +nightly test -Zbuild-std --target "$host" -p ringwire-ring --lib --test stress
+targets=(--lib --test runtime --test mailbox_runtime --test bufpath --test handle --test stream_io)
+echo "tsan: ringwire-runtime ${targets[*]}"
 nice -n 10 cargo +nightly test -Zbuild-std --target "$host" -p ringwire-runtime "${targets[@]}"
