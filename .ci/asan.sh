@@ -49,7 +49,8 @@ if [ "$#" -gt 0 ]; then
     run "$@"
     exit 0
 fi
-run -p ringwire-runtime --lib --test mailbox_stress --test runtime --test mailbox_runtime \
+run -p ringwire-ring --lib --test stress
+run -p ringwire-runtime --lib --test runtime --test mailbox_runtime \
     --test bufpath --test handle --test stream_io --test udp
 # Not resume.rs: its relay starts cutting at once, and under the
 # sanitizer's slowdown the first connect (which does not reconnect) can be
