@@ -40,7 +40,7 @@ impl Default for RuntimeBuilder {
         RuntimeBuilder {
             placement: Placement::AllOnline,
             ring_entries: 1024,
-            idle: IdleStrategy::Park,
+            idle: IdleStrategy::DEFAULT,
             sqpoll_idle_ms: None,
             recv_buffers: 1024,
             recv_buffer_size: 16 * 1024,
@@ -83,7 +83,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// What an idle core does. Default: [`IdleStrategy::Park`].
+    /// What an idle core does. Default: [`IdleStrategy::DEFAULT`] (spin
+    /// 50 us, then park).
     pub fn idle(mut self, idle: IdleStrategy) -> Self {
         self.idle = idle;
         self
