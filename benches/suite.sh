@@ -278,7 +278,7 @@ if want kv; then
         skip kv "" "$title" "./benches/kv.sh" "redis-server is not installed (Debian package redis-server)"
     else
         if [ "$QUICK" = 1 ]; then
-            envs="N_P16=200000 N_P1=30000 ROUNDS=1"
+            envs="N_P16=100000 N_P1=10000 KEYSPACE=10000 ROUNDS=1"
         else
             envs="N_P16=1000000 N_P1=150000 ROUNDS=1"
         fi
@@ -295,7 +295,7 @@ case "$OUT" in
 esac
 if want mailbox; then
     if [ "$QUICK" = 1 ]; then
-        filter=" '^mailbox/64B/(ringwire|glommio_shared_channel)/16\$'"
+        filter=" --warm-up-time 0.3 --measurement-time 0.6 '^mailbox/64B/(ringwire|glommio_shared_channel)/16\$'"
     else
         filter=""
     fi
