@@ -127,37 +127,35 @@ unsafe impl ringwire_runtime::IoBuf for FrameDest {
 // ---------------------------------------------------------------------------
 // Connect and listen
 
+/// Connects to the first of a `host:port` endpoint's addresses that answers
+/// (names resolved now), its TCP options applied: `tcp://` and `tls://`.
+pub(crate) async fn connect_tcp(endpoint: &Endpoint) -> Result<TcpStream, Error> {
+    let context = || format!("connect to {endpoint}");
+    let addrs = endpoint
+        .socket_addrs()
+        .map_err(|e| Error::io(context(), e))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                apply_tcp_options(&stream, endpoint.options())
+                    .map_err(|e| Error::io(context(), e))?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::io(
+        context(),
+        last.unwrap_or_else(|| io::Error::other("no address to connect to")),
+    ))
+}
+
 /// Opens a socket to a `tcp://` or `unix://` endpoint, its options applied.
 async fn open_socket(endpoint: &Endpoint) -> Result<Socket, Error> {
     let context = || format!("connect to {endpoint}");
     let socket = match endpoint.address() {
-        Address::Net { .. } => {
-            let addrs = endpoint
-                .socket_addrs()
-                .map_err(|e| Error::io(context(), e))?;
-            let mut last = None;
-            let mut stream = None;
-            for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => {
-                        stream = Some(s);
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            let stream = match stream {
-                Some(s) => s,
-                None => {
-                    return Err(Error::io(
-                        context(),
-                        last.unwrap_or_else(|| io::Error::other("no address to connect to")),
-                    ))
-                }
-            };
-            apply_tcp_options(&stream, endpoint.options()).map_err(|e| Error::io(context(), e))?;
-            Socket::Tcp(stream)
-        }
+        Address::Net { .. } => Socket::Tcp(connect_tcp(endpoint).await?),
         Address::UnixPath(path) => Socket::Unix(
             UnixStream::connect(path)
                 .await

@@ -70,7 +70,7 @@ use crate::error::{Error, TlsFailure};
 use crate::framing::{Feed, Framer};
 use crate::listener::AcceptQueue;
 use crate::stats;
-use crate::stream::{accept_failed, apply_tcp_options, with_addr, StreamListener};
+use crate::stream::{accept_failed, apply_tcp_options, connect_tcp, with_addr, StreamListener};
 use handshake::Established;
 use record::{Carry, Records};
 use seal::Output;
@@ -85,7 +85,6 @@ const LINK: u64 = 1;
 
 /// Connects to a `tls://` endpoint.
 pub(crate) async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Connection, Error> {
-    let context = || format!("connect to {endpoint}");
     if config.reconnect.is_some() {
         return Err(Error::Usage(
             "tls:// connections do not reconnect yet: drop Config::reconnect",
@@ -96,27 +95,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, config: &Config) -> Result<Conn
     if !matches!(endpoint.address(), Address::Net { .. }) {
         return Err(Error::Usage("tls:// needs host:port"));
     }
-    let addrs = endpoint
-        .socket_addrs()
-        .map_err(|e| Error::io(context(), e))?;
-    let mut last = None;
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let Some(mut stream) = stream else {
-        return Err(Error::io(
-            context(),
-            last.unwrap_or_else(|| io::Error::other("no address to connect to")),
-        ));
-    };
-    apply_tcp_options(&stream, endpoint.options()).map_err(|e| Error::io(context(), e))?;
+    let mut stream = connect_tcp(endpoint).await?;
     let tls = handshake::client(client, name)?;
     let writer = stream.write_half();
     let established = within(
