@@ -3,7 +3,7 @@
 //! An [`Operation`] is a value that owns everything its SQE names: heap
 //! buffers, a boxed address or timespec, a reference to the socket. The trait
 //! is `unsafe` to implement: each implementation argues, once, in the SAFETY
-//! comment on its `unsafe impl`, that the entry it builds names only memory
+//! comment on its implementation, that the entry it builds names only memory
 //! and descriptors that stay valid while the value lives, even when the value
 //! is moved. Submitting one ([`Op::new`]) is then safe:
 //!
