@@ -435,15 +435,12 @@ fn echo_node_keeps_serving_under_hostile_clients() {
     node.stop();
 }
 
-/// KNOWN BUG (ignored until fixed): a client that sends without reading
-/// stalls every other client of the node's core that serves it. While the
-/// node's connection task waits for its send to complete, the socket's
-/// multishot receive goes on taking buffers from the core's shared ring,
-/// until none is left. The transports' readers pause their socket's receive
-/// while they wait (`pause_recv`); the runtime does not bound what a
-/// socket nobody reads may take, and these nodes do not pause.
+/// A client that sends without reading: the node's connection task waits
+/// for its send, and the socket's multishot receive must stop taking
+/// buffers from the core's shared ring (the runtime throttles a receive
+/// whose owner leaves a sixteenth of the ring untaken) instead of starving
+/// every other client of that core, which it did before the throttle.
 #[test]
-#[ignore = "known bug: an unread socket takes the core's whole buffer ring"]
 fn echo_node_keeps_serving_when_a_client_sends_without_reading() {
     let mut node = start_echo();
     let msg = lenprefix(&[0x5a; 60]);
@@ -544,10 +541,9 @@ fn kv_node_keeps_serving_under_hostile_clients() {
     node.stop();
 }
 
-/// KNOWN BUG (ignored until fixed): as for echo-node, a client that sends
-/// without reading stalls the other clients of its core.
+/// As for echo-node: a client that sends without reading must not stall
+/// the other clients of its core.
 #[test]
-#[ignore = "known bug: an unread socket takes the core's whole buffer ring"]
 fn kv_node_keeps_serving_when_a_client_sends_without_reading() {
     let mut node = start_kv();
     let set = resp(&[b"SET", b"healthy", b"value"]);

@@ -79,6 +79,7 @@ pub(crate) struct Stats {
     pub(crate) loop_turns: Cell<u64>,
     pub(crate) parks: Cell<u64>,
     pub(crate) bufring_starvation: Cell<u64>,
+    pub(crate) recv_throttled: Cell<u64>,
     pub(crate) recv_copies_avoided: Cell<u64>,
     pub(crate) recv_copies_made: Cell<u64>,
     pub(crate) recv_direct_bytes: Cell<u64>,
@@ -315,6 +316,9 @@ pub struct CoreStats {
     pub parks: u64,
     /// Multishot receives stopped because the buffer ring was empty.
     pub bufring_starvation: u64,
+    /// Multishot receives stopped because their owner left too many
+    /// completions untaken (a socket whose owner does not read).
+    pub recv_throttled: u64,
     /// Received frames handed out straight from the kernel-filled buffer.
     pub recv_copies_avoided: u64,
     /// Received frames that had to be copied (spanning buffers).
@@ -409,6 +413,7 @@ impl CoreStats {
             loop_turns: s.loop_turns.get(),
             parks: s.parks.get(),
             bufring_starvation: s.bufring_starvation.get(),
+            recv_throttled: s.recv_throttled.get(),
             recv_copies_avoided: s.recv_copies_avoided.get(),
             recv_copies_made: s.recv_copies_made.get(),
             recv_direct_bytes: s.recv_direct_bytes.get(),
@@ -566,6 +571,12 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
             "counter",
             "multishot receives stopped for lack of buffers",
             |s| s.bufring_starvation,
+        ),
+        (
+            "recv_throttled_total",
+            "counter",
+            "multishot receives stopped until their owner takes what they received",
+            |s| s.recv_throttled,
         ),
         (
             "recv_copies_avoided_total",
@@ -760,7 +771,7 @@ pub fn render_prometheus(stats: &[CoreStats]) -> String {
 }
 
 /// Number of built-in single-sample metrics in [`render_prometheus`].
-const BUILTIN_METRICS: usize = 37;
+const BUILTIN_METRICS: usize = 38;
 
 fn core_labels(s: &CoreStats) -> String {
     match s.cpu {

@@ -522,6 +522,73 @@ fn tiny_buffer_ring_starves_and_recovers_without_losing_data() {
 }
 
 #[test]
+fn a_socket_whose_owner_does_not_read_cannot_starve_the_others() {
+    // The echo task of a client that sends without reading blocks on its
+    // send; its socket's multishot receive must then stop taking buffers
+    // (64 on this core: throttled at 4 untaken) instead of emptying the ring
+    // that every other connection of the core receives into.
+    let rt = Runtime::builder()
+        .placement(Placement::Unpinned(1))
+        .recv_buffers(64)
+        .recv_buffer_size(4096)
+        .build()
+        .unwrap();
+    let addr = start_echo(&rt);
+    let attacker = std::net::TcpStream::connect(addr).unwrap();
+    attacker
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut w = attacker.try_clone().unwrap();
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut written = 0usize;
+    let stalled = loop {
+        match w.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true
+            }
+            Err(e) => panic!("attacker write failed: {e}"),
+        }
+        if written > 256 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        stalled,
+        "the server took {written} bytes without pushing back"
+    );
+    // A healthy client of the same core is served.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for i in 0..200 {
+        let msg = pattern(1, i, 100);
+        s.write_all(&msg).unwrap();
+        let mut back = vec![0; msg.len()];
+        s.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("round trip {i} beside an unread socket: {e}"));
+        assert_eq!(back, msg);
+    }
+    let stats = rt.stats();
+    assert!(stats[0].recv_throttled > 0, "{stats:?}");
+    // The attacker goes: its task's send fails, and every buffer comes back.
+    drop((w, attacker));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = rt.stats();
+        if st[0].recv_buffers_free == st[0].recv_buffers_total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "buffers not returned: {st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn hundred_thousand_messages_return_every_buffer() {
     let rt = runtime(1);
     let addr = start_echo(&rt);

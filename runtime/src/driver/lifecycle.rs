@@ -29,8 +29,17 @@
 //! Multishot: a queue of completions the owner has not taken, the owner's
 //! waker, and flags: `armed` (an SQE is in the kernel), `starved` (stopped for
 //! lack of provided buffers, waiting on the driver's starved list), `paused`
-//! (the owner cancelled it on purpose and will re-arm it), `abandoned` (the
-//! owner went away; resources wait for the final completion).
+//! (the owner cancelled it on purpose and will re-arm it), `throttled` (its
+//! untaken completions reached the slot's limit: cancelled by the driver,
+//! re-armed when the owner has taken them all), `abandoned` (the owner went
+//! away; resources wait for the final completion).
+//!
+//! The limit exists for operations that take provided buffers: every core's
+//! sockets share one buffer ring, and a receive whose owner is not reading
+//! (a task blocked on its send to a peer that never reads) would otherwise
+//! keep taking buffers until the ring is empty and every other socket of the
+//! core is starved. Throttled, its data waits in the socket, where the
+//! kernel's flow control pushes back on the peer.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -110,6 +119,9 @@ impl Actions {
     const ZC_NOTIFIED: u8 = 1 << 4;
     /// ... and the kernel copied anyway.
     const ZC_COPIED: u8 = 1 << 5;
+    /// A multishot reached its limit of untaken completions (counted; the
+    /// cancel that stops it is `CANCEL`).
+    const THROTTLED: u8 = 1 << 6;
 
     fn set(&mut self, flag: u8, on: bool) {
         if on {
@@ -141,6 +153,11 @@ impl Actions {
     /// Count an error.
     pub(crate) fn failed(&self) -> bool {
         self.flags & Self::FAILED != 0
+    }
+
+    /// A multishot was throttled (count it).
+    pub(crate) fn throttled(&self) -> bool {
+        self.flags & Self::THROTTLED != 0
     }
 
     /// A zero-copy notification arrived: `Some(copied)`.
@@ -332,6 +349,11 @@ pub(crate) struct Multishot {
     starved: bool,
     /// Cancelled on purpose by the owner, who re-arms it later.
     paused: bool,
+    /// Cancelled by the driver because `limit` completions were untaken;
+    /// re-armed when the owner has taken them all and waits.
+    throttled: bool,
+    /// Untaken completions at which a running operation is throttled.
+    limit: usize,
     /// The owner went away (never re-armed again).
     gone: bool,
     /// Resources of an abandoned operation, kept until the final CQE.
@@ -341,14 +363,17 @@ pub(crate) struct Multishot {
 }
 
 impl Multishot {
-    /// A freshly armed multishot operation.
-    pub(crate) fn new(returns_fd: bool) -> Multishot {
+    /// A freshly armed multishot operation, throttled whenever `limit`
+    /// completions are waiting for its owner (`usize::MAX`: never).
+    pub(crate) fn new(returns_fd: bool, limit: usize) -> Multishot {
         Multishot {
             queue: VecDeque::new(),
             waker: None,
             armed: true,
             starved: false,
             paused: false,
+            throttled: false,
+            limit: limit.max(1),
             gone: false,
             abandoned: None,
             returns_fd,
@@ -372,9 +397,12 @@ impl Multishot {
         }
         if !more {
             self.armed = false;
-            if self.paused && (cqe.result == -libc::ECANCELED || cqe.result == -libc::ENOBUFS) {
-                // The end of our own pause (or of a starved run during it):
-                // nothing for the owner but the news that it ended.
+            if (self.paused || self.throttled)
+                && (cqe.result == -libc::ECANCELED || cqe.result == -libc::ENOBUFS)
+            {
+                // The end of a pause or a throttle (or of a starved run
+                // during one): nothing for the owner but the news that it
+                // ended.
                 act.wake = self.waker.take();
                 return act;
             }
@@ -388,6 +416,12 @@ impl Multishot {
         }
         act.set(Actions::FAILED, cqe.result < 0);
         self.queue.push_back(cqe);
+        if more && self.queue.len() >= self.limit && !self.throttled && !self.paused {
+            // The owner is not keeping up: stop taking (buffers) for it.
+            self.throttled = true;
+            act.set(Actions::CANCEL, true);
+            act.set(Actions::THROTTLED, true);
+        }
         act.wake = self.waker.take();
         act
     }
@@ -411,13 +445,17 @@ impl Multishot {
             Some(w) if w.will_wake(waker) => {}
             w => *w = Some(waker.clone()),
         }
+        if self.throttled && !self.armed && self.queue.is_empty() {
+            // The owner took everything and the throttle's cancel is over.
+            self.throttled = false;
+        }
         self.rearm_if_idle()
     }
 
     /// Re-arms now if nothing is in the kernel and nothing holds it back
-    /// (starved or paused); returns whether to submit.
+    /// (starved, paused or throttled); returns whether to submit.
     pub(crate) fn rearm_if_idle(&mut self) -> bool {
-        if self.armed || self.starved || self.paused || self.gone {
+        if self.armed || self.starved || self.paused || self.throttled || self.gone {
             return false;
         }
         self.armed = true;
@@ -686,7 +724,7 @@ mod tests {
 
     #[test]
     fn multishot_queues_completions_in_order_and_wakes_the_owner() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let (w, count) = waker();
         assert!(!m.wait(&w), "armed: nothing to re-submit");
         let _ = fire(m.complete(with_buffer(10, 1, true)));
@@ -702,7 +740,7 @@ mod tests {
 
     #[test]
     fn multishot_error_is_queued_and_counted() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let act = m.complete(cqe(-libc::ECONNRESET, 0));
         assert!(act.failed());
         assert!(!m.in_kernel());
@@ -711,7 +749,7 @@ mod tests {
 
     #[test]
     fn multishot_that_ends_by_itself_is_rearmed_by_the_waiting_owner() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let _ = m.complete(with_buffer(5, 0, false)); // single-shot style end
         assert_eq!(m.take().map(|c| c.result), Some(5));
         let (w, _) = waker();
@@ -722,7 +760,7 @@ mod tests {
 
     #[test]
     fn starved_multishot_is_not_queued_and_rearms_only_through_the_driver() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let act = m.complete(cqe(-libc::ENOBUFS, 0));
         assert!(act.starved() && !act.failed() && act.wake.is_none());
         assert_eq!(m.queued(), 0);
@@ -737,8 +775,69 @@ mod tests {
     }
 
     #[test]
+    fn multishot_with_too_many_untaken_completions_is_throttled_until_taken() {
+        let mut m = Multishot::new(false, 3);
+        let (w, count) = waker();
+        assert!(!m.wait(&w));
+        assert!(fire(m.complete(with_buffer(1, 0, true))).is_only_wake());
+        let act = m.complete(with_buffer(1, 1, true));
+        assert!(!act.cancel());
+        let act = m.complete(with_buffer(1, 2, true));
+        assert!(act.cancel() && act.throttled(), "third untaken: cancel");
+        // Completions racing with the cancel are still data, in order; no
+        // second cancel.
+        let act = m.complete(with_buffer(1, 3, true));
+        assert!(!act.cancel() && !act.throttled());
+        // The owner takes two, then waits: still throttled (two queued,
+        // the cancel not done), nothing to re-submit.
+        assert_eq!(m.take().and_then(|c| c.buffer()), Some(0));
+        assert_eq!(m.take().and_then(|c| c.buffer()), Some(1));
+        assert!(!m.wait(&w));
+        // The cancel's terminal completion is not an error for the owner.
+        let act = fire(m.complete(cqe(-libc::ECANCELED, 0)));
+        assert!(!act.failed() && !act.starved());
+        assert!(m.is_idle());
+        assert!(!m.wait(&w), "two completions still untaken: no re-arm");
+        assert_eq!(m.take().and_then(|c| c.buffer()), Some(2));
+        assert_eq!(m.take().and_then(|c| c.buffer()), Some(3));
+        assert_eq!(m.take(), None);
+        assert!(m.wait(&w), "all taken: the owner re-arms");
+        assert!(m.in_kernel());
+        assert!(count.0.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[test]
+    fn a_throttle_that_ends_in_enobufs_is_not_starvation() {
+        let mut m = Multishot::new(false, 1);
+        let act = m.complete(with_buffer(1, 0, true));
+        assert!(act.cancel() && act.throttled());
+        let act = m.complete(cqe(-libc::ENOBUFS, 0));
+        assert!(!act.starved() && !act.failed());
+        assert!(!m.rearm_starved(), "not on the starved list");
+        assert!(m.take().is_some());
+        let (w, _) = waker();
+        assert!(m.wait(&w), "the owner re-arms");
+    }
+
+    #[test]
+    fn a_throttled_multishot_ending_by_itself_keeps_its_data() {
+        // The kernel ends the operation (a final data completion without
+        // F_MORE) before the throttle's cancel reaches it: the data is
+        // queued, the cancel finds nothing, the owner re-arms after taking.
+        let mut m = Multishot::new(false, 1);
+        let act = m.complete(with_buffer(1, 0, true));
+        assert!(act.cancel());
+        let act = m.complete(with_buffer(2, 1, false));
+        assert!(!act.cancel() && !act.failed());
+        assert_eq!(m.queued(), 2);
+        assert!(m.take().is_some() && m.take().is_some());
+        let (w, _) = waker();
+        assert!(m.wait(&w));
+    }
+
+    #[test]
     fn paused_multishot_delivers_data_then_goes_idle_until_resumed() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let (w, count) = waker();
         assert!(!m.wait(&w));
         assert!(m.pause(), "armed: cancel it");
@@ -761,7 +860,7 @@ mod tests {
 
     #[test]
     fn pausing_an_idle_multishot_needs_no_cancel() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let _ = m.complete(cqe(-libc::ENOBUFS, 0));
         assert!(!m.pause());
         assert!(m.is_idle());
@@ -774,7 +873,7 @@ mod tests {
 
     #[test]
     fn end_of_stream_during_a_pause_is_delivered() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         assert!(m.pause());
         let _ = m.complete(cqe(0, 0));
         assert!(m.is_idle());
@@ -783,7 +882,7 @@ mod tests {
 
     #[test]
     fn abandoned_multishot_releases_queued_buffers_and_waits_for_its_end() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let _ = m.complete(with_buffer(10, 4, true));
         let _ = m.complete(with_buffer(10, 6, true));
         let (r, dropped) = res();
@@ -808,7 +907,7 @@ mod tests {
 
     #[test]
     fn abandoned_idle_multishot_frees_at_once() {
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let _ = m.complete(cqe(0, 0));
         let (r, dropped) = res();
         let (act, untaken) = m.abandon(r);
@@ -835,7 +934,7 @@ mod tests {
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
             flags != -1
         };
-        let mut m = Multishot::new(true);
+        let mut m = Multishot::new(true, usize::MAX);
         let _ = m.complete(cqe(fds[0], F_MORE));
         let (r, _) = res();
         let (act, untaken) = m.abandon(r);
@@ -862,7 +961,7 @@ mod tests {
         let _ = op.abandon(r);
         op.leak();
         assert!(!dropped.get());
-        let mut m = Multishot::new(false);
+        let mut m = Multishot::new(false, usize::MAX);
         let (r, dropped) = res();
         let _ = m.abandon(r);
         m.leak();

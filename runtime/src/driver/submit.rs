@@ -82,9 +82,14 @@ impl Driver {
     /// As for [`push_raw`](Self::push_raw), for as long as the slot is not
     /// abandoned (it may be re-submitted until then);
     /// [`super::op::multishot::Multi`] upholds it.
-    pub(crate) unsafe fn submit_multi(&mut self, entry: squeue::Entry, returns_fd: bool) -> usize {
+    pub(crate) unsafe fn submit_multi(
+        &mut self,
+        entry: squeue::Entry,
+        returns_fd: bool,
+        limit: usize,
+    ) -> usize {
         let key = self.slots.insert(Slot::Multi(Box::new(MultiSlot {
-            life: Multishot::new(returns_fd),
+            life: Multishot::new(returns_fd, limit),
             entry: entry.clone(),
         })));
         let entry = entry.user_data(tags::slot(key));
@@ -214,6 +219,9 @@ impl Driver {
         drop(act.close.take());
         if act.cancel() {
             self.cancel(key);
+        }
+        if act.throttled() {
+            stats::with(|s| Stats::add(&s.recv_throttled, 1));
         }
         if act.starved() {
             self.starved.push(key);

@@ -28,8 +28,30 @@ pub(crate) unsafe trait MultishotOperation: 'static {
     /// the driver when nobody takes it).
     const RETURNS_FD: bool;
 
+    /// Its completions carry buffers of the core's shared buffer ring: the
+    /// operation is throttled while [`untaken_limit`] of them wait for its
+    /// owner, so that one socket whose owner does not read cannot empty the
+    /// ring for every other socket of the core.
+    const TAKES_BUFFERS: bool = false;
+
     /// Builds the SQE (its `user_data` is set by the driver).
     fn entry(&self) -> squeue::Entry;
+}
+
+/// How many completions carrying ring buffers one operation may leave
+/// untaken before it is throttled: a sixteenth of the ring (16 of the
+/// default 256, 256 KiB of 16 KiB buffers), at least 4. An owner that keeps
+/// up never comes near it (it takes each loop turn's completions in that
+/// turn); one that does not leaves fifteen sixteenths to the other sockets.
+/// A ring of 4 buffers or fewer has nothing to share: no limit (the
+/// operation starves and is re-armed as buffers come back).
+pub(crate) fn untaken_limit(ring_buffers: u16) -> usize {
+    let limit = (usize::from(ring_buffers) / 16).max(4);
+    if limit >= usize::from(ring_buffers) {
+        usize::MAX
+    } else {
+        limit
+    }
 }
 
 /// A multishot operation in flight on the current core.
@@ -49,10 +71,19 @@ impl<O: MultishotOperation> Multi<O> {
     pub(crate) fn arm(op: O) -> Multi<O> {
         let entry = op.entry();
         let key = crate::driver::with(|cx| {
+            let limit = if O::TAKES_BUFFERS {
+                untaken_limit(cx.bufs.borrow().count())
+            } else {
+                usize::MAX
+            };
             // SAFETY: `O: MultishotOperation` promises the entry names only
             // what `op` keeps valid; `op` stays in this handle, and in the
             // slot after the handle is dropped, until the final completion.
-            unsafe { cx.driver.borrow_mut().submit_multi(entry, O::RETURNS_FD) }
+            unsafe {
+                cx.driver
+                    .borrow_mut()
+                    .submit_multi(entry, O::RETURNS_FD, limit)
+            }
         });
         Multi {
             key,
@@ -139,5 +170,20 @@ impl<O: MultishotOperation> Drop for Multi<O> {
         if let Some(op) = op {
             std::mem::forget(op);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::untaken_limit;
+
+    #[test]
+    fn untaken_limit_is_a_sixteenth_of_the_ring_and_never_all_of_it() {
+        assert_eq!(untaken_limit(256), 16);
+        assert_eq!(untaken_limit(4096), 256);
+        assert_eq!(untaken_limit(64), 4);
+        assert_eq!(untaken_limit(5), 4);
+        assert_eq!(untaken_limit(4), usize::MAX);
+        assert_eq!(untaken_limit(1), usize::MAX);
     }
 }

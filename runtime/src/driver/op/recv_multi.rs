@@ -30,6 +30,7 @@ pub(crate) struct RecvMulti {
 // reference to it while the entry may be (re-)submitted.
 unsafe impl MultishotOperation for RecvMulti {
     const RETURNS_FD: bool = false;
+    const TAKES_BUFFERS: bool = true;
 
     fn entry(&self) -> squeue::Entry {
         let fd = types::Fd(self.sock.as_raw_fd());

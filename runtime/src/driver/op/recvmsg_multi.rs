@@ -74,6 +74,7 @@ impl RecvMsgMulti {
 // (re-)submitted.
 unsafe impl MultishotOperation for RecvMsgMulti {
     const RETURNS_FD: bool = false;
+    const TAKES_BUFFERS: bool = true;
 
     fn entry(&self) -> squeue::Entry {
         // MSG_TRUNC: the kernel reports a cut datagram's real length.
