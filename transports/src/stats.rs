@@ -82,7 +82,7 @@ fn counters() -> &'static Counters {
         ),
         connection_errors: per_scheme(
             "transport_connection_errors_total",
-            "connections that ended with an error",
+            "connections (or links of a resuming connection) that ended with an error: a timeout, a protocol error, a reset, an end of stream without the session's close",
         ),
         connections_opened: per_scheme(
             "transport_connections_opened_total",
@@ -360,7 +360,9 @@ pub struct SchemeStats {
     pub bytes_out: u64,
     /// Messages dropped on arrival (failed validation, unknown type).
     pub rejected: u64,
-    /// Connections that ended with an error.
+    /// Connections that ended with an error: a timeout (idle, handshake),
+    /// a protocol error, a reset, an end of stream without the session's
+    /// close. A connection that resumes counts each link it lost.
     pub connection_errors: u64,
     /// Connections made on this core (accepted or connected).
     pub connections_opened: u64,

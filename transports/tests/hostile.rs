@@ -305,7 +305,9 @@ impl Harness {
 
     /// Runs `attack`, measuring the healthy round trips while it is on, and
     /// checks afterwards that the listener freed every hostile connection.
-    fn attack(&mut self, name: &str, attack: impl FnOnce(&mut Harness)) {
+    /// Returns how many connections the listener counted as ended with an
+    /// error meanwhile.
+    fn attack(&mut self, name: &str, attack: impl FnOnce(&mut Harness)) -> u64 {
         let before = self.server_stats();
         let rss0 = rss_kib();
         let from = self.done();
@@ -328,6 +330,7 @@ impl Harness {
             open_fds(),
         );
         assert!(during > 0, "{name}: the healthy connections stalled");
+        after.connection_errors - before.connection_errors
     }
 
     /// A hostile peer after a valid handshake, once the listener handed its
@@ -495,7 +498,7 @@ fn random_garbage_before_and_after_the_handshake() {
 fn truncated_frames_then_silence_time_out() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut h = Harness::start();
-    h.attack("truncated frame then silence", |h| {
+    let errors = h.attack("truncated frame then silence", |h| {
         let schema = h.schema();
         // Eight of each at once: a hello cut short (the handshake timeout
         // ends them) and a message header cut short after a good
@@ -538,6 +541,10 @@ fn truncated_frames_then_silence_time_out() {
             assert_cut(&mut p, None);
         }
     });
+    assert!(
+        errors >= 16,
+        "handshake and idle timeouts are connection errors: {errors} counted"
+    );
     h.finish();
 }
 
@@ -688,7 +695,7 @@ fn a_client_that_sends_without_reading_is_held_to_the_back_pressure_limits() {
 fn half_close_ends_the_connection_with_an_error_after_what_was_sent() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut h = Harness::start();
-    h.attack("half-close", |h| {
+    let errors = h.attack("half-close", |h| {
         h.repeat(10, |h, i| {
             let peer = HOSTILE + i;
             let mut p = RawPeer::connect(h.addr, &h.schema(), peer);
@@ -713,6 +720,10 @@ fn half_close_ends_the_connection_with_an_error_after_what_was_sent() {
             assert_cut(&mut p, None);
         });
     });
+    assert!(
+        errors >= 10,
+        "an end of stream without the session's close is a connection error: {errors} counted"
+    );
     h.finish();
 }
 

@@ -467,6 +467,10 @@ impl Conn {
             self.shutdown_close();
             return;
         }
+        // An end of stream without the session's close is an error of the
+        // connection (counted here: the `Closed` error it ends with, or the
+        // resume it starts, is not counted again).
+        stats::connection_error(self.scheme);
         self.link_lost(link, Error::closed(reason));
     }
 
@@ -660,6 +664,10 @@ impl Conn {
             let mut st = self.st.borrow_mut();
             if matches!(st.phase, Phase::Closed(_)) {
                 return;
+            }
+            if !matches!(err, Error::Closed { .. }) {
+                // The idle and handshake timeouts end here.
+                stats::connection_error(self.scheme);
             }
             st.phase = Phase::Closed(err.clone());
             let mut w = take_all_waiters(&mut st);

@@ -193,6 +193,12 @@ impl Conn {
         match relink {
             Some(relink) => {
                 tracing::debug!(conn = self.id, remote = %self.remote, error = %err, "link lost; getting a new one");
+                if !matches!(err, Error::Closed { .. }) {
+                    // A lost link is a connection error even when the
+                    // connection resumes (an unannounced end of stream was
+                    // counted where it was seen).
+                    crate::stats::connection_error(self.scheme);
+                }
                 let wakers = {
                     let mut st = self.st.borrow_mut();
                     let mut w: Vec<Waker> = Vec::new();
