@@ -224,6 +224,34 @@ fn oversized_headers_are_refused_before_the_payload() {
 }
 
 #[test]
+fn a_header_the_transport_could_not_parse_fails_the_session_with_a_close() {
+    let (mut client, mut server) = pair();
+    let now = Instant::ZERO;
+    // Bytes that are not a frame header at all.
+    let parse = FrameHeader::parse(&[0xa5; HEADER_LEN]).unwrap_err();
+    assert!(parse.is_fatal());
+    let err = server.abort(parse);
+    assert!(err.is_fatal());
+    assert_eq!(server.state(), SessionState::Failed);
+    // The server's last words: a `Close` with reason 2 (protocol error),
+    // which the client reports as the peer closing.
+    let mut wire = Vec::new();
+    drain_control(&mut server, now, &mut wire);
+    let frames = split(&wire);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].header.kind, FrameKind::Close);
+    let reason = u32::from_le_bytes(frames[0].payload[..4].try_into().unwrap());
+    assert_eq!(reason, 2);
+    let _ = client.handle_frame(now, &frames[0].header, &frames[0].payload);
+    assert_ne!(client.state(), SessionState::Established);
+    // Failed once: a second abort queues nothing more.
+    let _ = server.abort(ProtoError::Violation("again"));
+    let mut more = Vec::new();
+    drain_control(&mut server, now, &mut more);
+    assert!(more.is_empty());
+}
+
+#[test]
 fn external_bulk_destinations_are_placed_by_the_caller() {
     let (mut client, mut server) = pair();
     let now = Instant::ZERO;

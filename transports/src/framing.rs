@@ -189,11 +189,7 @@ impl Framer {
             };
             let header = match parsed {
                 Ok(h) => h,
-                Err(e) => {
-                    let err = Error::from_proto(e);
-                    conn.fail(err.clone());
-                    return Err(err);
-                }
+                Err(e) => return Err(conn.abort(e)),
             };
             self.live(conn)?;
             conn.check_header(&header)?;

@@ -424,6 +424,12 @@ fn protocol_fatal_of(peer: u64) -> impl Fn(&Ev) -> bool {
 /// the `Close` frame it must have sent first. (After a protocol error the
 /// server shuts the link at once, without a `Close`: the peer sees the end
 /// of the stream.)
+/// `Close` reasons (docs/WIRE.md).
+const INCOMPATIBLE: u32 = 1;
+const PROTOCOL_ERROR: u32 = 2;
+
+/// The server ended the connection; with `expect_reason`, it sent a `Close`
+/// with that reason first.
 fn assert_cut(peer: &mut RawPeer, expect_reason: Option<u32>) {
     let ending = peer.read_ending(BOUND);
     assert!(
@@ -448,7 +454,7 @@ fn announced_lengths_far_beyond_the_maximum() {
                 ..FrameHeader::new(FrameKind::Hello)
             }));
             h.expect("handshake failure", is_handshake_failure);
-            assert_cut(&mut p, None);
+            assert_cut(&mut p, Some(PROTOCOL_ERROR));
             // After it: a message announcing 4 GiB, and one just above the
             // limit, each checked before anything is allocated.
             let peer = HOSTILE + i;
@@ -465,7 +471,7 @@ fn announced_lengths_far_beyond_the_maximum() {
                 ..FrameHeader::new(FrameKind::Message)
             }));
             h.expect("protocol error", protocol_fatal_of(peer));
-            assert_cut(&mut p, None);
+            assert_cut(&mut p, Some(PROTOCOL_ERROR));
         });
     });
     h.finish();
@@ -483,12 +489,12 @@ fn random_garbage_before_and_after_the_handshake() {
                 Ev::Handshake { kind, .. } => assert_eq!(kind, "protocol"),
                 _ => unreachable!(),
             }
-            assert_cut(&mut p, None);
+            assert_cut(&mut p, Some(PROTOCOL_ERROR));
             let peer = HOSTILE + i;
             let mut p = h.accepted(peer);
             let _ = p.write(&noise(i ^ 0x5555, 4096));
             h.expect("protocol error", protocol_fatal_of(peer));
-            assert_cut(&mut p, None);
+            assert_cut(&mut p, Some(PROTOCOL_ERROR));
         });
     });
     h.finish();
@@ -754,7 +760,7 @@ fn wrong_handshakes_and_schemas_are_refused() {
                     Ev::Handshake { kind, .. } => assert_eq!(kind, "protocol"),
                     _ => unreachable!(),
                 }
-                assert_cut(&mut p, None);
+                assert_cut(&mut p, Some(PROTOCOL_ERROR));
             }
             // A well-formed hello of another schema: refused, and told why.
             let mut p = RawPeer::connect_silent(h.addr);
@@ -768,12 +774,12 @@ fn wrong_handshakes_and_schemas_are_refused() {
                 _ => unreachable!(),
             }
             // Its own hello came first, so that this side can tell what
-            // differs too. (WIRE.md also promises a `Close` with reason
-            // `Incompatible`; the link is shut without it: the peer sees
-            // the end of the stream.)
+            // differs too, then a `Close` with reason `Incompatible`
+            // (docs/WIRE.md), then the end of the stream.
             let ending = p.read_ending(BOUND);
             assert!(ending.ended, "{ending:?}");
             assert_eq!(ending.kinds.first(), Some(&FrameKind::Hello), "{ending:?}");
+            assert_eq!(ending.close_reason, Some(INCOMPATIBLE), "{ending:?}");
         });
     });
     h.finish();
@@ -811,7 +817,7 @@ fn replayed_sequence_numbers_are_dropped_and_gaps_are_fatal() {
                 "a replayed message was delivered twice: {:?}",
                 h.backlog
             );
-            assert_cut(&mut p, None);
+            assert_cut(&mut p, Some(PROTOCOL_ERROR));
             // An acknowledgement of frames never sent.
             let peer = HOSTILE + 500 + i;
             let mut p = h.accepted(peer);
@@ -821,7 +827,7 @@ fn replayed_sequence_numbers_are_dropped_and_gaps_are_fatal() {
             }))
             .unwrap();
             h.expect("protocol error", protocol_fatal_of(peer));
-            assert_cut(&mut p, None);
+            assert_cut(&mut p, Some(PROTOCOL_ERROR));
         });
     });
     h.finish();

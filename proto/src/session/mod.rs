@@ -253,6 +253,17 @@ impl<B: AsMut<[u8]>> Session<B> {
         Ok(())
     }
 
+    /// Fails the session with `err`, a fatal error the transport found in the
+    /// peer's bytes before the session saw them (a frame header that does
+    /// not parse, in a transport that does its own framing). As for errors
+    /// found by the session itself, a `Close` saying why is queued for
+    /// [`poll_transmit`](Session::poll_transmit) (`Incompatible` or
+    /// `ProtocolError`) and the state becomes [`SessionState::Failed`].
+    /// Returns `err`.
+    pub fn abort(&mut self, err: ProtoError) -> ProtoError {
+        self.core.fail(err)
+    }
+
     /// Acts on one complete frame of any kind but [`FrameKind::Bulk`], for
     /// transports that split the byte stream into frames themselves (so that
     /// they can read frames in place across their own buffers, or receive

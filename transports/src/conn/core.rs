@@ -406,6 +406,7 @@ impl Conn {
     /// waiter so that each sees it.
     pub(crate) fn fail(self: &Rc<Self>, err: Error) {
         let mut close_link = None;
+        let farewell;
         let wakers = {
             let mut st = self.st.borrow_mut();
             if matches!(st.phase, Phase::Closed(_)) {
@@ -417,9 +418,21 @@ impl Conn {
             }
             st.phase = Phase::Closed(err.clone());
             super::resume::hand_back_on_failure(&mut st, &err);
-            st.out.clear();
-            // Nothing more goes out: shut the transport now, so that the
-            // peer learns at once and a reader parked on a silent peer ends.
+            // A protocol error or a refused handshake: the session queued a
+            // `Close` saying why (docs/WIRE.md). On a stream link it goes
+            // out before the cut: data is dropped, control frames stay for
+            // the flusher, which sends them and shuts its side.
+            farewell = matches!(err, Error::Protocol(_) | Error::Refused(_))
+                && st.link_closer.is_some()
+                && st.out.has_control();
+            if farewell {
+                st.out.clear_data();
+            } else {
+                st.out.clear();
+            }
+            // Shut the transport now (after the farewell, at the latest
+            // FAREWELL_LINGER later), so that the peer learns at once and
+            // a reader parked on a silent peer ends.
             if let Some(close) = st.link_closer.take() {
                 close_link = Some(close);
             }
@@ -436,7 +449,16 @@ impl Conn {
             (w, std::mem::take(&mut st.on_end))
         };
         if let Some(close) = close_link {
-            close();
+            if farewell {
+                // The flusher (woken below) sends the close frame; a peer
+                // that does not read cannot hold the link open longer.
+                ringwire_runtime::spawn_local(async move {
+                    ringwire_runtime::time::sleep(FAREWELL_LINGER).await;
+                    close();
+                });
+            } else {
+                close();
+            }
         }
         wake_all(wakers.0);
         for hook in wakers.1 {
@@ -856,6 +878,17 @@ impl Conn {
         if st.input_time.is_some() {
             st.input_time = Some(clock::now());
         }
+    }
+
+    /// The peer's bytes broke the protocol before the session saw them (a
+    /// header that does not parse): the session fails too, so that its
+    /// `Close` goes out before the link is cut. Returns the error.
+    pub(crate) fn abort(self: &Rc<Self>, e: ringwire_proto::ProtoError) -> Error {
+        let e = self.st.borrow_mut().session.abort(e);
+        let err = Error::from_proto(e);
+        self.after_session();
+        self.fail(err.clone());
+        err
     }
 
     /// Checks a frame header as soon as it is complete (limits; fatal).
@@ -1695,6 +1728,10 @@ impl Conn {
         wake_all(wakers);
     }
 }
+
+/// How long a link that failed with a protocol error stays open for its
+/// `Close` frame to leave before it is shut anyway.
+const FAREWELL_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The reason text of a clean orderly close.
 pub(crate) const CLEAN_CLOSE: &str = "closed in an orderly way, everything acknowledged";

@@ -292,6 +292,20 @@ impl OutQueue {
         )
     }
 
+    /// Whether control frames wait to go out.
+    pub(crate) fn has_control(&self) -> bool {
+        !self.control.is_empty()
+    }
+
+    /// Drops the queued data, keeping the control frames (a failing
+    /// connection's last words).
+    pub(crate) fn clear_data(&mut self) {
+        let control = std::mem::take(&mut self.control);
+        self.clear();
+        self.bytes = control.len();
+        self.control = control;
+    }
+
     /// Drops everything queued (the connection is gone).
     pub(crate) fn clear(&mut self) {
         self.control = AlignedVec::new();
