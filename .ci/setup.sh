@@ -16,6 +16,10 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 dpkg-query -W -f='${Status}' libzmq3-dev 2>/dev/null | grep -q 'install ok installed' ||
     need_apt+=(libzmq3-dev)
+# transports/tests/netfault.rs makes a real network path between two
+# network namespaces (ip) and drops packets on it with nftables (nft).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "== installing Debian packages: ${need_apt[*]}"
     apt-get update -qq

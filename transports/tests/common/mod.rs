@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod netns;
 pub mod relay;
 
 use ringwire_proto::rkyv;
