@@ -53,16 +53,19 @@ pub struct Reconnect {
     pub(crate) max: Duration,
     pub(crate) jitter: f64,
     pub(crate) give_up_after: Option<Duration>,
+    pub(crate) attempt_timeout: Duration,
 }
 
 impl Default for Reconnect {
-    /// 10 ms doubling to 1 s, ±20% jitter, giving up after 60 s.
+    /// 10 ms doubling to 1 s, ±20% jitter, each attempt's connect bounded
+    /// by 3 s, giving up after 60 s.
     fn default() -> Self {
         Reconnect {
             initial: Duration::from_millis(10),
             max: Duration::from_secs(1),
             jitter: 0.2,
             give_up_after: Some(Duration::from_secs(60)),
+            attempt_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -86,6 +89,16 @@ impl Reconnect {
     /// ends); `None` tries forever. Default: 60 s.
     pub fn give_up_after(mut self, d: Option<Duration>) -> Self {
         self.give_up_after = d;
+        self
+    }
+
+    /// How long one attempt's connect may take before the next is tried
+    /// (default 3 s: one lost SYN, retried by the kernel after 1 s, still
+    /// gets through). Without it an attempt made while the path is cut
+    /// would wait for the kernel's SYN retries, seconds to minutes, and
+    /// come back that much later than the path.
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.attempt_timeout = d.max(Duration::from_millis(1));
         self
     }
 

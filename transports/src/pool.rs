@@ -423,11 +423,20 @@ async fn supervise(weak: Weak<Inner>, index: usize, mut conn: Connection) {
                 Some(inner) if !inner.closed.get() => {}
                 _ => return,
             }
-            match crate::connect_any(&endpoints, &config).await {
-                Ok(c) => break c,
-                Err(e) => {
+            let attempt = ringwire_runtime::time::timeout(
+                policy.attempt_timeout,
+                crate::connect_any(&endpoints, &config),
+            );
+            match attempt.await {
+                Ok(Ok(c)) => break c,
+                Ok(Err(e)) => {
                     tracing::debug!(member = index, error = %e, "pool member replacement failed")
                 }
+                Err(_) => tracing::debug!(
+                    member = index,
+                    after = ?policy.attempt_timeout,
+                    "pool member replacement timed out"
+                ),
             }
         };
         let Some(inner) = weak.upgrade().filter(|i| !i.closed.get()) else {

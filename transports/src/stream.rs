@@ -237,15 +237,23 @@ async fn reconnect(conn: Rc<Conn>, endpoints: Rc<Vec<Endpoint>>, policy: Reconne
             if conn.is_closed() {
                 return;
             }
-            match open_socket(endpoint).await {
-                Ok(socket) => {
+            let attempt =
+                ringwire_runtime::time::timeout(policy.attempt_timeout, open_socket(endpoint));
+            match attempt.await {
+                Ok(Ok(socket)) => {
                     match conn.attach() {
                         Ok(link) => start(&conn, socket, link, None, false),
                         Err(e) => conn.fail(e),
                     }
                     return;
                 }
-                Err(e) => last = Some(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(Error::Timeout {
+                        what: "a reconnect attempt's connect",
+                        after: policy.attempt_timeout,
+                    })
+                }
             }
         }
     }

@@ -197,6 +197,9 @@ fn reconnecting() -> Config {
     config().reconnect(
         Reconnect::default()
             .backoff(Duration::from_millis(10), Duration::from_millis(200))
+            // Attempts made into the cut give up instead of waiting for
+            // the kernel's SYN retries.
+            .attempt_timeout(Duration::from_millis(300))
             .give_up_after(Some(WAIT)),
     )
 }
