@@ -249,6 +249,11 @@ pub struct ServerArgs {
     /// `tls://`: the directory with `server.pem` and `server.key` (see
     /// [`crate::tls`]).
     pub tls_dir: Option<PathBuf>,
+    /// ringwire servers: the cores' idle strategy (`None`: the runtime's
+    /// default).
+    pub idle: Option<ringwire::runtime::IdleStrategy>,
+    /// ringwire servers: print per-request kernel and loop counters at exit.
+    pub stats: bool,
 }
 
 /// The server's flags as given.
@@ -267,6 +272,15 @@ pub struct ServerFlags {
     /// tls:// endpoints: DIR/server.pem and DIR/server.key.
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// ringwire servers only: park | poll | spin | spin:MICROS (default:
+    /// the runtime's, spin:50).
+    #[arg(long, value_name = "S")]
+    pub idle: Option<ringwire::runtime::IdleStrategy>,
+    /// ringwire servers only: at exit, print the requests served and the
+    /// runtime's counters per request (SQEs, io_uring_enter calls, loop
+    /// turns, parks).
+    #[arg(long)]
+    pub stats: bool,
 }
 
 impl ServerArgs {
@@ -278,6 +292,8 @@ impl ServerArgs {
             cores: CoreSpec::from_args(&f.cores, 1),
             codec: f.codec,
             tls_dir: f.tls_dir,
+            idle: f.idle,
+            stats: f.stats,
         }
     }
 }

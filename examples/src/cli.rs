@@ -267,20 +267,10 @@ pub fn parse_tcp_listen(v: &str) -> Result<TcpListen, String> {
     })
 }
 
-/// Parses `--idle park|spin|spin:MICROS|poll`.
+/// Parses `--idle park|spin|spin:MICROS|poll` (see [`IdleStrategy`]'s
+/// `FromStr`).
 pub fn parse_idle(v: &str) -> Result<IdleStrategy, String> {
-    match v {
-        "park" => Ok(IdleStrategy::Park),
-        "poll" => Ok(IdleStrategy::Poll),
-        "spin" => Ok(IdleStrategy::Spin(Duration::from_micros(50))),
-        s if s.starts_with("spin:") => {
-            let us: u64 = s[5..]
-                .parse()
-                .map_err(|e| format!("{e} (expected spin:MICROSECONDS)"))?;
-            Ok(IdleStrategy::Spin(Duration::from_micros(us)))
-        }
-        _ => Err("expected park, spin[:MICROS] or poll".to_string()),
-    }
+    v.parse()
 }
 
 #[cfg(test)]

@@ -112,9 +112,11 @@ fn server(args: &ServerArgs) -> Result<(), String> {
     if let Ok(Target::Unix(path)) = Target::parse(args.endpoint.split('?').next().unwrap_or("")) {
         let _ = std::fs::remove_file(path);
     }
-    let rt = Runtime::builder()
-        .cpus(cores.clone())
-        .thread_name(NAME)
+    let mut builder = Runtime::builder().cpus(cores.clone()).thread_name(NAME);
+    if let Some(idle) = args.idle {
+        builder = builder.idle(idle);
+    }
+    let rt = builder
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let cfg = with_tls(config()?, &ep, args.tls_dir.as_deref(), true)?;
@@ -137,6 +139,9 @@ fn server(args: &ServerArgs) -> Result<(), String> {
     eprintln!("READY {}", args.endpoint);
     let sig = signals.wait().map_err(|e| format!("sigwait: {e}"))?;
     eprintln!("{NAME}: {sig:?}; shutting down");
+    if args.stats {
+        print_stats(&rt);
+    }
     let report = rt.shutdown(Duration::from_secs(5));
     if report.cores_panicked > 0 {
         return Err(format!("{} cores panicked", report.cores_panicked));
@@ -168,6 +173,39 @@ async fn serve_core(
             Err(e) => eprintln!("{NAME}: handshake failed: {e}"),
         }
     }
+}
+
+/// `--stats`: requests served and the runtime's counters per request,
+/// summed over the cores (warm-up included: compare runs of one shape).
+fn print_stats(rt: &Runtime) {
+    let mut served = 0u64;
+    for core in 0..rt.core_count() {
+        served += rt
+            .block_on(core, || async {
+                let s = ringwire_transports::stats::snapshot();
+                Scheme::ALL
+                    .iter()
+                    .map(|&x| s.scheme(x).messages_in)
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+    }
+    let cores = rt.stats();
+    let sum =
+        |f: fn(&ringwire_runtime::stats::CoreStats) -> u64| -> u64 { cores.iter().map(f).sum() };
+    let enters: u64 = cores.iter().map(|c| c.sqes_per_enter.count()).sum();
+    let per = |n: u64| n as f64 / served.max(1) as f64;
+    println!(
+        "STATS requests={served} sqes_per_req={:.3} cqes_per_req={:.3} enters_per_req={:.3} \
+         loop_turns_per_req={:.3} parks_per_req={:.4} batch_sends={} batched_messages={}",
+        per(sum(|c| c.ops_submitted)),
+        per(sum(|c| c.ops_completed)),
+        per(enters),
+        per(sum(|c| c.loop_turns)),
+        per(sum(|c| c.parks)),
+        sum(|c| c.batch_sends),
+        sum(|c| c.batched_messages),
+    );
 }
 
 /// Answers the requests of one connection in order until it closes.

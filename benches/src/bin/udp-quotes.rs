@@ -170,12 +170,7 @@ fn parse() -> Result<Opts, String> {
                 }
             }
             "--idle" => {
-                o.idle = match val.as_str() {
-                    "park" => IdleStrategy::Park,
-                    "spin" => IdleStrategy::Spin(Duration::from_micros(50)),
-                    "poll" => IdleStrategy::Poll,
-                    v => return Err(format!("--idle {v}: park, spin or poll")),
-                };
+                o.idle = val.parse().map_err(|e| format!("--idle {e}"))?;
                 o.idle_name = val;
             }
             "--port" => o.port = val.parse().map_err(|e| format!("--port {val}: {e}"))?,

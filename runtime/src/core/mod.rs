@@ -58,6 +58,61 @@ impl Default for IdleStrategy {
     }
 }
 
+/// Parses `park`, `poll`, `spin` (50 us) or `spin:MICROS`, the spelling of
+/// the example nodes' `--idle` flag; [`Display`](std::fmt::Display) writes
+/// the same spelling back.
+impl std::str::FromStr for IdleStrategy {
+    type Err = String;
+
+    fn from_str(v: &str) -> Result<IdleStrategy, String> {
+        match v {
+            "park" => Ok(IdleStrategy::Park),
+            "poll" => Ok(IdleStrategy::Poll),
+            "spin" => Ok(IdleStrategy::Spin(Duration::from_micros(50))),
+            s => match s.strip_prefix("spin:") {
+                Some(us) => us
+                    .parse::<u64>()
+                    .map(|us| IdleStrategy::Spin(Duration::from_micros(us)))
+                    .map_err(|e| format!("{s:?}: {e} (expected spin:MICROSECONDS)")),
+                None => Err(format!("{s:?}: expected park, spin[:MICROS] or poll")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for IdleStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdleStrategy::Park => f.write_str("park"),
+            IdleStrategy::Poll => f.write_str("poll"),
+            IdleStrategy::Spin(d) => write!(f, "spin:{}", d.as_micros()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::IdleStrategy;
+    use std::time::Duration;
+
+    #[test]
+    fn idle_strategies_parse_and_print_the_same_spelling() {
+        for s in ["park", "poll", "spin:0", "spin:50", "spin:200"] {
+            let idle: IdleStrategy = s.parse().unwrap();
+            assert_eq!(idle.to_string(), s);
+        }
+        assert_eq!(
+            "spin".parse::<IdleStrategy>(),
+            Ok(IdleStrategy::Spin(Duration::from_micros(50)))
+        );
+        assert!("spin:x"
+            .parse::<IdleStrategy>()
+            .unwrap_err()
+            .contains("spin:x"));
+        assert!("busy".parse::<IdleStrategy>().unwrap_err().contains("busy"));
+    }
+}
+
 /// Settings a core thread starts with.
 pub(crate) struct CoreConfig {
     pub(crate) index: usize,
