@@ -72,9 +72,12 @@ impl Core {
                                 Ok(Err(e)) => {
                                     tracing::error!(error = %e, "io_uring_enter failed; core stops")
                                 }
-                                Err(_) => {
-                                    tracing::error!("core loop panicked; winding the core down")
-                                }
+                                Err(panic) => tracing::error!(
+                                    core = self.context.index(),
+                                    panic = panic_message(panic.as_ref()),
+                                    "core loop panicked; the core stops (work sent to it \
+                                     fails from now on), the other cores keep running"
+                                ),
                             }
                             let finished =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -262,6 +265,11 @@ impl Core {
                 self.exec.schedule_all();
             }
         }
+        if let Some(message) = pending.fault {
+            // Deliberately outside every panic guard: this is the loop
+            // itself failing, as a bug in the runtime would.
+            panic!("{message}");
+        }
     }
 
     /// Drops remaining tasks and waits (bounded) for the kernel to finish
@@ -272,6 +280,10 @@ impl Core {
             beat.idle();
         }
         self.shared.mark_stopped();
+        // Callers on other cores waiting for a `submit_to` reply from this
+        // core re-check it: work still in this core's inbound rings will
+        // never run, and nothing else would wake them.
+        self.mesh.tell_peers_stopped();
         let tasks_aborted = self.exec.drop_all();
         if tasks_aborted > 0 {
             tracing::warn!(
@@ -312,5 +324,16 @@ impl Core {
             tasks_aborted,
             ops_leaked,
         }
+    }
+}
+
+/// The message of a panic payload (`panic!` with a literal or a format).
+pub(super) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic payload that is not a string)"
     }
 }

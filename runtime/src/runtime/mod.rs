@@ -125,6 +125,12 @@ impl Runtime {
 
     /// Runs `f` on core `core` and blocks the calling thread until its future
     /// finishes.
+    ///
+    /// A core that has stopped (after [`shutdown`](Runtime::shutdown) began,
+    /// or because its event loop panicked) never runs `f`: the call returns
+    /// [`JoinError::Cancelled`] at once, and a call waiting on a core whose
+    /// loop panics returns it as that core winds down (its tasks dropped).
+    /// The other cores keep running.
     pub fn block_on<F, Fut>(&self, core: usize, f: F) -> Result<Fut::Output, JoinError>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -156,6 +162,10 @@ impl Runtime {
     /// tasks get until `grace` to finish (sends in flight complete); then
     /// remaining tasks are dropped, every kernel operation is cancelled and
     /// waited for, and the core threads are joined.
+    ///
+    /// A core thread that panicked earlier (its loop, outside the guards that
+    /// catch task and closure panics) has already wound down: it is counted
+    /// in [`ShutdownReport::cores_panicked`] and does not hold up the others.
     pub fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         self.shutdown_inner(grace)
     }
