@@ -109,6 +109,11 @@ fn a_core_whose_loop_panics_is_reported_and_nothing_waits_for_it() {
     // Before the fault: a task on core 1 that never finishes, awaited from
     // this thread, and a call from core 0 whose work is running on core 1.
     let stuck = rt.spawn_on(1, std::future::pending::<()>);
+    // And one whose drop panics when the dying core drops it.
+    let drop_panics = rt.spawn_on(1, || async {
+        let _guard = PanicOnDrop;
+        std::future::pending::<()>().await
+    });
     let running = Arc::new(AtomicBool::new(false));
     let in_flight = {
         let running = running.clone();
@@ -175,6 +180,8 @@ fn a_core_whose_loop_panics_is_reported_and_nothing_waits_for_it() {
     let r = bounded("the spinner's handle", move || spinner.join());
     assert!(matches!(r, Ok(())), "{r:?}");
     let r = bounded("a task stuck on the dead core", move || stuck.join());
+    assert!(matches!(r, Err(JoinError::Cancelled)), "{r:?}");
+    let r = bounded("a task whose drop panics", move || drop_panics.join());
     assert!(matches!(r, Err(JoinError::Cancelled)), "{r:?}");
     let in_flight = bounded("a call whose work ran on the dead core", move || {
         in_flight.join()
@@ -270,7 +277,25 @@ fn a_core_whose_loop_panics_is_reported_and_nothing_waits_for_it() {
         stop.elapsed().as_secs_f64() * 1e3
     );
     assert_eq!(report.cores_panicked, 1, "{report:?}");
+    // The dead core dropped its three unfinished tasks (the stuck one, the
+    // one whose drop panics, the running call's work) and still cancelled
+    // and drained its operations; core 0 had none left.
+    assert_eq!(report.tasks_aborted, 3, "{report:?}");
     assert_eq!(report.ops_leaked, 0, "{report:?}");
+    assert!(
+        logged().contains("dropping an unfinished task panicked"),
+        "{}",
+        logged()
+    );
+}
+
+/// A value whose drop panics.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("a task's Drop panics as its core drops it");
+    }
 }
 
 #[test]

@@ -49,9 +49,9 @@ pub(super) struct Core {
 
 impl Core {
     /// Publishes every subsystem, runs the loop, winds down; returns what
-    /// the core reports and the loop's panic, if any (resumed by the caller
-    /// once everything is released).
-    pub(super) fn run_to_end(self) -> (CoreExit, Option<Box<dyn Any + Send>>) {
+    /// the core reports (a panic of the loop or of its winding down is
+    /// logged here and reported as `panicked`).
+    pub(super) fn run_to_end(self) -> CoreExit {
         let (outcome, finished) = self.stats.enter(|| {
             self.context.enter(|| {
                 self.driver.enter(|| {
@@ -81,8 +81,16 @@ impl Core {
                             }
                             let finished =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    self.finish()
+                                    self.finish(outcome.is_err())
                                 }));
+                            if let Err(panic) = &finished {
+                                tracing::error!(
+                                    core = self.context.index(),
+                                    panic = panic_message(panic.as_ref()),
+                                    "core panicked while winding down; its buffer memory is \
+                                     leaked rather than freed"
+                                );
+                            }
                             (outcome, finished)
                         })
                     })
@@ -93,13 +101,15 @@ impl Core {
         // subsystems' scopes (a channel sender they own rings by eventfd),
         // which reports their remote handles as cancelled.
         self.shared.queue().close();
-        let exit = finished.unwrap_or(CoreExit {
+        let mut exit = finished.unwrap_or(CoreExit {
             tasks_aborted: 0,
             ops_leaked: usize::MAX,
+            panicked: true,
         });
+        exit.panicked |= outcome.is_err();
         let Core { driver, .. } = self;
         driver.close(exit.ops_leaked);
-        (exit, outcome.err())
+        exit
     }
 
     fn run(&self) -> io::Result<()> {
@@ -275,7 +285,9 @@ impl Core {
     /// Drops remaining tasks and waits (bounded) for the kernel to finish
     /// every operation and to consume every queued SQE, so that no buffer is
     /// freed, and no descriptor an SQE names is closed, while still in use.
-    fn finish(&self) -> CoreExit {
+    /// `after_panic`: the loop ended by panicking (rather than at the
+    /// shutdown deadline or for lack of tasks).
+    fn finish(&self, after_panic: bool) -> CoreExit {
         if let Some(beat) = self.exec.beat() {
             beat.idle();
         }
@@ -285,7 +297,13 @@ impl Core {
         // never run, and nothing else would wake them.
         self.mesh.tell_peers_stopped();
         let tasks_aborted = self.exec.drop_all();
-        if tasks_aborted > 0 {
+        if tasks_aborted > 0 && after_panic {
+            tracing::warn!(
+                core = self.context.index(),
+                tasks_aborted,
+                "the core's loop panicked; dropped its unfinished tasks"
+            );
+        } else if tasks_aborted > 0 {
             tracing::warn!(
                 core = self.context.index(),
                 tasks_aborted,
@@ -323,6 +341,7 @@ impl Core {
         CoreExit {
             tasks_aborted,
             ops_leaked,
+            panicked: false,
         }
     }
 }

@@ -181,7 +181,9 @@ impl Runtime {
                 match t.join() {
                     Ok(exit) => {
                         report.tasks_aborted += exit.tasks_aborted;
-                        report.ops_leaked += exit.ops_leaked;
+                        // `usize::MAX`: a core that could not tell.
+                        report.ops_leaked = report.ops_leaked.saturating_add(exit.ops_leaked);
+                        report.cores_panicked += usize::from(exit.panicked);
                     }
                     Err(_) => report.cores_panicked += 1,
                 }
@@ -204,11 +206,15 @@ impl Drop for Runtime {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Tasks still running at the deadline, dropped.
+    /// Tasks still running at the deadline, dropped (and those a core
+    /// whose loop panicked dropped as it stopped).
     pub tasks_aborted: usize,
     /// Kernel operations that did not finish cancelling; their buffers were
-    /// leaked rather than freed.
+    /// leaked rather than freed (`usize::MAX` when a core panicked while
+    /// winding down and could not count them).
     pub ops_leaked: usize,
-    /// Core threads that panicked.
+    /// Cores whose thread panicked outside the guards that catch task and
+    /// closure panics (their loop, or its winding down); each stopped alone
+    /// when it happened, logging the panic.
     pub cores_panicked: usize,
 }
