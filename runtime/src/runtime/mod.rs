@@ -126,8 +126,8 @@ impl Runtime {
     /// Runs `f` on core `core` and blocks the calling thread until its future
     /// finishes.
     ///
-    /// A core that has stopped (after [`shutdown`](Runtime::shutdown) began,
-    /// or because its event loop panicked) never runs `f`: the call returns
+    /// A core whose loop has ended (at [`shutdown`](Runtime::shutdown), or
+    /// because the loop panicked) never runs `f`: the call returns
     /// [`JoinError::Cancelled`] at once, and a call waiting on a core whose
     /// loop panics returns it as that core winds down (its tasks dropped).
     /// The other cores keep running.
