@@ -220,7 +220,14 @@ impl Executor {
                 return dropped;
             }
             dropped += futures.len();
-            drop(futures);
+            // A panicking `Drop` of one task must not leave the others (or
+            // the core's winding down, which cancels kernel operations
+            // next) undone.
+            for f in futures {
+                if std::panic::catch_unwind(AssertUnwindSafe(move || drop(f))).is_err() {
+                    tracing::error!("dropping an unfinished task panicked; the others are dropped");
+                }
+            }
         }
     }
 }

@@ -40,6 +40,9 @@ pub(crate) struct Pending {
     pub(crate) closures: Vec<RemoteFn>,
     pub(crate) wakes: Vec<u32>,
     pub(crate) shutdown: Option<Instant>,
+    /// An injected fault: the loop panics with this message, outside every
+    /// panic guard (see `RuntimeHandle::inject_core_panic`).
+    pub(crate) fault: Option<String>,
     /// The core's loop has ended: closures are refused from now on.
     closed: bool,
 }
@@ -127,6 +130,19 @@ impl RemoteQueue {
         })
     }
 
+    /// Asks the core's loop to panic with `message` (fault injection);
+    /// returns whether to signal the core, or `None` once its loop has ended.
+    pub(crate) fn post_fault(&self, message: String) -> Option<bool> {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.closed {
+                return None;
+            }
+            q.fault.get_or_insert(message);
+        }
+        Some(self.flag.notify())
+    }
+
     /// Whether work may be waiting.
     pub(crate) fn is_notified(&self) -> bool {
         self.flag.is_set()
@@ -142,6 +158,7 @@ impl RemoteQueue {
             closures: std::mem::take(&mut q.closures),
             wakes: std::mem::take(&mut q.wakes),
             shutdown: q.shutdown,
+            fault: q.fault.take(),
             closed: q.closed,
         })
     }
@@ -227,6 +244,20 @@ impl Shared {
     pub(crate) fn shutdown(&self, deadline: Instant) {
         if self.queue.post_shutdown(deadline) {
             self.signal();
+        }
+    }
+
+    /// Makes the core's loop panic with `message`, outside every panic guard
+    /// (fault injection); `false` once the core's loop has ended.
+    pub(crate) fn inject_panic(&self, message: String) -> bool {
+        match self.queue.post_fault(message) {
+            Some(signal) => {
+                if signal {
+                    self.signal();
+                }
+                true
+            }
+            None => false,
         }
     }
 

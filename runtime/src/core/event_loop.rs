@@ -49,9 +49,9 @@ pub(super) struct Core {
 
 impl Core {
     /// Publishes every subsystem, runs the loop, winds down; returns what
-    /// the core reports and the loop's panic, if any (resumed by the caller
-    /// once everything is released).
-    pub(super) fn run_to_end(self) -> (CoreExit, Option<Box<dyn Any + Send>>) {
+    /// the core reports (a panic of the loop or of its winding down is
+    /// logged here and reported as `panicked`).
+    pub(super) fn run_to_end(self) -> CoreExit {
         let (outcome, finished) = self.stats.enter(|| {
             self.context.enter(|| {
                 self.driver.enter(|| {
@@ -72,14 +72,25 @@ impl Core {
                                 Ok(Err(e)) => {
                                     tracing::error!(error = %e, "io_uring_enter failed; core stops")
                                 }
-                                Err(_) => {
-                                    tracing::error!("core loop panicked; winding the core down")
-                                }
+                                Err(panic) => tracing::error!(
+                                    core = self.context.index(),
+                                    panic = panic_message(panic.as_ref()),
+                                    "core loop panicked; the core stops (work sent to it \
+                                     fails from now on), the other cores keep running"
+                                ),
                             }
                             let finished =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    self.finish()
+                                    self.finish(outcome.is_err())
                                 }));
+                            if let Err(panic) = &finished {
+                                tracing::error!(
+                                    core = self.context.index(),
+                                    panic = panic_message(panic.as_ref()),
+                                    "core panicked while winding down; its buffer memory is \
+                                     leaked rather than freed"
+                                );
+                            }
                             (outcome, finished)
                         })
                     })
@@ -90,13 +101,15 @@ impl Core {
         // subsystems' scopes (a channel sender they own rings by eventfd),
         // which reports their remote handles as cancelled.
         self.shared.queue().close();
-        let exit = finished.unwrap_or(CoreExit {
+        let mut exit = finished.unwrap_or(CoreExit {
             tasks_aborted: 0,
             ops_leaked: usize::MAX,
+            panicked: true,
         });
+        exit.panicked |= outcome.is_err();
         let Core { driver, .. } = self;
         driver.close(exit.ops_leaked);
-        (exit, outcome.err())
+        exit
     }
 
     fn run(&self) -> io::Result<()> {
@@ -262,18 +275,35 @@ impl Core {
                 self.exec.schedule_all();
             }
         }
+        if let Some(message) = pending.fault {
+            // Deliberately outside every panic guard: this is the loop
+            // itself failing, as a bug in the runtime would.
+            panic!("{message}");
+        }
     }
 
     /// Drops remaining tasks and waits (bounded) for the kernel to finish
     /// every operation and to consume every queued SQE, so that no buffer is
     /// freed, and no descriptor an SQE names is closed, while still in use.
-    fn finish(&self) -> CoreExit {
+    /// `after_panic`: the loop ended by panicking (rather than at the
+    /// shutdown deadline or for lack of tasks).
+    fn finish(&self, after_panic: bool) -> CoreExit {
         if let Some(beat) = self.exec.beat() {
             beat.idle();
         }
         self.shared.mark_stopped();
+        // Callers on other cores waiting for a `submit_to` reply from this
+        // core re-check it: work still in this core's inbound rings will
+        // never run, and nothing else would wake them.
+        self.mesh.tell_peers_stopped();
         let tasks_aborted = self.exec.drop_all();
-        if tasks_aborted > 0 {
+        if tasks_aborted > 0 && after_panic {
+            tracing::warn!(
+                core = self.context.index(),
+                tasks_aborted,
+                "the core's loop panicked; dropped its unfinished tasks"
+            );
+        } else if tasks_aborted > 0 {
             tracing::warn!(
                 core = self.context.index(),
                 tasks_aborted,
@@ -311,6 +341,18 @@ impl Core {
         CoreExit {
             tasks_aborted,
             ops_leaked,
+            panicked: false,
         }
+    }
+}
+
+/// The message of a panic payload (`panic!` with a literal or a format).
+pub(super) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic payload that is not a string)"
     }
 }

@@ -136,6 +136,9 @@ pub(crate) struct CoreConfig {
 pub(crate) struct CoreExit {
     pub(crate) tasks_aborted: usize,
     pub(crate) ops_leaked: usize,
+    /// The loop, or its winding down, panicked (caught and logged: the
+    /// thread ends normally so that the rest of this report still counts).
+    pub(crate) panicked: bool,
 }
 
 /// Body of a core thread: set up, report readiness, run, wind down.
@@ -209,11 +212,7 @@ pub(crate) fn run_core(
     };
     let span = tracing::info_span!("core", core = index, cpu = ?cpu);
     let _entered = span.enter();
-    let (exit, panic) = core.run_to_end();
-    if let Some(panic) = panic {
-        std::panic::resume_unwind(panic);
-    }
-    exit
+    core.run_to_end()
 }
 
 /// Runs a closure that came from another thread or core, so that a panic in

@@ -295,6 +295,35 @@ impl Mesh {
                 .is_some_and(|p| Arc::ptr_eq(p, peer))
     }
 
+    /// Tells every other core that this one has stopped: each wakes its
+    /// callers waiting for a [`submit_to`] reply, which then find the target
+    /// stopped and fail with [`MailboxError::Closed`] instead of waiting for
+    /// a reply that will not come. Goes through the control queues (a core
+    /// stops once, so this is off every hot path).
+    pub(crate) fn tell_peers_stopped(&self) {
+        for peer in self.peers.iter().filter(|p| p.index != self.index) {
+            peer.shared.run(Box::new(|| {
+                let _ = try_with(Mesh::wake_callers);
+            }));
+        }
+    }
+
+    /// Wakes every task waiting for a [`submit_to`] reply (they re-check).
+    fn wake_callers(&self) {
+        let wakers: Vec<Waker> = self
+            .calls
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(_, c)| match c {
+                Call::Waiting(w) => w.take(),
+                _ => None,
+            })
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
     fn complete_call(&self, token: usize, result: Option<Box<dyn Any + Send>>) {
         let mut calls = self.calls.borrow_mut();
         let waker = match calls.get_mut(token) {
@@ -315,13 +344,13 @@ impl Mesh {
     }
 }
 
+/// Whether core `to` exists and has not stopped (a stopped core, one that
+/// panicked included, runs nothing more: work sent to it would be dropped).
 fn check_core(to: usize) -> Result<(), MailboxError> {
-    with(|m| {
-        if to < m.peers.len() {
-            Ok(())
-        } else {
-            Err(MailboxError::NoSuchCore(to))
-        }
+    with(|m| match m.peers.get(to) {
+        None => Err(MailboxError::NoSuchCore(to)),
+        Some(peer) if peer.shared.is_stopped() => Err(MailboxError::Closed(to)),
+        Some(_) => Ok(()),
     })
 }
 
@@ -332,6 +361,11 @@ async fn send_envelope(to: usize, mut env: Envelope) -> Result<(), MailboxError>
             Ok(()) => return Ok(()),
             Err(TrySendError::Closed(_)) => return Err(MailboxError::Closed(to)),
             Err(TrySendError::Full(e)) => {
+                // A stopped core will never make room (its inbound rings
+                // close once its thread has wound down).
+                if with(|m| m.peers[to].shared.is_stopped()) {
+                    return Err(MailboxError::Closed(to));
+                }
                 env = e;
                 crate::stats::with(|s| crate::stats::Stats::add(&s.mailbox_full, 1));
                 // Back-pressure: try again next loop turn.
@@ -383,6 +417,11 @@ where
 
 /// Runs `f` on core `to`, waiting while the ring to it is full. On the calling
 /// core itself, `f` runs at once.
+///
+/// Fails with [`MailboxError::NoSuchCore`] for a bad index and
+/// [`MailboxError::Closed`] once the target has stopped (shut down, or its
+/// event loop panicked), also while waiting for room. A closure accepted
+/// just before the target stops is dropped there without running.
 pub async fn post<F>(to: usize, f: F) -> Result<(), MailboxError>
 where
     F: FnOnce() + Send + 'static,
@@ -401,6 +440,12 @@ where
 /// On the calling core itself, the future runs inline. A panic in the work,
 /// or its being dropped at the target's shutdown, comes back as
 /// [`MailboxError::Cancelled`], never as a hang.
+///
+/// A target that stops (shut down, or its event loop panicked) fails the
+/// call with [`MailboxError::Closed`] (or `Cancelled` if its work was
+/// dropped running there): at once if it has stopped already, otherwise as
+/// soon as it stops, whether the work was still in its inbound ring, running,
+/// or its reply on the way.
 pub async fn submit_to<F, Fut, R>(to: usize, f: F) -> Result<R, MailboxError>
 where
     F: FnOnce() -> Fut + Send + 'static,

@@ -189,6 +189,33 @@ impl RuntimeHandle {
             .try_run(Box::new(f))
             .map_err(|_| MailboxError::Closed(core))
     }
+
+    /// Fault injection, for tests only: makes the event loop of core `core`
+    /// panic, outside the guards that catch panics of tasks and posted
+    /// closures, as a bug in the runtime itself would. The request travels
+    /// through the core's control queue (nothing on the data path checks
+    /// for it); the loop panics the next time it drains that queue.
+    ///
+    /// What follows is what any core-thread panic leads to: the panic is
+    /// logged (`tracing::error!` with the core index and the message), the
+    /// core drops its tasks and winds down, work sent to it fails (see
+    /// [`Runtime::block_on`](crate::Runtime::block_on) and
+    /// [`submit_to`](crate::mailbox::submit_to)), the other cores keep
+    /// running, and [`Runtime::shutdown`](crate::Runtime::shutdown) counts
+    /// it in [`ShutdownReport::cores_panicked`](crate::ShutdownReport).
+    ///
+    /// Fails with [`MailboxError::NoSuchCore`] for a bad index and
+    /// [`MailboxError::Closed`] once the core has stopped.
+    #[doc(hidden)]
+    pub fn inject_core_panic(&self, core: usize) -> Result<(), MailboxError> {
+        let shared = self.shared(core)?;
+        let message = format!("injected fault: core {core}'s event loop panics");
+        if shared.inject_panic(message) {
+            Ok(())
+        } else {
+            Err(MailboxError::Closed(core))
+        }
+    }
 }
 
 impl std::fmt::Debug for RuntimeHandle {

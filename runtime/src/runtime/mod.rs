@@ -125,6 +125,12 @@ impl Runtime {
 
     /// Runs `f` on core `core` and blocks the calling thread until its future
     /// finishes.
+    ///
+    /// A core whose loop has ended (at [`shutdown`](Runtime::shutdown), or
+    /// because the loop panicked) never runs `f`: the call returns
+    /// [`JoinError::Cancelled`] at once, and a call waiting on a core whose
+    /// loop panics returns it as that core winds down (its tasks dropped).
+    /// The other cores keep running.
     pub fn block_on<F, Fut>(&self, core: usize, f: F) -> Result<Fut::Output, JoinError>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -156,6 +162,10 @@ impl Runtime {
     /// tasks get until `grace` to finish (sends in flight complete); then
     /// remaining tasks are dropped, every kernel operation is cancelled and
     /// waited for, and the core threads are joined.
+    ///
+    /// A core thread that panicked earlier (its loop, outside the guards that
+    /// catch task and closure panics) has already wound down: it is counted
+    /// in [`ShutdownReport::cores_panicked`] and does not hold up the others.
     pub fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         self.shutdown_inner(grace)
     }
@@ -171,7 +181,9 @@ impl Runtime {
                 match t.join() {
                     Ok(exit) => {
                         report.tasks_aborted += exit.tasks_aborted;
-                        report.ops_leaked += exit.ops_leaked;
+                        // `usize::MAX`: a core that could not tell.
+                        report.ops_leaked = report.ops_leaked.saturating_add(exit.ops_leaked);
+                        report.cores_panicked += usize::from(exit.panicked);
                     }
                     Err(_) => report.cores_panicked += 1,
                 }
@@ -194,11 +206,15 @@ impl Drop for Runtime {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Tasks still running at the deadline, dropped.
+    /// Tasks still running at the deadline, dropped (and those a core
+    /// whose loop panicked dropped as it stopped).
     pub tasks_aborted: usize,
     /// Kernel operations that did not finish cancelling; their buffers were
-    /// leaked rather than freed.
+    /// leaked rather than freed (`usize::MAX` when a core panicked while
+    /// winding down and could not count them).
     pub ops_leaked: usize,
-    /// Core threads that panicked.
+    /// Cores whose thread panicked outside the guards that catch task and
+    /// closure panics (their loop, or its winding down); each stopped alone
+    /// when it happened, logging the panic.
     pub cores_panicked: usize,
 }
