@@ -188,6 +188,12 @@ pub(crate) struct State {
     pub(super) acked: u64,
     pub(super) ack_waiters: VecDeque<(u64, Waker)>,
     pub(super) send_waiters: Vec<Waker>,
+    /// Shared payloads (broadcasts) that found the send queue full under
+    /// [`BackPressure::Wait`], in the order they were sent; one task sends
+    /// them as room frees, and later shared payloads queue behind them.
+    pub(super) shared_backlog: VecDeque<ParkedShared>,
+    /// A task drains `shared_backlog`.
+    pub(super) shared_drainer: bool,
     pub(super) flusher: Option<Waker>,
     pub(super) timer: Option<Waker>,
     pub(super) timer_at: Option<Instant>,
@@ -363,6 +369,8 @@ impl Conn {
                 tally: stats::Tally::default(),
                 input_time: None,
                 phase_waiters: Vec::new(),
+                shared_backlog: VecDeque::new(),
+                shared_drainer: false,
                 pool_buf_size,
             }),
         });
@@ -1382,6 +1390,18 @@ impl Conn {
         payload_len: u32,
         shared: SharedPayload,
     ) -> Result<(), Error> {
+        self.send_shared_with(stream, payload_len, shared, header_of::<T>)
+    }
+
+    /// [`send_shared`](Self::send_shared) with the message type erased into
+    /// the function that writes its header.
+    fn send_shared_with(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+        header: HeaderFn,
+    ) -> Result<(), Error> {
         {
             let mut st = self.st.borrow_mut();
             match &st.phase {
@@ -1400,10 +1420,14 @@ impl Conn {
             pump_control(&mut st)?;
             let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
             head.resize(ringwire_proto::HEADER_LEN, 0);
-            let sent = st
-                .session
-                .send_header::<T>(clock::now(), stream, payload_len, &mut head)
-                .map_err(Error::from_proto)?;
+            let sent = header(
+                &mut st.session,
+                clock::now(),
+                stream,
+                payload_len,
+                &mut head,
+            )
+            .map_err(Error::from_proto)?;
             let len = head.len() + shared.end - shared.start;
             st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
             st.out.push(OutBuf::Shared(shared), sent.seq);
@@ -1416,26 +1440,89 @@ impl Conn {
     }
 
     /// Sends a shared payload now, or, when the send queue is full and the
-    /// policy is to wait, from a task that waits for room (a broadcast never
-    /// blocks on one slow connection). Drops are counted.
+    /// policy is to wait, later, from the connection's backlog of shared
+    /// payloads (a broadcast never blocks on one slow connection). Shared
+    /// payloads leave in the order they were sent: one that finds others
+    /// waiting queues behind them. Drops are counted.
     pub(crate) fn send_shared_or_wait<T: Message>(
         self: &Rc<Self>,
         stream: StreamId,
         payload_len: u32,
         shared: SharedPayload,
     ) {
+        let wait = self.config.back_pressure == BackPressure::Wait;
+        if wait && !self.st.borrow().shared_backlog.is_empty() {
+            self.park_shared(stream, payload_len, shared, header_of::<T>);
+            return;
+        }
         match self.send_shared::<T>(stream, payload_len, shared.clone()) {
-            Err(Error::BackPressure { .. }) if self.config.back_pressure == BackPressure::Wait => {
-                let conn = self.clone();
-                ringwire_runtime::spawn_local(async move {
-                    if let Ok(true) = conn.admit().await {
-                        let _ = conn.send_shared::<T>(stream, payload_len, shared);
-                    }
-                });
+            Err(Error::BackPressure { .. }) if wait => {
+                self.park_shared(stream, payload_len, shared, header_of::<T>);
             }
             Err(Error::BackPressure { .. }) => stats::dropped(self.scheme),
             _ => {}
         }
+    }
+
+    /// Queues a shared payload behind the others waiting for room, starting
+    /// the task that sends them if none runs.
+    fn park_shared(
+        self: &Rc<Self>,
+        stream: StreamId,
+        payload_len: u32,
+        shared: SharedPayload,
+        header: HeaderFn,
+    ) {
+        let start = {
+            let mut st = self.st.borrow_mut();
+            st.shared_backlog.push_back(ParkedShared {
+                stream,
+                payload_len,
+                shared,
+                header,
+            });
+            !std::mem::replace(&mut st.shared_drainer, true)
+        };
+        if start {
+            ringwire_runtime::spawn_local(self.clone().drain_shared());
+        }
+    }
+
+    /// Sends the shared backlog in order as room frees, until it is empty
+    /// or the connection ends (what is left is dropped with it).
+    async fn drain_shared(self: Rc<Self>) {
+        loop {
+            if !matches!(self.admit().await, Ok(true)) {
+                break;
+            }
+            loop {
+                let Some(p) = self.st.borrow().shared_backlog.front().cloned() else {
+                    self.st.borrow_mut().shared_drainer = false;
+                    return;
+                };
+                match self.send_shared_with(p.stream, p.payload_len, p.shared, p.header) {
+                    Ok(()) => {
+                        self.st.borrow_mut().shared_backlog.pop_front();
+                    }
+                    // Full again: wait for room, keeping the order.
+                    Err(Error::BackPressure { .. }) => break,
+                    Err(_) => {
+                        self.end_shared_backlog();
+                        return;
+                    }
+                }
+            }
+        }
+        self.end_shared_backlog();
+    }
+
+    fn end_shared_backlog(&self) {
+        let dropped = {
+            let mut st = self.st.borrow_mut();
+            st.shared_drainer = false;
+            std::mem::take(&mut st.shared_backlog)
+        };
+        drop(dropped);
     }
 
     /// Sends a message announcing bulk segments, then the segments straight
@@ -1727,6 +1814,29 @@ impl Conn {
         }
         wake_all(wakers);
     }
+}
+
+/// Writes the header of a message of one type (see [`header_of`]).
+type HeaderFn = fn(&mut Session, Instant, StreamId, u32, &mut [u8]) -> Result<Sent, ProtoError>;
+
+/// The header writer of messages of type `T`.
+fn header_of<T: Message>(
+    s: &mut Session,
+    now: Instant,
+    stream: StreamId,
+    payload_len: u32,
+    buf: &mut [u8],
+) -> Result<Sent, ProtoError> {
+    s.send_header::<T>(now, stream, payload_len, buf)
+}
+
+/// A shared payload waiting for room in a connection's send queue.
+#[derive(Clone)]
+pub(crate) struct ParkedShared {
+    stream: StreamId,
+    payload_len: u32,
+    shared: SharedPayload,
+    header: HeaderFn,
 }
 
 /// How long a link that failed with a protocol error stays open for its
