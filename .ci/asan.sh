@@ -51,9 +51,9 @@ if [ "$#" -gt 0 ]; then
 fi
 run -p ringwire-ring --lib --test stress
 run -p ringwire-runtime --lib --test runtime --test mailbox_runtime \
-    --test bufpath --test handle --test stream_io --test udp
+    --test bufpath --test handle --test stream_io --test udp --test core_fault
 # Not resume.rs: its relay starts cutting at once, and under the
 # sanitizer's slowdown the first connect (which does not reconnect) can be
 # cut during its handshake.
 run -p ringwire-transports --lib --test stream --test mem --test handle --test held_reader \
-    --test keepalive --test pool --test hostile --test soak
+    --test keepalive --test pool --test hostile --test soak --test starvation --test broadcast
