@@ -35,8 +35,14 @@ impl Node {
     /// Starts `kv-node --cores 2 --listen tcp://127.0.0.1:0` and waits for
     /// the line that says where it listens.
     fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// [`start`](Node::start) with more arguments.
+    fn start_with(extra: &[&str]) -> Node {
         let mut child = Command::new(BIN)
             .args(["--cores", "2", "--listen", "tcp://127.0.0.1:0"])
+            .args(extra)
             // The typed listener too on a port the kernel picks, so that
             // tests run side by side.
             .args(["--listen-typed", "tcp://127.0.0.1:0"])
@@ -234,6 +240,47 @@ fn every_command_through_a_redis_client() {
     }
     drop(con);
     node.stop();
+}
+
+#[test]
+fn the_metrics_endpoint_counts_resp_requests() {
+    // A port for the metrics endpoint (free a moment ago).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let node = Node::start_with(&["--metrics", &metrics]);
+    let mut con = node.client();
+    for i in 0..200 {
+        assert_eq!(ok(&mut con, &["SET", &format!("m{i}"), "v"]), Value::Okay);
+    }
+    let get = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(&metrics)?;
+        s.set_read_timeout(Some(PATIENCE))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    // The endpoint starts with the node; give it a moment if need be.
+    let deadline = Instant::now() + PATIENCE;
+    let body = loop {
+        match get() {
+            Ok(text) => break text,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("metrics endpoint {metrics}: {e}"),
+        }
+    };
+    let total: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("ringwire_kv_resp_messages_in_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(total >= 200.0, "RESP requests counted: {total}\n{body}");
 }
 
 #[test]

@@ -50,6 +50,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::pin::{pin, Pin};
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +58,7 @@ use clap::Parser;
 use ringwire::runtime::mailbox::{self, MailboxError};
 use ringwire::runtime::net::{TcpListenOptions, TcpListener, TcpStream};
 use ringwire::runtime::signal::TerminationSignals;
+use ringwire::runtime::stats::Counter;
 use ringwire::runtime::{current_core, is_shutting_down, spawn_local, time, yield_now, Runtime};
 use ringwire::transports::{
     self, connect, listen, ConnEvent, Connection, Endpoint, Incoming, Listener, Message, Reconnect,
@@ -323,7 +325,7 @@ async fn serve(mut conn: TcpStream, dispatcher: Dispatcher) -> io::Result<()> {
             }
         }
         let now = now_ms();
-        let (malformed, full) = SHARD.with(|store| {
+        let (malformed, full, taken) = SHARD.with(|store| {
             take_requests(
                 &mut parser,
                 &mut turn,
@@ -333,6 +335,7 @@ async fn serve(mut conn: TcpStream, dispatcher: Dispatcher) -> io::Result<()> {
             )
         });
         more = full;
+        resp_requests().add(taken);
         let batches = turn.take_batches();
         if !batches.is_empty() {
             forward(&mut turn, batches).await;
@@ -352,26 +355,38 @@ async fn serve(mut conn: TcpStream, dispatcher: Dispatcher) -> io::Result<()> {
     }
 }
 
+/// Requests parsed on the RESP listener, per core (`GET /`'s msgs/s and
+/// `ringwire_kv_resp_messages_in_total` on the metrics endpoint).
+fn resp_requests() -> &'static Counter {
+    static REQUESTS: OnceLock<Counter> = OnceLock::new();
+    REQUESTS
+        .get_or_init(|| Counter::register("kv_resp_messages_in_total", "RESP requests parsed", &[]))
+}
+
 /// Pushes the parser's complete requests into `turn` until the parser
 /// needs more bytes, a request is malformed, or the turn is full. Returns
-/// (malformed, full).
+/// (malformed, full, requests taken).
 fn take_requests(
     parser: &mut RequestParser,
     turn: &mut Turn,
     dispatcher: &Dispatcher,
     store: &mut Store,
     now: u64,
-) -> (bool, bool) {
+) -> (bool, bool, u64) {
+    let mut taken = 0;
     loop {
         if turn.requests() >= TURN_REQUESTS || turn.output_len() >= TURN_BYTES {
-            return (false, true);
+            return (false, true, taken);
         }
         match parser.next() {
-            Ok(Some(request)) => turn.push(dispatcher, store, &request, now),
-            Ok(None) => return (false, false),
+            Ok(Some(request)) => {
+                turn.push(dispatcher, store, &request, now);
+                taken += 1;
+            }
+            Ok(None) => return (false, false, taken),
             Err(error) => {
                 turn.push_error(error);
-                return (true, false);
+                return (true, false, taken);
             }
         }
     }
