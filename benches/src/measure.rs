@@ -254,6 +254,9 @@ pub struct ServerArgs {
     pub idle: Option<ringwire::runtime::IdleStrategy>,
     /// ringwire servers: print per-request kernel and loop counters at exit.
     pub stats: bool,
+    /// ringwire servers: receive buffers per core (`None`: the runtime's
+    /// default).
+    pub recv_buffers: Option<u16>,
 }
 
 /// The server's flags as given.
@@ -281,6 +284,10 @@ pub struct ServerFlags {
     /// turns, parks).
     #[arg(long)]
     pub stats: bool,
+    /// ringwire servers only: receive buffers per core (default: the
+    /// runtime's, 256 of 16 KiB).
+    #[arg(long, value_name = "N")]
+    pub recv_buffers: Option<u16>,
 }
 
 impl ServerArgs {
@@ -294,6 +301,7 @@ impl ServerArgs {
             tls_dir: f.tls_dir,
             idle: f.idle,
             stats: f.stats,
+            recv_buffers: f.recv_buffers,
         }
     }
 }

@@ -116,6 +116,9 @@ fn server(args: &ServerArgs) -> Result<(), String> {
     if let Some(idle) = args.idle {
         builder = builder.idle(idle);
     }
+    if let Some(n) = args.recv_buffers {
+        builder = builder.recv_buffers(n);
+    }
     let rt = builder
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
