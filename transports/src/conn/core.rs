@@ -1465,7 +1465,11 @@ impl Conn {
     }
 
     /// Queues a shared payload behind the others waiting for room, starting
-    /// the task that sends them if none runs.
+    /// the task that sends them if none runs. The backlog holds at most
+    /// [`SHARED_BACKLOG_QUEUES`] times `send_queue_messages` payloads; a
+    /// connection that would need more ends with an error, so that a peer
+    /// that stopped reading costs bounded memory and nothing is dropped
+    /// silently.
     fn park_shared(
         self: &Rc<Self>,
         stream: StreamId,
@@ -1475,6 +1479,22 @@ impl Conn {
     ) {
         let start = {
             let mut st = self.st.borrow_mut();
+            let limit = self
+                .config
+                .send_queue_messages
+                .saturating_mul(SHARED_BACKLOG_QUEUES);
+            if st.shared_backlog.len() >= limit {
+                // A peer that does not keep up: under `Wait` nothing is
+                // dropped silently, so the connection ends instead of
+                // holding ever more for it.
+                drop(st);
+                stats::connection_error(self.scheme);
+                self.fail(Error::closed(format!(
+                    "the peer fell {limit} broadcasts behind a full send queue \
+                     (the backlog holds {SHARED_BACKLOG_QUEUES} send queues' worth)"
+                )));
+                return;
+            }
             st.shared_backlog.push_back(ParkedShared {
                 stream,
                 payload_len,
@@ -1815,6 +1835,11 @@ impl Conn {
         wake_all(wakers);
     }
 }
+
+/// How many send queues' worth of broadcasts (`send_queue_messages` each) a
+/// connection holds for a peer that does not keep up, under
+/// [`BackPressure::Wait`], before it ends the connection.
+const SHARED_BACKLOG_QUEUES: usize = 4;
 
 /// Writes the header of a message of one type (see [`header_of`]).
 type HeaderFn = fn(&mut Session, Instant, StreamId, u32, &mut [u8]) -> Result<Sent, ProtoError>;
