@@ -1391,43 +1391,51 @@ impl Conn {
         shared: SharedPayload,
     ) -> Result<(), Error> {
         self.send_shared_with(stream, payload_len, shared, header_of::<T>)
+            .map_err(|(e, _)| e)
     }
 
     /// [`send_shared`](Self::send_shared) with the message type erased into
-    /// the function that writes its header.
+    /// the function that writes its header. A payload that was not queued
+    /// comes back with the error (for the backlog, without a clone per
+    /// message).
     fn send_shared_with(
         self: &Rc<Self>,
         stream: StreamId,
         payload_len: u32,
         shared: SharedPayload,
         header: HeaderFn,
-    ) -> Result<(), Error> {
+    ) -> Result<(), (Error, SharedPayload)> {
         {
             let mut st = self.st.borrow_mut();
             match &st.phase {
-                Phase::Closed(e) => return Err(e.clone()),
-                Phase::Closing => return Err(Error::Usage("the connection is closing")),
+                Phase::Closed(e) => return Err((e.clone(), shared)),
+                Phase::Closing => return Err((Error::Usage("the connection is closing"), shared)),
                 _ => {}
             }
             let (messages, bytes) = st.out.load();
             if messages >= self.config.send_queue_messages || bytes >= self.config.send_queue_bytes
             {
-                return Err(Error::BackPressure {
+                let full = Error::BackPressure {
                     queued_messages: messages,
                     queued_bytes: bytes,
-                });
+                };
+                return Err((full, shared));
             }
-            pump_control(&mut st)?;
+            if let Err(e) = pump_control(&mut st) {
+                return Err((e, shared));
+            }
             let mut head = AlignedVec::<16>::with_capacity(ringwire_proto::HEADER_LEN);
             head.resize(ringwire_proto::HEADER_LEN, 0);
-            let sent = header(
+            let sent = match header(
                 &mut st.session,
                 clock::now(),
                 stream,
                 payload_len,
                 &mut head,
-            )
-            .map_err(Error::from_proto)?;
+            ) {
+                Ok(sent) => sent,
+                Err(e) => return Err((Error::from_proto(e), shared)),
+            };
             let len = head.len() + shared.end - shared.start;
             st.out.push(OutBuf::Header(HeapFrames(head)), sent.seq);
             st.out.push(OutBuf::Shared(shared), sent.seq);
@@ -1455,11 +1463,11 @@ impl Conn {
             self.park_shared(stream, payload_len, shared, header_of::<T>);
             return;
         }
-        match self.send_shared::<T>(stream, payload_len, shared.clone()) {
-            Err(Error::BackPressure { .. }) if wait => {
+        match self.send_shared_with(stream, payload_len, shared, header_of::<T>) {
+            Err((Error::BackPressure { .. }, shared)) if wait => {
                 self.park_shared(stream, payload_len, shared, header_of::<T>);
             }
-            Err(Error::BackPressure { .. }) => stats::dropped(self.scheme),
+            Err((Error::BackPressure { .. }, _)) => stats::dropped(self.scheme),
             _ => {}
         }
     }
@@ -1516,16 +1524,22 @@ impl Conn {
                 break;
             }
             loop {
-                let Some(p) = self.st.borrow().shared_backlog.front().cloned() else {
+                // Taken out and, if it does not fit, put back at once (no
+                // other task runs in between): the order is kept.
+                let Some(p) = self.st.borrow_mut().shared_backlog.pop_front() else {
                     self.st.borrow_mut().shared_drainer = false;
                     return;
                 };
                 match self.send_shared_with(p.stream, p.payload_len, p.shared, p.header) {
-                    Ok(()) => {
-                        self.st.borrow_mut().shared_backlog.pop_front();
+                    Ok(()) => {}
+                    // Full again: wait for room.
+                    Err((Error::BackPressure { .. }, shared)) => {
+                        self.st
+                            .borrow_mut()
+                            .shared_backlog
+                            .push_front(ParkedShared { shared, ..p });
+                        break;
                     }
-                    // Full again: wait for room, keeping the order.
-                    Err(Error::BackPressure { .. }) => break,
                     Err(_) => {
                         self.end_shared_backlog();
                         return;
@@ -1856,7 +1870,6 @@ fn header_of<T: Message>(
 }
 
 /// A shared payload waiting for room in a connection's send queue.
-#[derive(Clone)]
 pub(crate) struct ParkedShared {
     stream: StreamId,
     payload_len: u32,
